@@ -1,0 +1,342 @@
+"""The stack: what the user asked for, as typed, validated objects.
+
+``Stack.load("mlinfra.toml")`` and ``Stack(name=..., compute=Compute(...))``
+build the same object. Every check runs in ``__post_init__``, so a stack that
+exists is a valid stack: no later step has to re-check user input. Errors are
+``SpecError`` with the key path (``compute.gpu``) and, from a file, its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mlinfra import catalog
+from mlinfra.errors import SpecError
+
+# GCP resource names (RFC 1035): lowercase letter first, then letters, digits, hyphens.
+_GCP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Node names are "<stack>-<region>-<replica>" and GCP caps names at 63 characters; the longest
+# GPU region ("northamerica-northeast2") is 23, so the stack name gets what is left.
+NAME_MAX = 30
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _range(lo: float, hi: float) -> dict:
+    return {"range": (lo, hi)}
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+class _Section:
+    """Shared validation for the stack's tables: types, ranges, choices."""
+
+    _key: ClassVar[str] = ""  # the TOML table name, for error key paths
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if not f.compare:  # bookkeeping (the stack's path), not user input
+                continue
+            value = _coerce(self._path(f.name), getattr(self, f.name), f.type)
+            object.__setattr__(self, f.name, value)
+            lo_hi = f.metadata.get("range")
+            if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
+                raise SpecError(self._path(f.name), f"{value} is out of range ({lo_hi[0]}–{lo_hi[1]})")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                allowed = ", ".join(repr(c) for c in choices)
+                raise SpecError(
+                    self._path(f.name),
+                    f"{value!r} is not one of {allowed}" + catalog.did_you_mean(str(value), list(choices)),
+                )
+        self._check()
+
+    def _path(self, name: str) -> str:
+        return f"{self._key}.{name}" if self._key else name
+
+    def _check(self) -> None:
+        """Rules that involve more than one field's type; overridden per section."""
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Check ``value`` against a field annotation and return its canonical form."""
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(key, f"expected true or false, got {_describe(value)}")
+    elif annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(key, f"expected an integer, got {_describe(value)}")
+    elif annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(key, f"expected a number, got {_describe(value)}")
+        value = float(value)
+    elif annotation == "str":
+        if not isinstance(value, str):
+            raise SpecError(key, f"expected a string, got {_describe(value)}")
+    elif annotation == "tuple[str, ...]":
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(key, f"expected a list of strings, got {_describe(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise SpecError(f"{key}[{i}]", f"expected a string, got {_describe(item)}")
+        value = tuple(value)
+    elif annotation == "dict[str, str]":
+        if not isinstance(value, dict):
+            raise SpecError(key, f"expected a table of strings, got {_describe(value)}")
+        for name, item in value.items():
+            if not isinstance(item, str):
+                raise SpecError(f"{key}.{name}", f"expected a string, got {_describe(item)}")
+        value = dict(value)
+    elif annotation == "dict[str, Any] | None":
+        if value is not None and not isinstance(value, dict):
+            raise SpecError(key, f"expected a table, got {_describe(value)}")
+    elif not isinstance(value, _Section):
+        raise SpecError(key, f"expected a table, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", tuple: "a list", dict: "a table"}
+    return f"{kinds.get(type(value), type(value).__name__)} {value!r}"
+
+
+def _check_cidrs(key: str, cidrs: tuple[str, ...]) -> None:
+    for i, cidr in enumerate(cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            raise SpecError(f"{key}[{i}]", f"{cidr!r} is not a valid CIDR range ({exc})") from None
+
+
+def _check_regions(key: str, regions: tuple[str, ...], known: list[str] | None) -> None:
+    if not regions:
+        raise SpecError(key, "needs at least one region")
+    for i, region in enumerate(regions):
+        if known is not None and region not in known:
+            raise SpecError(f"{key}[{i}]", f"unknown GPU region {region!r}" + catalog.did_you_mean(region, known))
+        if known is None and not _GCP_NAME.match(region):
+            raise SpecError(f"{key}[{i}]", f"{region!r} is not a valid region name: use lowercase letters, digits and hyphens")
+    if len(set(regions)) != len(regions):
+        dup = next(r for r in regions if regions.count(r) > 1)
+        raise SpecError(key, f"region {dup!r} is listed twice")
+
+
+@dataclass(frozen=True)
+class Gcp(_Section):
+    _key: ClassVar[str] = "gcp"
+    project: str = ""
+    regions: tuple[str, ...] = ("us-central1",)
+
+    def _check(self) -> None:
+        if self.project and not _PROJECT_ID.match(self.project):
+            raise SpecError(
+                "gcp.project",
+                f"{self.project!r} is not a valid project ID: 6–30 lowercase letters, digits and hyphens, starting with a letter",
+            )
+        for i, region in enumerate(self.regions):
+            if not _REGION.match(region):
+                raise SpecError(f"gcp.regions[{i}]", f"{region!r} is not a region name (like 'us-central1')"
+                                + catalog.did_you_mean(region, catalog.gcp_regions()))
+        _check_regions("gcp.regions", self.regions, catalog.gcp_regions())
+
+
+@dataclass(frozen=True)
+class Local(_Section):
+    _key: ClassVar[str] = "local"
+    # Names only: on the local target a "region" is a group of local processes, which lets a
+    # multi-region stack be rehearsed on one machine.
+    regions: tuple[str, ...] = ("local",)
+
+    def _check(self) -> None:
+        _check_regions("local.regions", self.regions, None)
+
+
+@dataclass(frozen=True)
+class Compute(_Section):
+    _key: ClassVar[str] = "compute"
+    gpu: str = "none"
+    gpu_count: int = field(default=1, metadata=_range(1, 16))
+    machine_type: str = ""
+    replicas: int = field(default=1, metadata=_range(1, 20))
+    spot: bool = False
+    disk_gb: int = field(default=100, metadata=_range(10, 65536))
+
+    def _check(self) -> None:
+        gpu = self.gpu.strip().lower()
+        object.__setattr__(self, "gpu", gpu)
+        if gpu != "none":
+            try:
+                catalog.lookup_gpu(gpu)
+            except catalog.UnknownGpu as exc:
+                raise SpecError("compute.gpu", str(exc)) from None
+        if self.machine_type and not _GCP_NAME.match(self.machine_type):
+            raise SpecError("compute.machine_type", f"{self.machine_type!r} is not a machine type name (like 'n1-standard-4')")
+
+    @property
+    def accelerator(self) -> catalog.Gpu | None:
+        """The catalog entry for ``gpu``, or None for a CPU-only stack."""
+        return None if self.gpu == "none" else catalog.lookup_gpu(self.gpu)
+
+
+@dataclass(frozen=True)
+class Serve(_Section):
+    _key: ClassVar[str] = "serve"
+    # Run by /bin/sh on each node, with PORT set to the node's port.
+    command: str = "mlinfra serve"
+    port: int = field(default=8000, metadata=_range(1, 65535))
+    health_path: str = "/health"
+    allow_cidrs: tuple[str, ...] = ("10.0.0.0/8",)
+    ssh_cidrs: tuple[str, ...] = ()
+    public: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        if not self.command.strip():
+            raise SpecError("serve.command", "must not be empty")
+        if "\x00" in self.command:
+            raise SpecError("serve.command", "must not contain a NUL character")
+        if not self.health_path.startswith("/") or any(c.isspace() for c in self.health_path):
+            raise SpecError("serve.health_path", f"{self.health_path!r} must be a URL path starting with '/', like '/health'")
+        _check_cidrs("serve.allow_cidrs", self.allow_cidrs)
+        _check_cidrs("serve.ssh_cidrs", self.ssh_cidrs)
+        open_world = [c for c in self.allow_cidrs + self.ssh_cidrs if ipaddress.ip_network(c).prefixlen == 0]
+        if open_world and not self.public:
+            raise SpecError("serve.allow_cidrs", f"{open_world[0]!r} opens the port to the whole internet; set serve.public = true to mean it")
+        for name in self.env:
+            if not _ENV_NAME.match(name):
+                raise SpecError(f"serve.env.{name}", "is not a valid environment variable name")
+
+
+@dataclass(frozen=True)
+class State(_Section):
+    _key: ClassVar[str] = "state"
+    backend: str = field(default="local", metadata=_choices("local", "gcs"))
+    bucket: str = ""
+    prefix: str = ""
+    endpoint: str = ""
+
+    def _check(self) -> None:
+        if self.backend == "gcs" and not self.bucket:
+            raise SpecError("state.bucket", "is required when state.backend = 'gcs'")
+        if self.bucket and (not _BUCKET.match(self.bucket) or ".." in self.bucket or self.bucket.startswith("goog")):
+            raise SpecError("state.bucket", f"{self.bucket!r} is not a valid bucket name: 3–63 lowercase letters, digits, '-', '_' and '.'")
+        if self.endpoint and not re.match(r"^https?://[^\s/]+", self.endpoint):
+            raise SpecError("state.endpoint", f"{self.endpoint!r} must be an http(s):// URL")
+
+
+@dataclass(frozen=True)
+class Verify(_Section):
+    _key: ClassVar[str] = "verify"
+    p95_ms: float = field(default=250.0, metadata=_range(0.1, 600_000))
+    p99_ms: float = field(default=0.0, metadata=_range(0, 600_000))  # 0: no p99 budget
+    max_error_rate: float = field(default=0.01, metadata=_range(0, 1))
+    min_rps: float = field(default=0.0, metadata=_range(0, 10_000_000))
+    requests: int = field(default=200, metadata=_range(1, 10_000_000))
+    concurrency: int = field(default=8, metadata=_range(1, 10_000))
+    warmup: int = field(default=20, metadata=_range(0, 1_000_000))
+    health_timeout_s: float = field(default=600.0, metadata=_range(1, 86_400))
+    payload: dict[str, Any] | None = None
+
+
+_SECTIONS = {"gcp": Gcp, "local": Local, "compute": Compute, "serve": Serve, "state": State, "verify": Verify}
+
+
+@dataclass(frozen=True)
+class StackSpec(_Section):
+    """A whole stack. ``path`` (where it was loaded from) is not part of equality."""
+
+    name: str
+    target: str = field(default="local", metadata=_choices("local", "gcp"))
+    protected: bool = False
+    gcp: Gcp = field(default_factory=Gcp)
+    local: Local = field(default_factory=Local)
+    compute: Compute = field(default_factory=Compute)
+    serve: Serve = field(default_factory=Serve)
+    state: State = field(default_factory=State)
+    verify: Verify = field(default_factory=Verify)
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for key, cls in _SECTIONS.items():
+            value = getattr(self, key)
+            if isinstance(value, dict):  # Stack(compute={"gpu": "t4"}) is accepted too
+                object.__setattr__(self, key, _build(cls, value, key))
+        if self.path is not None:
+            object.__setattr__(self, "path", Path(self.path))
+        super().__post_init__()
+
+    def _check(self) -> None:
+        if not _GCP_NAME.match(self.name):
+            suggestion = re.sub(r"[^a-z0-9-]+", "-", self.name.lower()).strip("-")
+            suggestion = re.sub(r"^[^a-z]+", "", suggestion)
+            hint = f" — did you mean {suggestion!r}?" if suggestion and _GCP_NAME.match(suggestion) else ""
+            raise SpecError("name", f"{self.name!r} is not a valid name: use lowercase letters, digits and hyphens, "
+                            f"starting with a letter (GCP naming rules){hint}")
+        if len(self.name) > NAME_MAX:
+            raise SpecError("name", f"{self.name!r} is {len(self.name)} characters; at most {NAME_MAX} "
+                            "(node names add region and replica, and GCP allows 63)")
+        if self.target == "gcp" and not self.gcp.project:
+            raise SpecError("gcp.project", "is required when target = 'gcp'")
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return self.gcp.regions if self.target == "gcp" else self.local.regions
+
+    @property
+    def workdir(self) -> Path:
+        """``.mlinfra/<name>/`` beside the stack file (or the current directory)."""
+        base = self.path.parent if self.path else Path.cwd()
+        return base.resolve() / ".mlinfra" / self.name
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read and validate a stack file; errors name the file and the key."""
+        path = Path(path)
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SpecError("", "no such stack file (pass --file, or create mlinfra.toml)", source=source) from None
+        except IsADirectoryError:
+            raise SpecError("", "is a directory, not a stack file", source=source) from None
+        except UnicodeDecodeError:
+            raise SpecError("", "is not UTF-8 text", source=source) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError("", f"invalid TOML: {exc}", source=source) from None
+        try:
+            return _build(cls, data, "", path=path)
+        except SpecError as exc:
+            raise exc.with_source(source) from None
+
+
+def _build(cls, data: dict, key: str, **extra):
+    """Construct a section from a TOML table, refusing unknown and missing keys."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "path"]
+    prefix = f"{key}." if key else ""
+    for name in data:
+        if name not in names:
+            raise SpecError(prefix + name, "unknown key" + catalog.did_you_mean(name, names))
+    for f in dataclasses.fields(cls):
+        if f.name in data or f.name == "path":
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(prefix + f.name, "required key is missing")
+    kwargs = dict(data)
+    sections = _SECTIONS if issubclass(cls, StackSpec) else {}
+    for name, section in sections.items():
+        if name in kwargs:
+            if not isinstance(kwargs[name], dict):
+                raise SpecError(name, f"expected a table [{name}], got {_describe(kwargs[name])}")
+            kwargs[name] = _build(section, kwargs[name], name)
+    return cls(**kwargs, **extra)
