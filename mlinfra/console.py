@@ -1,0 +1,88 @@
+"""How results look in a terminal. Only this module and ``cli`` import rich.
+
+Data goes to stdout; progress, prompts and errors go to stderr, so
+``mlinfra status --json | jq`` and ``mlinfra up 2>log`` both work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mlinfra.tfevents import PlanSummary, Progress
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+_ACTION_MARK = {"create": "+", "delete": "-", "update": "~", "replace": "-/+", "read": "<="}
+
+
+def print_json(data) -> None:
+    """Results as JSON on stdout: dataclasses become objects, paths strings."""
+    sys.stdout.write(json.dumps(to_data(data), indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def to_data(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, PlanSummary):
+            data["has_changes"] = value.has_changes
+        return data
+    if isinstance(value, dict):
+        return {str(k): to_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_data(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_plan(summary: PlanSummary, console: Console) -> None:
+    for change in summary.changes:
+        mark = _ACTION_MARK.get(change.action, "?")
+        console.print(f"  {mark} {change.address} ({change.action})", markup=False)
+    console.print(f"Plan: {summary.describe()}.", markup=False)
+
+
+class ProgressPrinter:
+    """One line per resource as it starts and finishes; quiet about the rest."""
+
+    def __init__(self, console: Console = err):
+        self.console = console
+
+    def __call__(self, event: Progress) -> None:
+        if event.action == "init":
+            if event.status == "start":
+                self.console.print("Initializing Terraform…", markup=False)
+            return
+        if event.status == "start":
+            self.console.print(f"  {event.address}: {event.action}…", markup=False)
+        elif event.status == "done":
+            self.console.print(f"  {event.address}: {event.action} done ({event.elapsed_s or 0:.0f}s)", markup=False)
+        elif event.status == "error":
+            self.console.print(f"  {event.address}: {event.action} failed", style="red", markup=False)
+        elif event.status == "progress":
+            self.console.print(f"  {event.address}: still {event.action}ing ({event.elapsed_s or 0:.0f}s)", markup=False)
+
+
+def nodes_table(nodes) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("node", "region", "endpoint", "pid", "state"):
+        table.add_column(column)
+    for node in nodes:
+        if node.ready:
+            state = "[green]ready[/]"
+        elif node.alive is False:
+            state = "[red]exited[/]"
+        elif node.health_status:
+            state = f"[yellow]not ready ({node.health_status})[/]"
+        else:
+            state = "[red]not listening[/]"
+        table.add_row(node.name, node.region, node.endpoint, str(node.pid or "-"), state)
+    return table
