@@ -82,16 +82,16 @@ class Stack(StackSpec):
         started = time.monotonic()
         engine = self._engine(on_event)
         summary = engine.plan()
-        applied = False
         if summary.has_changes:
             if confirm is not None and not confirm(summary):
                 raise Aborted("aborted: nothing was changed")
-            engine.apply()
-            applied = True
-        found = node_probe.from_outputs(engine.outputs(), self.workdir)
+            outputs = engine.apply().outputs  # the apply reports them: no extra Terraform run
+        else:
+            outputs = engine.outputs()
+        found = node_probe.from_outputs(outputs, self.workdir)
         if wait_ready:
             found = node_probe.wait_ready(found, timeout_s=self.verify.health_timeout_s)
-        return UpResult(self.name, summary, applied, found, time.monotonic() - started)
+        return UpResult(self.name, summary, summary.has_changes, found, time.monotonic() - started)
 
     def down(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
              force: bool = False) -> DownResult:

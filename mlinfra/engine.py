@@ -95,6 +95,7 @@ class Terraform:
             args += [f"-backend-config={backend_config.name}"]
         self.on_event(Progress(address="", action="init", status="start"))
         self._check(self.run(args), "terraform init failed")
+        stamp_path.parent.mkdir(exist_ok=True)
         stamp_path.write_text(stamp)
         self.on_event(Progress(address="", action="init", status="done"))
         return True

@@ -54,6 +54,7 @@ class ApplySummary:
     change: int = 0
     destroy: int = 0
     elapsed_s: dict[str, float] = field(default_factory=dict)  # per resource address
+    outputs: dict = field(default_factory=dict)  # output values after the apply
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def plan_summary(events: list[dict]) -> PlanSummary:
         elif event["type"] == "change_summary":
             counts = event.get("changes") or {}
             summary.add, summary.change, summary.destroy = counts.get("add", 0), counts.get("change", 0), counts.get("remove", 0)
+    summary.changes.sort(key=lambda change: change.address)  # Terraform emits them in any order
     return summary
 
 
@@ -141,6 +143,8 @@ def apply_summary(events: list[dict]) -> ApplySummary:
         if event["type"] == "apply_complete":
             hook = event.get("hook") or {}
             summary.elapsed_s[_hook_address(event)] = float(hook.get("elapsed_seconds") or 0)
+        elif event["type"] == "outputs":  # an apply reports values (a plan only actions)
+            summary.outputs = {name: out.get("value") for name, out in (event.get("outputs") or {}).items()}
         elif event["type"] == "change_summary":
             counts = event.get("changes") or {}
             summary.add, summary.change, summary.destroy = counts.get("add", 0), counts.get("change", 0), counts.get("remove", 0)
