@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -69,6 +67,9 @@ def _pid_alive(pid: int | None) -> bool:
 
 def health_status(url: str, timeout_s: float = 2.0) -> int | None:
     """The HTTP status of one GET, or None when nothing answered."""
+    import urllib.error  # lazy: urllib.request costs ~40 ms of start-up on every command
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.status
