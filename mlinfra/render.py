@@ -112,8 +112,15 @@ def write_if_changed(path: Path, text: str) -> bool:
 
 
 def tfvars(stack: StackSpec, workdir: Path) -> dict:
-    if stack.target != "local":
-        raise MlinfraError(f"target {stack.target!r} is not available in this version")
+    """Every value the module needs, from the stack: the only way user values reach Terraform."""
+    if stack.target == "gcp":
+        from mlinfra import gcp
+
+        return gcp.tfvars(stack, workdir)
+    return local_tfvars(stack, workdir)
+
+
+def local_tfvars(stack: StackSpec, workdir: Path) -> dict:
     ports = _assign_ports(stack, workdir)
     cwd = str((stack.path.parent if stack.path else Path.cwd()).resolve())
     return {

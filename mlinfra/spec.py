@@ -246,7 +246,13 @@ class Verify(_Section):
     concurrency: int = field(default=8, metadata=_range(1, 10_000))
     warmup: int = field(default=20, metadata=_range(0, 1_000_000))
     health_timeout_s: float = field(default=600.0, metadata=_range(1, 86_400))
-    payload: dict[str, Any] | None = None
+    rate: float = field(default=0.0, metadata=_range(0, 1_000_000))  # req/s open loop; 0: closed loop
+    path: str = "/predict"  # where the latency benchmark sends its requests
+    payload: dict[str, Any] | None = None  # the request body; None: one the reference server accepts
+
+    def _check(self) -> None:
+        if not self.path.startswith("/") or any(c.isspace() for c in self.path):
+            raise SpecError("verify.path", f"{self.path!r} must be a URL path starting with '/', like '/predict'")
 
 
 _SECTIONS = {"gcp": Gcp, "local": Local, "compute": Compute, "serve": Serve, "state": State, "verify": Verify}
@@ -286,8 +292,12 @@ class StackSpec(_Section):
         if len(self.name) > NAME_MAX:
             raise SpecError("name", f"{self.name!r} is {len(self.name)} characters; at most {NAME_MAX} "
                             "(node names add region and replica, and GCP allows 63)")
-        if self.target == "gcp" and not self.gcp.project:
-            raise SpecError("gcp.project", "is required when target = 'gcp'")
+        if self.target == "gcp":
+            if not self.gcp.project:
+                raise SpecError("gcp.project", "is required when target = 'gcp'")
+            from mlinfra import gcp  # GPU, machine type and zone rules: before any cloud call
+
+            gcp.validate(self)
 
     @property
     def regions(self) -> tuple[str, ...]:

@@ -1,0 +1,21 @@
+"""What every verification check returns: one row of the verify report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CheckResult:
+    node: str  # the node's name, e.g. "demo-east-0"
+    check: str  # "gpu", "health" or "latency"
+    passed: bool
+    summary: str  # one line of key figures, shown in the report table
+    message: str = ""  # why it failed (or was skipped), for the report and JUnit
+    skipped: bool = False
+    elapsed_s: float = 0.0
+    details: dict = field(default_factory=dict)  # figures for --json (and the histogram)
+
+    @property
+    def status(self) -> str:
+        return "skip" if self.skipped else ("pass" if self.passed else "fail")
