@@ -9,18 +9,24 @@ receives the plan summary; without one, they proceed (the caller decided).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from mlinfra import nodes as node_probe
 from mlinfra.errors import MlinfraError, UsageError
+from mlinfra.lock import LockInfo
 from mlinfra.render import RenderResult, render
 from mlinfra.spec import StackSpec
 from mlinfra.tfevents import PlanSummary, Progress
+from mlinfra.verify import VerifyReport
+from mlinfra.verify.result import CheckResult
 
 Confirm = Callable[[PlanSummary], bool]
+Migrate = Callable[[str, str], bool]  # (old backend, new backend) -> copy the state across?
 OnEvent = Callable[[Progress], None]
+OnResult = Callable[[CheckResult], None]
 
 
 class Aborted(MlinfraError):
@@ -41,6 +47,11 @@ class UpResult:
     applied: bool
     nodes: list[node_probe.Node] = field(default_factory=list)
     elapsed_s: float = 0.0
+    verify: VerifyReport | None = None  # the verification gate's report (health only with verify=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.verify is None or self.verify.passed
 
 
 @dataclass
@@ -58,6 +69,7 @@ class StatusResult:
     deployed: bool
     workdir: Path
     nodes: list[node_probe.Node] = field(default_factory=list)
+    lock: LockInfo | None = None  # who holds the stack's lock right now, if anyone
 
 
 class Stack(StackSpec):
@@ -67,31 +79,52 @@ class Stack(StackSpec):
         """Write the Terraform root module (default: the stack's work dir)."""
         return render(self, Path(out) if out else None)
 
-    def plan(self, *, on_event: OnEvent | None = None) -> PlanResult:
+    def plan(self, *, on_event: OnEvent | None = None, migrate: Migrate | None = None) -> PlanResult:
         """What ``up`` would change, without changing anything."""
-        engine = self._engine(on_event)
-        return PlanResult(self.name, self.workdir, engine.plan())
+        with self._locked("plan"):
+            engine = self._engine(on_event, migrate)
+            return PlanResult(self.name, self.workdir, engine.plan())
 
     def up(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
-           wait_ready: bool = True) -> UpResult:
-        """Create or update the stack's nodes so they match the stack file.
+           verify: bool = True, wait_ready: bool = True, on_result: OnResult | None = None,
+           migrate: Migrate | None = None) -> UpResult:
+        """Create or update the stack's nodes so they match the stack file, then verify them.
 
-        With nothing to change, applies nothing. With ``wait_ready``, returns once every
-        node answers its health path (or raises when ``verify.health_timeout_s`` passes).
+        With nothing to change, applies nothing. ``verify`` runs every check as a gate (the
+        result's ``passed``); without it, ``wait_ready`` still waits for the health check.
         """
         started = time.monotonic()
-        engine = self._engine(on_event)
-        summary = engine.plan()
-        if summary.has_changes:
-            if confirm is not None and not confirm(summary):
-                raise Aborted("aborted: nothing was changed")
-            outputs = engine.apply().outputs  # the apply reports them: no extra Terraform run
-        else:
-            outputs = engine.outputs()
+        with self._locked("apply"):  # plan, confirm and apply as one: nobody changes state in between
+            engine = self._engine(on_event, migrate)
+            summary = engine.plan()
+            if summary.has_changes:
+                if confirm is not None and not confirm(summary):
+                    raise Aborted("aborted: nothing was changed")
+                outputs = engine.apply().outputs  # the apply reports them: no extra Terraform run
+            else:
+                outputs = engine.outputs()
         found = node_probe.from_outputs(outputs, self.workdir)
-        if wait_ready:
-            found = node_probe.wait_ready(found, timeout_s=self.verify.health_timeout_s)
-        return UpResult(self.name, summary, summary.has_changes, found, time.monotonic() - started)
+        report = None
+        if verify or wait_ready:
+            from mlinfra import verify as verification
+
+            report = verification.run(self, found, checks=None if verify else ["health"], on_result=on_result)
+            found = [node_probe.probe(node) for node in found]
+        return UpResult(self.name, summary, summary.has_changes, found, time.monotonic() - started, report)
+
+    def run_verify(self, *, checks: list[str] | None = None, rate: float | None = None,
+                   on_result: OnResult | None = None) -> VerifyReport:
+        """Run the gpu, health and latency checks (or ``checks``) on every deployed node.
+
+        (Not ``verify()``: ``stack.verify`` is the stack file's ``[verify]`` settings.)
+        """
+        from mlinfra import verify as verification
+
+        checks = verification.parse_checks(checks)  # bad names are bad input, before anything runs
+        deployed = self.status()
+        if not deployed.nodes:
+            raise MlinfraError(f"stack {self.name!r} is not deployed: run `mlinfra up` first")
+        return verification.run(self, deployed.nodes, checks=checks, rate=rate, on_result=on_result)
 
     def down(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
              force: bool = False) -> DownResult:
@@ -101,41 +134,60 @@ class Stack(StackSpec):
         started = time.monotonic()
         if not self._has_state():
             return DownResult(self.name, PlanSummary(), False)
-        engine = self._engine(on_event)
-        summary = engine.plan(destroy=True)
-        if not summary.has_changes:
-            return DownResult(self.name, summary, False, time.monotonic() - started)
-        if confirm is not None and not confirm(summary):
-            raise Aborted("aborted: nothing was destroyed")
-        engine.apply()
+        with self._locked("destroy"):
+            engine = self._engine(on_event, migrate=None)
+            summary = engine.plan(destroy=True)
+            if not summary.has_changes:
+                return DownResult(self.name, summary, False, time.monotonic() - started)
+            if confirm is not None and not confirm(summary):
+                raise Aborted("aborted: nothing was destroyed")
+            engine.apply()
         return DownResult(self.name, summary, True, time.monotonic() - started)
 
     def status(self) -> StatusResult:
         """The nodes in state, each with its endpoint and whether it is alive and ready."""
         if not self._has_state():
             return StatusResult(self.name, self.target, False, self.workdir)
-        from mlinfra.engine import Terraform
-
-        outputs = Terraform(self.workdir).outputs()
+        holder = self.lock().holder()
+        outputs = self._engine(None, migrate=None).outputs()
         found = [node_probe.probe(node) for node in node_probe.from_outputs(outputs, self.workdir)]
-        return StatusResult(self.name, self.target, bool(found), self.workdir, found)
+        return StatusResult(self.name, self.target, bool(found), self.workdir, found, holder)
 
     # -- internals ------------------------------------------------------------------------
 
-    def _engine(self, on_event: OnEvent | None):
+    def lock(self):
+        """The stack's lock: a file lock for local state, Terraform's lock object for GCS."""
+        from mlinfra.lock import GcsLock, LocalLock
+
+        if self.state.backend == "gcs":
+            from mlinfra.render import backend_config
+
+            return GcsLock(self.state, backend_config(self)["prefix"], self.gcp.project)
+        return LocalLock(self.workdir)
+
+    @contextmanager
+    def _locked(self, operation: str):
+        lock = self.lock()
+        lock.acquire(operation)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _engine(self, on_event: OnEvent | None, migrate: Migrate | None):
+        from mlinfra import gcs
         from mlinfra.engine import Terraform  # lazy: engine pulls in subprocess machinery
 
         rendered = self.render()
-        engine = Terraform(rendered.workdir, on_event)
+        remote = self.state.backend == "gcs"
+        engine = Terraform(rendered.workdir, on_event, lock=False,  # we hold the stack's lock
+                           extra_env=gcs.terraform_env(self.state) if remote else None)
         backend = rendered.workdir / "backend.tfbackend.json"
-        engine.init(backend if backend.exists() else None)
+        engine.init(backend if remote else None, migrate=migrate)
         return engine
 
     def _has_state(self) -> bool:
-        """Whether this stack was ever applied here (local state or a configured backend)."""
-        workdir = self.workdir
-        if not (workdir / ".terraform").is_dir():
-            return False
-        if self.state.backend == "local":
-            return (workdir / "terraform.tfstate").is_file()
-        return True
+        """Whether there may be something deployed: local state here, or any remote state."""
+        if self.state.backend == "gcs":
+            return True  # another machine may have applied it: ask the bucket
+        return (self.workdir / "terraform.tfstate").is_file()

@@ -114,26 +114,71 @@ def plan(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
     print_plan(result.summary, out)
 
 
+JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Write the verification as JUnit XML to this file.")]
+
+
+def _report(report, as_json: bool, junit: Path | None) -> None:
+    """Write the CI artefacts of a verification and, unless --json, show it."""
+    from mlinfra.verify.report import append_step_summary, junit_xml
+
+    if junit is not None:
+        junit.write_text(junit_xml(report.stack, report.results, report.elapsed_s))
+    append_step_summary(report.stack, report.results)
+    if not as_json:
+        from mlinfra.console import print_verify
+
+        print_verify(report)
+
+
 @app.command()
 @_handle_errors
 def up(
     file: FileOpt = DEFAULT_FILE,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after apply, without waiting for health.")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the gpu and latency checks (still wait for health).")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after apply: no checks at all.")] = False,
+    junit: JunitOpt = None,
 ):
-    """Create or update the stack: init, plan, confirm, apply, wait until healthy."""
+    """Create or update the stack: init, plan, confirm, apply, then verify it (the gate)."""
     stack = _load(file)
-    result = stack.up(confirm=_confirm("apply these changes", yes), on_event=_progress(), wait_ready=not no_wait)
+    result = stack.up(confirm=_confirm("apply these changes", yes), on_event=_progress(),
+                      verify=not (no_verify or no_wait), wait_ready=not no_wait)
     from mlinfra.console import err, nodes_table, out, print_json
 
     if as_json:
-        return print_json(result)
-    if not result.applied:
-        err.print("No changes: the stack matches its file.", markup=False)
+        print_json(result)
     else:
-        err.print(f"Applied in {result.elapsed_s:.1f}s.", markup=False)
-    out.print(nodes_table(result.nodes))
+        if not result.applied:
+            err.print("No changes: the stack matches its file.", markup=False)
+        else:
+            err.print(f"Applied in {result.elapsed_s:.1f}s.", markup=False)
+        out.print(nodes_table(result.nodes))
+    if result.verify is not None:
+        _report(result.verify, as_json, junit)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_handle_errors
+def verify(
+    file: FileOpt = DEFAULT_FILE,
+    as_json: JsonOpt = False,
+    junit: JunitOpt = None,
+    check: Annotated[Optional[list[str]], typer.Option("--check", help="Run only these checks: health, gpu, latency (repeatable).")] = None,
+    rate: Annotated[Optional[float], typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop).")] = None,
+):
+    """Prove the deployment works: GPU, health and latency checks on every node."""
+    report = _load(file).run_verify(checks=check, rate=rate)
+    if as_json:
+        from mlinfra.console import print_json
+
+        print_json({"stack": report.stack, "passed": report.passed, "verdict": report.verdict,
+                    "elapsed_s": report.elapsed_s, "results": report.results})
+    _report(report, as_json, junit)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 @app.command()

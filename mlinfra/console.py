@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mlinfra.tfevents import PlanSummary, Progress
@@ -86,3 +87,23 @@ def nodes_table(nodes) -> Table:
             state = "[red]not listening[/]"
         table.add_row(node.name, node.region, node.endpoint, str(node.pid or "-"), state)
     return table
+
+
+def print_verify(report, console: Console = out) -> None:
+    """A row per node × check, each latency histogram, then the verdict line."""
+    from mlinfra.verify.report import histogram_lines
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("node", "check", "result", "figures"):
+        table.add_column(column)
+    style = {"pass": "green", "fail": "red", "skip": "dim"}
+    for r in report.results:
+        figures = r.summary if r.status == "pass" else (r.message or r.summary)
+        table.add_row(r.node, r.check, f"[{style[r.status]}]{r.status}[/]", escape(figures))
+    console.print(table)
+    for r in report.results:
+        if r.check == "latency" and r.details.get("histogram"):
+            console.print(f"\n{r.node} latency:", markup=False)
+            for line in histogram_lines(r.details["histogram"]):
+                console.print(f"  {line}", markup=False)
+    console.print(f"\n{report.verdict}", style="green" if report.passed else "red", markup=False)

@@ -77,15 +77,25 @@ class RunResult:
 class Terraform:
     """Terraform in one working directory, reporting progress to ``on_event``."""
 
-    def __init__(self, workdir: Path, on_event: EventHandler | None = None):
+    def __init__(self, workdir: Path, on_event: EventHandler | None = None, *,
+                 extra_env: dict[str, str] | None = None, lock: bool = True):
         self.workdir = Path(workdir)
         self.on_event = on_event or (lambda event: None)
         self.command = terraform_command()
+        self.extra_env = dict(extra_env or {})
+        # False when the caller holds the stack's lock for the whole operation (mlinfra.lock).
+        self.lock_args = [] if lock else ["-lock=false"]
 
     # -- the commands mlinfra needs -------------------------------------------------------
 
-    def init(self, backend_config: Path | None = None, *, force: bool = False) -> bool:
-        """Run ``init`` when the backend or module changed since the last one; True if it ran."""
+    def init(self, backend_config: Path | None = None, *, force: bool = False,
+             migrate: Callable[[str, str], bool] | None = None) -> bool:
+        """Run ``init`` when the backend or module changed since the last one; True if it ran.
+
+        When the backend itself changed (say local → gcs), Terraform must copy the state
+        across: ``migrate(old, new)`` is asked first, and a "no" (or no callback) stops
+        here rather than silently starting from an empty state.
+        """
         stamp = self._init_fingerprint(backend_config)
         stamp_path = self.workdir / _INIT_STAMP
         if not force and stamp_path.is_file() and stamp_path.read_text() == stamp:
@@ -93,6 +103,12 @@ class Terraform:
         args = ["init", "-input=false", "-json"]
         if backend_config is not None:
             args += [f"-backend-config={backend_config.name}"]
+        previous, wanted = self.initialized_backend(), _backend_type(self.workdir)
+        if previous and previous != wanted and self._has_resources(previous):
+            if migrate is None or not migrate(previous, wanted):
+                raise EngineError(f"the state backend changed from {previous} to {wanted}; the state was not migrated",
+                                  hint="run again and accept the migration (or pass --yes)")
+            args += ["-migrate-state", "-force-copy"]
         self.on_event(Progress(address="", action="init", status="start"))
         self._check(self.run(args), "terraform init failed")
         stamp_path.parent.mkdir(exist_ok=True)
@@ -100,8 +116,24 @@ class Terraform:
         self.on_event(Progress(address="", action="init", status="done"))
         return True
 
+    def initialized_backend(self) -> str | None:
+        """The backend type ``.terraform`` was last initialised with, if any."""
+        try:
+            data = json.loads((self.workdir / ".terraform" / "terraform.tfstate").read_text())
+        except (FileNotFoundError, ValueError):
+            return "local" if (self.workdir / "terraform.tfstate").is_file() else None
+        return (data.get("backend") or {}).get("type") or "local"
+
+    def _has_resources(self, backend: str) -> bool:
+        if backend != "local":
+            return True  # remote state: assume there is something worth keeping
+        try:
+            return bool(json.loads((self.workdir / "terraform.tfstate").read_text()).get("resources"))
+        except (FileNotFoundError, ValueError):
+            return False
+
     def plan(self, *, destroy: bool = False, replace: list[str] = ()) -> PlanSummary:
-        args = ["plan", "-input=false", "-json", "-detailed-exitcode", f"-out={PLAN_FILE}"]
+        args = ["plan", "-input=false", "-json", "-detailed-exitcode", f"-out={PLAN_FILE}", *self.lock_args]
         args += ["-destroy"] if destroy else []
         args += [f"-replace={address}" for address in replace]
         result = self.run(args)
@@ -111,7 +143,7 @@ class Terraform:
 
     def apply(self) -> tfevents.ApplySummary:
         """Apply the saved plan from ``plan()``: exactly what the user confirmed."""
-        result = self.run(["apply", "-input=false", "-json", PLAN_FILE])
+        result = self.run(["apply", "-input=false", "-json", *self.lock_args, PLAN_FILE])
         (self.workdir / PLAN_FILE).unlink(missing_ok=True)
         self._check(result, "terraform apply failed")
         return tfevents.apply_summary(result.events)
@@ -134,7 +166,7 @@ class Terraform:
         proc = subprocess.Popen(
             self.command + args,
             cwd=self.workdir,
-            env=terraform_env(),
+            env=terraform_env() | self.extra_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -187,6 +219,17 @@ class Terraform:
         for path in sorted(self.workdir.glob("*.tf")) + ([backend_config] if backend_config else []):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
+
+
+def _backend_type(workdir: Path) -> str:
+    """The backend the rendered module declares (``backend "gcs"`` → gcs)."""
+    import re
+
+    for path in sorted(workdir.glob("*.tf")):
+        match = re.search(r'^\s*backend\s+"([a-z0-9_]+)"', path.read_text(), re.M)
+        if match:
+            return match.group(1)
+    return "local"
 
 
 def _last_lines(text: str, count: int = 3) -> str:

@@ -1,18 +1,17 @@
 """Nodes as deployed: read from Terraform outputs, probed for liveness and readiness.
 
 On the local target a node's process record (written by the node launcher,
-``templates/local/node.py``) sits in ``<workdir>/nodes/<key>.json``.
+``templates/local/node.py``) sits in ``<workdir>/nodes/<key>.json``. A GCP node
+also carries its SSH target (for the GPU check).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mlinfra.errors import MlinfraError
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,9 @@ class Node:
     ready: bool | None = None  # the health path answered 200
     health_status: int | None = None
     log: str = ""
+    ssh_host: str = ""
+    ssh_port: int = 22
+    ssh_user: str = ""
 
 
 def from_outputs(outputs: dict, workdir: Path) -> list[Node]:
@@ -38,6 +40,7 @@ def from_outputs(outputs: dict, workdir: Path) -> list[Node]:
             key=key, name=out.get("name", key), region=out["region"], replica=int(out["replica"]),
             endpoint=out["endpoint"], health_url=out["health_url"],
             pid=record.get("pid"), log=record.get("log", ""),
+            ssh_host=out.get("ssh_host", ""), ssh_port=int(out.get("ssh_port", 22)), ssh_user=out.get("ssh_user", ""),
         ))
     return found
 
@@ -65,45 +68,10 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
-def health_status(url: str, timeout_s: float = 2.0) -> int | None:
-    """The HTTP status of one GET, or None when nothing answered."""
-    import urllib.error  # lazy: urllib.request costs ~40 ms of start-up on every command
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
 def probe(node: Node) -> Node:
-    status = health_status(node.health_url)
+    """The node with its liveness (process) and readiness (one health GET) filled in."""
+    from mlinfra.verify.health import READY, probe as probe_url  # only verify talks to endpoints
+
+    attempt = probe_url(node.health_url, timeout_s=2.0)
     return replace(node, alive=_pid_alive(node.pid) if node.pid else None,
-                   ready=status == 200, health_status=status)
-
-
-def wait_ready(found: list[Node], timeout_s: float, interval_s: float = 0.1) -> list[Node]:
-    """Poll every node's health URL until all answer 200, or fail naming the laggards."""
-    deadline = time.monotonic() + timeout_s
-    pending = {node.key: node for node in found}
-    done: dict[str, Node] = {}
-    while pending:
-        for key, node in list(pending.items()):
-            probed = probe(node)
-            if probed.ready:
-                done[key] = probed
-                del pending[key]
-            elif probed.alive is False:
-                raise MlinfraError(f"node {node.name}: its process exited before becoming ready (log: {node.log})")
-            else:
-                pending[key] = probed
-        if pending and time.monotonic() >= deadline:
-            laggards = ", ".join(f"{n.name} ({n.health_status or 'not listening'})" for n in pending.values())
-            raise MlinfraError(f"not ready after {timeout_s:.0f}s: {laggards}")
-        if pending:
-            time.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
-            interval_s = min(interval_s * 1.5, 2.0)
-    return [done[node.key] for node in found]
+                   ready=attempt.outcome == READY, health_status=attempt.status)

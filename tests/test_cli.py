@@ -30,7 +30,7 @@ def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"^  (\w+) ", result.stdout.split("Commands:")[1], re.M)
-    assert commands == ["render", "plan", "up", "down", "status", "serve", "version"]
+    assert commands == ["render", "plan", "up", "verify", "down", "status", "serve", "version"]
 
 
 def test_render_output(tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_up_status_down_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stack_file(tmp_path, name="cli-life")
     try:
-        result = runner.invoke(app, ["up", "--yes", "--json"])
+        result = runner.invoke(app, ["up", "--yes", "--json", "--no-verify"])
         assert result.exit_code == 0, result.output
         up = json.loads(result.stdout)
         assert up["applied"] is True and [n["ready"] for n in up["nodes"]] == [True, True]
@@ -114,7 +114,7 @@ def test_up_status_down_through_the_cli(tmp_path, monkeypatch):
         assert re.fullmatch(rf"cli-life-b-0\s+b\s+http://127\.0\.0\.1:{ports[1]}\s+\d+\s+ready", lines[3])
         assert len(lines) == 4
 
-        result = runner.invoke(app, ["up", "--yes"])
+        result = runner.invoke(app, ["up", "--yes", "--no-verify"])
         assert result.exit_code == 0
         assert result.stderr == "No changes: the stack matches its file.\n"
     finally:

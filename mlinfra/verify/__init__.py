@@ -1,0 +1,117 @@
+"""Verification: prove a deployment works — GPU present and healthy, health path ready,
+inference latency within budget — on every node. The only package that talks to
+GPUs and endpoints.
+
+Order per node: health first (it waits for the model to load), then gpu, then
+latency (only on a healthy node; one node at a time, so the load generator never
+competes with itself for the CPU). Health and gpu run for all nodes at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from mlinfra.errors import UsageError
+from mlinfra.verify.report import verdict
+from mlinfra.verify.result import CheckResult
+
+CHECKS = ("health", "gpu", "latency")
+
+
+@dataclass
+class VerifyReport:
+    stack: str
+    results: list[CheckResult] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(r.status != "fail" for r in self.results)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.results)
+
+
+def parse_checks(names: Iterable[str] | None) -> tuple[str, ...]:
+    if not names:
+        return CHECKS
+    chosen = tuple(dict.fromkeys(n.strip() for name in names for n in name.split(",") if n.strip()))
+    unknown = [n for n in chosen if n not in CHECKS]
+    if unknown:
+        raise UsageError(f"unknown check {unknown[0]!r}: choose from {', '.join(CHECKS)}")
+    return chosen
+
+
+def run(stack, nodes: list, *, checks: Iterable[str] | None = None, rate: float | None = None,
+        on_result: Callable[[CheckResult], None] | None = None) -> VerifyReport:
+    """Run the chosen checks on ``nodes`` (from ``stack.status()``); never prints."""
+    checks = parse_checks(checks)
+    notify = on_result or (lambda result: None)
+    started = time.monotonic()
+    results: dict[tuple[str, str], CheckResult] = {}
+
+    def record(result: CheckResult) -> CheckResult:
+        results[(result.node, result.check)] = result
+        notify(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(nodes)))) as pool:
+        if "health" in checks:
+            list(pool.map(lambda n: record(_health(stack, n)), nodes))
+        if "gpu" in checks:
+            list(pool.map(lambda n: record(_gpu(stack, n)), nodes))
+    if "latency" in checks:
+        for node in nodes:
+            health = results.get((node.name, "health"))
+            if health is not None and not health.passed:
+                record(CheckResult(node.name, "latency", False, "not run", message="not run: the node is not healthy"))
+            else:
+                record(_latency(stack, node, rate))
+    order = {check: i for i, check in enumerate(CHECKS)}
+    ordered = sorted(results.values(), key=lambda r: ([n.name for n in nodes].index(r.node), order[r.check]))
+    return VerifyReport(stack.name, ordered, time.monotonic() - started)
+
+
+def _health(stack, node) -> CheckResult:
+    from mlinfra.verify.health import check_health
+
+    return check_health(node.name, node.health_url, deadline_s=stack.verify.health_timeout_s)
+
+
+def _gpu(stack, node) -> CheckResult:
+    expected = stack.compute.accelerator
+    if expected is None:
+        return CheckResult(node.name, "gpu", True, "no GPU requested", message='skipped: gpu = "none"', skipped=True)
+    from mlinfra.verify import gpu
+
+    return gpu.check_gpu(node.name, expected, stack.compute.gpu_count, _gpu_runner(stack, node))
+
+
+def _gpu_runner(stack, node):
+    from mlinfra.verify import gpu
+
+    if stack.target == "local":
+        return gpu.LocalRunner()
+    from mlinfra.verify.ssh import SshRunner
+
+    workdir = stack.workdir
+    return SshRunner(node.ssh_host, node.ssh_port, node.ssh_user, workdir / "ssh" / "id_ed25519",
+                     workdir / "ssh" / "known_hosts")
+
+
+def _latency(stack, node, rate: float | None) -> CheckResult:
+    from mlinfra.verify import latency
+
+    verify = stack.verify
+    payload = verify.payload if verify.payload is not None else latency.default_payload()
+    result = latency.run_load(
+        node.endpoint + verify.path, method="POST", body=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"}, requests=verify.requests,
+        concurrency=verify.concurrency, warmup=verify.warmup, rate=verify.rate if rate is None else rate,
+    )
+    return latency.check_latency(node.name, result, verify)
