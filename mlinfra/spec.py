@@ -28,6 +28,10 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,254}[a-z0-9]$")
+_SERVICE_ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9-]{4,62}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|"
+                              r"^[0-9]+-compute@developer\.gserviceaccount\.com$")
 
 
 def _range(lo: float, hi: float) -> dict:
@@ -137,6 +141,11 @@ class Gcp(_Section):
     _key: ClassVar[str] = "gcp"
     project: str = ""
     regions: tuple[str, ...] = ("us-central1",)
+    # Zones to use, in order of preference; each must be in one of `regions`. Empty: mlinfra picks
+    # the first zone that offers the GPU in each region (and says so). Replicas spread over them.
+    zones: tuple[str, ...] = ()
+    network: str = "default"  # the VPC network for nodes and firewall rules
+    service_account: str = ""  # email; empty: the nodes get no service account (no Google API access)
 
     def _check(self) -> None:
         if self.project and not _PROJECT_ID.match(self.project):
@@ -149,6 +158,21 @@ class Gcp(_Section):
                 raise SpecError(f"gcp.regions[{i}]", f"{region!r} is not a region name (like 'us-central1')"
                                 + catalog.did_you_mean(region, catalog.gcp_regions()))
         _check_regions("gcp.regions", self.regions, catalog.gcp_regions())
+        for i, zone in enumerate(self.zones):
+            if not _ZONE.match(zone):
+                raise SpecError(f"gcp.zones[{i}]", f"{zone!r} is not a zone name (like 'us-central1-a')")
+            region = catalog.region_of(zone)
+            if region not in self.regions:
+                raise SpecError(f"gcp.zones[{i}]", f"{zone} is in {region}, which is not in gcp.regions "
+                                f"({', '.join(self.regions)}): add {region!r} to gcp.regions")
+        if len(set(self.zones)) != len(self.zones):
+            dup = next(z for z in self.zones if self.zones.count(z) > 1)
+            raise SpecError("gcp.zones", f"zone {dup!r} is listed twice")
+        if not _GCP_NAME.match(self.network) or len(self.network) > 63:
+            raise SpecError("gcp.network", f"{self.network!r} is not a network name (like 'default')")
+        if self.service_account and not _SERVICE_ACCOUNT.match(self.service_account):
+            raise SpecError("gcp.service_account", f"{self.service_account!r} is not a service account email "
+                            "(like 'name@project.iam.gserviceaccount.com')")
 
 
 @dataclass(frozen=True)
@@ -170,7 +194,12 @@ class Compute(_Section):
     machine_type: str = ""
     replicas: int = field(default=1, metadata=_range(1, 20))
     spot: bool = False
+    # What GCP does when it reclaims a Spot VM: STOP keeps the disk (restart it later), DELETE removes it.
+    spot_termination: str = "STOP"
     disk_gb: int = field(default=100, metadata=_range(10, 65536))
+    # Boot image on GCP. Empty: a Deep Learning VM family with a driver new enough for the GPU.
+    # A bare name is a Deep Learning VM family; "project/family" or a full image path is used as is.
+    image: str = ""
 
     def _check(self) -> None:
         gpu = self.gpu.strip().lower()
@@ -182,6 +211,13 @@ class Compute(_Section):
                 raise SpecError("compute.gpu", str(exc)) from None
         if self.machine_type and not _GCP_NAME.match(self.machine_type):
             raise SpecError("compute.machine_type", f"{self.machine_type!r} is not a machine type name (like 'n1-standard-4')")
+        termination = self.spot_termination.upper()
+        if termination not in ("STOP", "DELETE"):
+            raise SpecError("compute.spot_termination", f"{self.spot_termination!r} is not one of 'STOP', 'DELETE'")
+        object.__setattr__(self, "spot_termination", termination)
+        if self.image and (not _IMAGE.match(self.image) or "//" in self.image):
+            raise SpecError("compute.image", f"{self.image!r} is not an image: use a Deep Learning VM family name, "
+                            "'project/family' or 'projects/P/global/images/family/F'")
 
     @property
     def accelerator(self) -> catalog.Gpu | None:

@@ -1,0 +1,104 @@
+"""The mlinfra node launcher, run on each GCP node (stdlib only; any python3 >= 3.8).
+
+startup.sh fetches this file and the node's settings from instance metadata, then:
+
+    python3 launch.py prepare /etc/mlinfra/node.json   # as root, once per boot
+    python3 launch.py run /etc/mlinfra/node.json       # as the service user, under systemd
+
+The settings (serve.command, serve.env, the port) are data in a JSON file: the command
+runs as ``/bin/sh -c COMMAND`` exactly as the user wrote it, with ``PORT`` set, the same
+contract as on the local target. No value is ever pasted into shell or unit-file text.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+VENV = "/opt/mlinfra/venv"
+SERVER = "/opt/mlinfra/serve.py"
+SHIM = "/usr/local/bin/mlinfra"
+GPU_WAIT_S = 900  # the Deep Learning VM installs its driver on first boot; that takes minutes
+
+
+def load(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def prepare(node):
+    """Provide `mlinfra serve` when the command uses it and the image lacks it.
+
+    The reference server (mlinfra/serve.py; startup.sh writes it from metadata) runs in its own venv with
+    aiohttp and numpy from PyPI. The PyPI name "mlinfra" belongs to another project, so it is
+    never installed from there.
+    """
+    words = node["command"].split()
+    if not words or words[0] != "mlinfra" or shutil.which("mlinfra"):
+        return
+    if not os.path.exists(SERVER) or os.path.getsize(SERVER) == 0:
+        print("mlinfra: the command uses `mlinfra` but no reference server was shipped", file=sys.stderr)
+        return
+    if not os.path.exists(os.path.join(VENV, "bin", "python")):
+        if subprocess.call([sys.executable, "-m", "venv", VENV]) != 0:
+            # Ubuntu cloud images ship python3 without ensurepip; python3-venv adds it.
+            subprocess.check_call(["apt-get", "update", "-q"])
+            subprocess.check_call(["apt-get", "install", "-y", "-q", "python3-venv"])
+            subprocess.check_call([sys.executable, "-m", "venv", VENV])
+    subprocess.check_call([os.path.join(VENV, "bin", "pip"), "install", "-q", "aiohttp", "numpy"])
+    with open(SHIM, "w", encoding="utf-8") as handle:
+        handle.write(
+            "#!/bin/sh\n"
+            "# Installed by the mlinfra node launcher: only the reference server is available here.\n"
+            'if [ "$1" = serve ]; then shift; exec %s/bin/python %s "$@"; fi\n'
+            'echo "mlinfra: only \'mlinfra serve\' is available on nodes" >&2\n'
+            "exit 2\n" % (VENV, SERVER)
+        )
+    os.chmod(SHIM, 0o755)
+
+
+def wait_for_gpu(node, timeout_s=GPU_WAIT_S):
+    """Start the server only once the driver answers, so it sees its GPUs from the start."""
+    if not node.get("gpus"):
+        return True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if subprocess.call(["nvidia-smi", "-L"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0:
+                return True
+        except OSError:
+            pass  # nvidia-smi not installed yet
+        time.sleep(5)
+    print("mlinfra: no GPU driver after %ds; starting anyway (verify will report it)" % timeout_s, file=sys.stderr)
+    return False
+
+
+def environment(node, base=None):
+    env = dict(os.environ if base is None else base)
+    env.update(node.get("env") or {})
+    env.update({"PORT": str(node["port"]), "MLINFRA_STACK": node["stack"], "MLINFRA_NODE": node["node"]})
+    return env
+
+
+def run(node):
+    wait_for_gpu(node)
+    sys.stdout.flush()
+    os.execve("/bin/sh", ["/bin/sh", "-c", node["command"]], environment(node))
+
+
+def main(argv):
+    if len(argv) != 3 or argv[1] not in ("prepare", "run"):
+        print("usage: launch.py prepare|run NODE_JSON", file=sys.stderr)
+        return 2
+    node = load(argv[2])
+    if argv[1] == "prepare":
+        prepare(node)
+        return 0
+    run(node)
+    return 1  # not reached: run() replaces this process
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

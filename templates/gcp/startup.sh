@@ -1,0 +1,50 @@
+#!/bin/bash
+# mlinfra node bootstrap: Compute Engine runs this as root on every boot (metadata startup-script).
+# Static text: every stack value (command, env, port) is read from instance metadata at run time
+# and handed to the launcher as a JSON file, never pasted into this script or the unit file.
+set -euo pipefail
+
+metadata() {
+  curl -fsS --retry 5 -H "Metadata-Flavor: Google" \
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"
+}
+
+install -d -m 0755 /opt/mlinfra /etc/mlinfra
+metadata mlinfra-launcher >/opt/mlinfra/launch.py.new
+mv /opt/mlinfra/launch.py.new /opt/mlinfra/launch.py
+metadata mlinfra-node >/etc/mlinfra/node.json.new
+chmod 0640 /etc/mlinfra/node.json.new
+mv /etc/mlinfra/node.json.new /etc/mlinfra/node.json
+# The reference server (`mlinfra serve`), shipped only when serve.command uses it.
+metadata mlinfra-reference-server >/opt/mlinfra/serve.py || true
+
+# The model server runs as an unprivileged system user with its own home for caches.
+if ! id -u mlserve >/dev/null 2>&1; then
+  useradd --system --create-home --home-dir /var/lib/mlserve --shell /usr/sbin/nologin mlserve
+fi
+chgrp mlserve /etc/mlinfra/node.json
+
+python3 /opt/mlinfra/launch.py prepare /etc/mlinfra/node.json
+
+cat >/etc/systemd/system/mlinfra-serve.service <<'UNIT'
+[Unit]
+Description=mlinfra model server (serve.command from the stack)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+User=mlserve
+Group=mlserve
+WorkingDirectory=/var/lib/mlserve
+ExecStart=/usr/bin/python3 /opt/mlinfra/launch.py run /etc/mlinfra/node.json
+Restart=on-failure
+RestartSec=5
+# Output goes to the journal: journalctl -u mlinfra-serve
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+systemctl daemon-reload
+systemctl enable mlinfra-serve.service
+systemctl restart mlinfra-serve.service
