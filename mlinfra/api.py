@@ -81,8 +81,8 @@ class Stack(StackSpec):
 
     def plan(self, *, on_event: OnEvent | None = None, migrate: Migrate | None = None) -> PlanResult:
         """What ``up`` would change, without changing anything."""
+        engine = self._engine(on_event, migrate)
         with self._locked("plan"):
-            engine = self._engine(on_event, migrate)
             return PlanResult(self.name, self.workdir, engine.plan())
 
     def up(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
@@ -94,8 +94,8 @@ class Stack(StackSpec):
         result's ``passed``); without it, ``wait_ready`` still waits for the health check.
         """
         started = time.monotonic()
+        engine = self._engine(on_event, migrate)
         with self._locked("apply"):  # plan, confirm and apply as one: nobody changes state in between
-            engine = self._engine(on_event, migrate)
             summary = engine.plan()
             if summary.has_changes:
                 if confirm is not None and not confirm(summary):
@@ -134,8 +134,8 @@ class Stack(StackSpec):
         started = time.monotonic()
         if not self._has_state():
             return DownResult(self.name, PlanSummary(), False)
+        engine = self._engine(on_event, migrate=None)
         with self._locked("destroy"):
-            engine = self._engine(on_event, migrate=None)
             summary = engine.plan(destroy=True)
             if not summary.has_changes:
                 return DownResult(self.name, summary, False, time.monotonic() - started)
@@ -175,15 +175,22 @@ class Stack(StackSpec):
             lock.release()
 
     def _engine(self, on_event: OnEvent | None, migrate: Migrate | None):
+        """Render, then init (when needed): the engine for commands run under the stack's lock."""
         from mlinfra import gcs
-        from mlinfra.engine import Terraform  # lazy: engine pulls in subprocess machinery
+        from mlinfra.engine import StateLocked, Terraform  # lazy: engine pulls in subprocess machinery
+        from mlinfra.lock import LockHeld
 
-        rendered = self.render()
         remote = self.state.backend == "gcs"
-        engine = Terraform(rendered.workdir, on_event, lock=False,  # we hold the stack's lock
+        if remote:
+            gcs.check_reachable(self.state)  # seconds, not Terraform's minutes of retries
+        rendered = self.render()
+        engine = Terraform(rendered.workdir, on_event, lock=False,  # the caller holds the stack's lock
                            extra_env=gcs.terraform_env(self.state) if remote else None)
         backend = rendered.workdir / "backend.tfbackend.json"
-        engine.init(backend if remote else None, migrate=migrate)
+        try:
+            engine.init(backend if remote else None, migrate=migrate)
+        except StateLocked:
+            raise LockHeld(self.lock().holder() or LockInfo("?", "unknown operation", "unknown", "", "")) from None
         return engine
 
     def _has_state(self) -> bool:
@@ -191,3 +198,62 @@ class Stack(StackSpec):
         if self.state.backend == "gcs":
             return True  # another machine may have applied it: ask the bucket
         return (self.workdir / "terraform.tfstate").is_file()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state_bootstrap(self):
+        """Create (or check) the GCS state bucket; see ``mlinfra.state.bootstrap``."""
+        from mlinfra import state
+
+        return state.bootstrap(self)
+
+    def state_pull(self) -> dict:
+        """The current state document (what ``terraform state pull`` prints)."""
+        import json
+
+        engine = self._engine(None, migrate=None)
+        with self._locked("state pull"):
+            result = engine.run(["state", "pull"], json_events=False)
+        if result.returncode != 0:
+            raise MlinfraError(f"terraform state pull failed: {result.stderr.strip()[-300:]}")
+        return json.loads(result.stdout) if result.stdout.strip() else {}
+
+    def state_history(self):
+        """The stored versions of the state object, newest first (GCS with versioning)."""
+        from mlinfra import state
+
+        return state.history(self)
+
+    def state_restore(self, generation: int, *, confirm: Callable | None = None):
+        """Make an old state generation current again, after ``confirm(RestorePlan)``."""
+        import json
+
+        from mlinfra import state
+
+        engine = self._engine(None, migrate=None)
+        with self._locked("state restore"):
+            pulled = engine.run(["state", "pull"], json_events=False)
+            current = json.loads(pulled.stdout) if pulled.stdout.strip() else {}
+            plan = state.plan_restore(self, generation, current)
+            if confirm is not None and not confirm(plan):
+                raise Aborted("aborted: the state was not changed")
+            restored = self.workdir / f"restore-{generation}.tfstate"
+            restored.write_text(json.dumps(state.restored_state(self, generation, current)))
+            try:
+                pushed = engine.run(["state", "push", "-lock=false", restored.name], json_events=False)
+            finally:
+                restored.unlink(missing_ok=True)
+            if pushed.returncode != 0:
+                raise MlinfraError(f"terraform state push failed: {pushed.stderr.strip()[-300:]}")
+        return plan
+
+    def state_unlock(self, *, confirm: Callable[[LockInfo], bool] | None = None) -> LockInfo | None:
+        """Remove a stale lock (its holder died) after ``confirm(holder)``; None if unlocked."""
+        lock = self.lock()
+        holder = lock.holder()
+        if holder is None:
+            return None
+        if confirm is not None and not confirm(holder):
+            raise Aborted("aborted: the lock was left in place")
+        lock.force_release(holder.ID)
+        return holder

@@ -64,6 +64,10 @@ def terraform_env() -> dict[str, str]:
     return env
 
 
+class StateLocked(EngineError):
+    """Terraform could not take the state lock (someone else holds it)."""
+
+
 @dataclass
 class RunResult:
     returncode: int
@@ -100,6 +104,8 @@ class Terraform:
         stamp_path = self.workdir / _INIT_STAMP
         if not force and stamp_path.is_file() and stamp_path.read_text() == stamp:
             return False
+        # No -lock=false here: a first init on a remote backend writes an empty state under
+        # Terraform's own lock, whatever the flag says. Callers init before taking the stack lock.
         args = ["init", "-input=false", "-json"]
         if backend_config is not None:
             args += [f"-backend-config={backend_config.name}"]
@@ -108,9 +114,11 @@ class Terraform:
             if migrate is None or not migrate(previous, wanted):
                 raise EngineError(f"the state backend changed from {previous} to {wanted}; the state was not migrated",
                                   hint="run again and accept the migration (or pass --yes)")
-            args += ["-migrate-state", "-force-copy"]
+            # Terraform refuses -migrate-state with -json (it could ask questions); -force-copy
+            # answers them, so plain output it is, for this one run.
+            args = [a for a in args if a != "-json"] + ["-migrate-state", "-force-copy"]
         self.on_event(Progress(address="", action="init", status="start"))
-        self._check(self.run(args), "terraform init failed")
+        self._check(self.run(args, json_events="-json" in args), "terraform init failed")
         stamp_path.parent.mkdir(exist_ok=True)
         stamp_path.write_text(stamp)
         self.on_event(Progress(address="", action="init", status="done"))
@@ -206,6 +214,8 @@ class Terraform:
         if result.returncode in (0,):
             return
         errors = [d for d in result.diagnostics if d.severity == "error"]
+        if any(d.summary == "Error acquiring the state lock" for d in errors):
+            raise StateLocked(f"{what}: the state is locked by another operation", diagnostics=errors)
         if errors:
             message = "; ".join(d.format(self.workdir) for d in errors[:3])
             if len(errors) > 3:

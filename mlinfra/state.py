@@ -71,8 +71,10 @@ def bootstrap(stack) -> BootstrapResult:
             _apply_settings(bucket, labels)
             bucket = client.create_bucket(bucket, location=location, retry=gcs.retry(), timeout=gcs.DEADLINE_S)
         else:
-            if _publicly_readable(bucket):
-                raise MlinfraError(f"bucket gs://{state.bucket} is publicly readable; refusing to keep state in it")
+            public = _publicly_readable(bucket)
+            if public:
+                raise MlinfraError(f"bucket gs://{state.bucket} is publicly readable (allUsers or "
+                                   "allAuthenticatedUsers in its IAM policy); refusing to keep state in it")
             _apply_settings(bucket, {**(bucket.labels or {}), **labels})
             bucket.patch(retry=gcs.retry(), timeout=gcs.DEADLINE_S)
         bucket.reload(retry=gcs.retry(), timeout=gcs.DEADLINE_S)
@@ -88,6 +90,8 @@ def bootstrap(stack) -> BootstrapResult:
                   if settings[key] != value]
     mismatches += [f"labels.{k}: asked {v!r}, bucket has {settings['labels'].get(k)!r}"
                    for k, v in labels.items() if settings["labels"].get(k) != v]
+    if not created and public is None:
+        mismatches.append("public access: the server has no IAM policy to check (an emulator?)")
     return BootstrapResult(state.bucket, created, settings, mismatches)
 
 
@@ -98,14 +102,15 @@ def _apply_settings(bucket, labels: dict) -> None:
     bucket.labels = labels
 
 
-def _publicly_readable(bucket) -> bool:
-    """allUsers / allAuthenticatedUsers in the bucket's IAM policy (an emulator may not have IAM)."""
+def _publicly_readable(bucket) -> bool | None:
+    """allUsers / allAuthenticatedUsers in the bucket's IAM policy; None when there is no policy
+    to read (an emulator has no IAM endpoint)."""
     from google.api_core import exceptions as gexc
 
     try:
-        policy = bucket.get_iam_policy(retry=gcs.retry(), timeout=gcs.DEADLINE_S)
-    except (gexc.NotImplemented, gexc.NotFound, gexc.MethodNotImplemented, gexc.BadRequest):
-        return False
+        policy = bucket.get_iam_policy(retry=None, timeout=gcs.DEADLINE_S)
+    except (gexc.NotFound, gexc.MethodNotImplemented, gexc.BadRequest):
+        return None
     members = {member for binding in policy.bindings for member in binding.get("members", ())}
     return bool(members & {"allUsers", "allAuthenticatedUsers"})
 
@@ -117,7 +122,9 @@ def history(stack) -> list[Generation]:
     name = gcs.state_object(_prefix(stack))
     with gcs.errors(state, "listing state history"):
         client = gcs.client(state, stack.gcp.project)
-        blobs = [b for b in client.list_blobs(state.bucket, prefix=name, versions=True,
+        # versions="true", not True: the library would send "True", which fake-gcs-server (unlike
+        # GCS) does not take as true, and the history would silently shrink to one entry.
+        blobs = [b for b in client.list_blobs(state.bucket, prefix=name, versions="true",
                                                retry=gcs.retry(), timeout=gcs.DEADLINE_S) if b.name == name]
         live = client.bucket(state.bucket).get_blob(name, retry=gcs.retry(), timeout=gcs.DEADLINE_S)
     current = live.generation if live is not None else None

@@ -16,9 +16,9 @@ def test_wheel_ships_templates_and_renders_outside_the_checkout(tmp_path):
     assert built.returncode == 0, built.stderr
     wheel = next((tmp_path / "dist").glob("mlinfra-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for template in sorted((ROOT / "templates" / "local").iterdir()):
-        if template.is_file():
-            assert f"mlinfra/templates/local/{template.name}" in names
+    for template in sorted((ROOT / "templates").rglob("*")):
+        if template.is_file() and "__pycache__" not in template.parts:
+            assert f"mlinfra/templates/{template.relative_to(ROOT / 'templates')}" in names
     assert "mlinfra/data/gpus.toml" in names
 
     site = tmp_path / "site"

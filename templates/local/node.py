@@ -39,6 +39,11 @@ def start(key: str) -> int:
     run_dir = Path(os.environ["MLINFRA_RUN_DIR"])
     port = int(os.environ["MLINFRA_PORT"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    if _record_path(run_dir, key).exists():
+        # A record without a resource in state: an apply was killed after starting this node
+        # but before saving state. Stop that orphan so the node never runs twice.
+        print(f"node {key}: stopping a copy left by an interrupted apply")
+        stop(key)
     if _port_in_use(port):
         print(f"node {key}: port {port} is already in use by another process; "
               "run `mlinfra up` again to pick a free port", file=sys.stderr)

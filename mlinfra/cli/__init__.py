@@ -1,0 +1,15 @@
+"""The `mlinfra` command: a thin layer over ``mlinfra.api``.
+
+Each command loads the stack, calls one API method and shows its result.
+Exit codes: 0 success, 1 the operation failed, 2 bad input, 130 interrupted.
+``MLINFRA_DEBUG=1`` shows tracebacks for expected failures too.
+"""
+
+from mlinfra.cli.common import app
+from mlinfra.cli import stack, tools, state  # noqa: E402,F401  (each module registers its commands)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,111 @@
+"""What every command shares: the app, the common options, errors, confirmation, progress."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="mlinfra",
+    help="One stack file to a verified, disposable GPU inference deployment (Terraform underneath).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rich_utils + markdown cost ~150 ms per run
+)
+
+FileOpt = Annotated[Path, typer.Option("--file", "-f", help="The stack file.", show_default=True)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+DEFAULT_FILE = Path("mlinfra.toml")
+
+
+def handle_errors(command):
+    """Expected failures become one line on stderr and an exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from mlinfra.errors import MlinfraError
+
+        try:
+            return command(*args, **kwargs)
+        except MlinfraError as exc:
+            if os.environ.get("MLINFRA_DEBUG"):
+                raise
+            from mlinfra.console import err
+
+            err.print(f"error: {exc.message}", style="red", markup=False)
+            if exc.hint:
+                err.print(f"hint: {exc.hint}", markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def load(file: Path):
+    from mlinfra.api import Stack
+
+    return Stack.load(file)
+
+
+def ask(question: str, yes: bool) -> bool:
+    """Yes with --yes; a prompt on a terminal; without a terminal, a refusal (bad input)."""
+    from mlinfra.errors import UsageError
+
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to {question} without confirmation: stdin is not a terminal; pass --yes")
+    return typer.confirm(f"Do you want to {question}?", default=False, err=True)
+
+
+def confirm_plan(question: str, yes: bool):
+    """The API's confirm callback: show the plan, then ask."""
+    from mlinfra.console import err, print_plan
+
+    def confirm(summary) -> bool:
+        print_plan(summary, err)
+        return ask(question, yes)
+
+    return confirm
+
+
+def confirm_migration(yes: bool):
+    """The API's migrate callback: copying state to a new backend needs a yes."""
+
+    def migrate(old: str, new: str) -> bool:
+        from mlinfra.console import err
+
+        err.print(f"The state backend changed from {old} to {new}; Terraform will copy the state across.", markup=False)
+        return ask(f"migrate the state from {old} to {new}", yes)
+
+    return migrate
+
+
+def progress():
+    from mlinfra.console import ProgressPrinter
+
+    return ProgressPrinter()
+
+
+JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Write the verification as JUnit XML to this file.")]
+
+
+def show_report(verification, as_json: bool, junit: Path | None) -> None:
+    """Write the CI artefacts of a verification and, unless --json, show it."""
+    from mlinfra.verify.report import append_step_summary, junit_xml
+
+    if junit is not None:
+        junit.write_text(junit_xml(verification.stack, verification.results, verification.elapsed_s))
+    append_step_summary(verification.stack, verification.results)
+    if not as_json:
+        from mlinfra.console import print_verify
+
+        print_verify(verification)

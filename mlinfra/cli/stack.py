@@ -1,0 +1,134 @@
+"""The stack's lifecycle: render, plan, up, verify, down, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mlinfra.cli.common import (
+    DEFAULT_FILE, FileOpt, JsonOpt, JunitOpt, YesOpt, app, confirm_migration, confirm_plan, handle_errors,
+    load, progress, show_report,
+)
+
+@app.command()
+@handle_errors
+def render(
+    file: FileOpt = DEFAULT_FILE,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the module here instead of the work dir (eject).")] = None,
+    as_json: JsonOpt = False,
+):
+    """Write the stack's Terraform root module (it runs with plain `terraform` too)."""
+    result = load(file).render(out)
+    if as_json:
+        from mlinfra.console import print_json
+
+        return print_json(result)
+    from mlinfra.console import out as stdout
+
+    stdout.print(f"Rendered {len(result.files)} files for {len(result.nodes)} node(s) into {result.workdir}", markup=False)
+    for name in result.files:
+        stdout.print(f"  {name}", markup=False)
+
+
+@app.command()
+@handle_errors
+def plan(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
+    """Show what `up` would change, changing nothing."""
+    result = load(file).plan(on_event=progress())
+    from mlinfra.console import out, print_json, print_plan
+
+    if as_json:
+        return print_json(result)
+    print_plan(result.summary, out)
+
+
+@app.command()
+@handle_errors
+def up(
+    file: FileOpt = DEFAULT_FILE,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the gpu and latency checks (still wait for health).")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after apply: no checks at all.")] = False,
+    junit: JunitOpt = None,
+):
+    """Create or update the stack: init, plan, confirm, apply, then verify it (the gate)."""
+    stack = load(file)
+    result = stack.up(confirm=confirm_plan("apply these changes", yes), on_event=progress(),
+                      verify=not (no_verify or no_wait), wait_ready=not no_wait, migrate=confirm_migration(yes))
+    from mlinfra.console import err, nodes_table, out, print_json
+
+    if as_json:
+        print_json(result)
+    else:
+        if not result.applied:
+            err.print("No changes: the stack matches its file.", markup=False)
+        else:
+            err.print(f"Applied in {result.elapsed_s:.1f}s.", markup=False)
+        out.print(nodes_table(result.nodes))
+    if result.verify is not None:
+        show_report(result.verify, as_json, junit)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def verify(
+    file: FileOpt = DEFAULT_FILE,
+    as_json: JsonOpt = False,
+    junit: JunitOpt = None,
+    check: Annotated[Optional[list[str]], typer.Option("--check", help="Run only these checks: health, gpu, latency (repeatable).")] = None,
+    rate: Annotated[Optional[float], typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop).")] = None,
+):
+    """Prove the deployment works: GPU, health and latency checks on every node."""
+    report = load(file).run_verify(checks=check, rate=rate)
+    if as_json:
+        from mlinfra.console import print_json
+
+        print_json({"stack": report.stack, "passed": report.passed, "verdict": report.verdict,
+                    "elapsed_s": report.elapsed_s, "results": report.results})
+    show_report(report, as_json, junit)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def down(
+    file: FileOpt = DEFAULT_FILE,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Destroy even a stack marked protected = true.")] = False,
+):
+    """Destroy everything the stack created, and nothing else."""
+    result = load(file).down(confirm=confirm_plan("destroy these resources", yes), on_event=progress(), force=force)
+    from mlinfra.console import err, print_json
+
+    if as_json:
+        return print_json(result)
+    if result.destroyed:
+        err.print(f"Destroyed {result.summary.destroy} resource(s) in {result.elapsed_s:.1f}s.", markup=False)
+    else:
+        err.print("Nothing to destroy.", markup=False)
+
+
+@app.command()
+@handle_errors
+def status(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
+    """List the stack's nodes with their endpoints and whether they are ready."""
+    result = load(file).status()
+    from mlinfra.console import nodes_table, out, print_json
+
+    if as_json:
+        return print_json(result)
+    if result.lock is not None:
+        out.print(f"Locked: {result.lock.describe()}", style="yellow", markup=False)
+    if not result.deployed:
+        out.print(f"Stack {result.stack!r} is not deployed.", markup=False)
+        return
+    ready = sum(1 for node in result.nodes if node.ready)
+    out.print(f"Stack {result.stack!r} ({result.target}): {ready}/{len(result.nodes)} node(s) ready", markup=False)
+    out.print(nodes_table(result.nodes))

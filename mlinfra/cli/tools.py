@@ -1,0 +1,79 @@
+"""Commands around the stack: serve, version, new, ci."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mlinfra.cli.common import JsonOpt, app, handle_errors
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def serve(ctx: typer.Context):
+    """Run the reference inference server (see `mlinfra serve --help`)."""
+    from mlinfra import serve as server
+
+    raise typer.Exit(server.main(list(ctx.args)) or 0)
+
+
+@app.command()
+def version(as_json: JsonOpt = False):
+    """Show mlinfra's and Terraform's versions."""
+    from mlinfra import __version__
+    from mlinfra.engine import Terraform
+
+    terraform = handle_errors(lambda: Terraform(Path.cwd()).version())()
+    if as_json:
+        from mlinfra.console import print_json
+
+        return print_json({"mlinfra": __version__, "terraform": terraform})
+    typer.echo(f"mlinfra {__version__}\nterraform {terraform}")
+
+
+def _show_scaffold(result, as_json: bool) -> None:
+    from mlinfra.console import err, out, print_json
+
+    if as_json:
+        return print_json(result)
+    for path in result.written:
+        out.print(f"wrote   {path}", markup=False)
+    for path in result.skipped:
+        out.print(f"kept    {path}", markup=False)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False)
+
+
+@app.command()
+@handle_errors
+def new(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+    target: Annotated[str, typer.Option("--target", "-t", help="local or gcp.")] = "local",
+    gpu: Annotated[str, typer.Option("--gpu", "-g", help="A GPU alias (t4, l4, a100, h100, ...) or none.")] = "none",
+    name: Annotated[Optional[str], typer.Option("--name", help="The stack's name (default: from the directory).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing mlinfra.toml and Makefile.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Start a project: a commented mlinfra.toml, a Makefile, .mlinfra/ in .gitignore."""
+    from mlinfra.scaffold import new_project
+
+    _show_scaffold(new_project(directory, target=target, gpu=gpu, name=name, force=force), as_json)
+
+
+ci_app = typer.Typer(help="Continuous integration for the stack.", no_args_is_help=True)
+app.add_typer(ci_app, name="ci")
+
+
+@ci_app.command()
+@handle_errors
+def github(
+    file: Annotated[str, typer.Option("--file", "-f", help="The stack file, relative to the repository root.")] = "mlinfra.toml",
+    schedule: Annotated[str, typer.Option("--schedule", help="Cron schedule (UTC) of the nightly rebuild.")] = "0 3 * * *",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing workflow.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Write .github/workflows/mlinfra-rebuild.yml: a nightly destroy-rebuild-verify job."""
+    from mlinfra.scaffold import ci_github
+
+    _show_scaffold(ci_github(Path.cwd(), stack_file=file, schedule=schedule, force=force), as_json)
