@@ -63,12 +63,12 @@ def _resolve(stack) -> _Resolved:
     name = machine.name if machine else compute.machine_type
     if gpu is not None and machine is not None and not machine.on_demand and not compute.spot:
         alternatives = [m.name for m in catalog.machine_types_for(gpu) if m.on_demand]
-        other = f", or use an on-demand type ({', '.join(alternatives)})" if alternatives else ""
-        raise SpecError("compute.spot", f"{name} ({machine.gpus}× {gpu.short}) has no on-demand capacity on Google Cloud "
+        other = f", or use an on-demand machine type: {', '.join(alternatives)}" if alternatives else ""
+        raise SpecError("compute.spot", f"{name} ({machine.gpus}× {gpu.name}) has no on-demand capacity on Google Cloud "
                         f"(Spot, Flex-start or reservations only): set compute.spot = true{other}")
-    if compute.spot_termination != "STOP" and not compute.spot:
-        raise SpecError("compute.spot_termination", f"{compute.spot_termination!r} applies only to Spot VMs: set compute.spot = true or remove it")
-    if gpu is not None and not compute.image and compute.disk_gb < DLVM_MIN_DISK_GB:
+    if stack.gcp.spot_termination != "STOP" and not compute.spot:
+        raise SpecError("gcp.spot_termination", f"{stack.gcp.spot_termination!r} applies only to Spot VMs: set compute.spot = true or remove it")
+    if gpu is not None and not stack.gcp.image and compute.disk_gb < DLVM_MIN_DISK_GB:
         raise SpecError("compute.disk_gb", f"{compute.disk_gb} GB is smaller than the Deep Learning VM image: use at least {DLVM_MIN_DISK_GB}")
     if not stack.serve.public and not stack.serve.allow_cidrs:
         raise SpecError("serve.allow_cidrs", "is empty, so nobody could reach the port: list who may (CIDR ranges), or set serve.public = true")
@@ -94,8 +94,8 @@ def _machine(compute, gpu: Gpu | None) -> MachineType | None:
     if name:
         if bundled is None or bundled.gpu != gpu.name:
             valid = ", ".join(m.name for m in catalog.machine_types_for(gpu))
-            what = f"comes with {bundled.gpu}" if bundled else "cannot carry it"
-            raise SpecError("compute.machine_type", f"{name!r} {what}; {gpu.name} comes bundled with: {valid}")
+            what = f"comes with {bundled.gpu}, not {gpu.name}" if bundled else f"cannot carry {gpu.name}"
+            raise SpecError("compute.machine_type", f"{name!r} {what}; {gpu.name} comes with its own machine types: {valid}")
         if bundled.gpus != compute.gpu_count:
             same = [m.name for m in catalog.machine_types_for(gpu, compute.gpu_count)]
             other = f", or use {' / '.join(same)} for {compute.gpu_count}" if same else ""
@@ -123,8 +123,8 @@ def _n1_host(compute, gpu: Gpu, counts: list[int], bundled: MachineType | None) 
     if shape is None:
         if name.startswith("n1-"):
             raise SpecError("compute.machine_type", f"{name!r} is not an N1 machine type" + catalog.did_you_mean(name, catalog.n1_predefined_names()))
-        raise SpecError("compute.machine_type", f"{gpu.name} attaches only to N1 machine types (n1-standard-*, n1-highmem-*, "
-                        f"n1-highcpu-*), not {name!r}; other GPUs come with their own machine types (see `mlinfra gpus`)")
+        raise SpecError("compute.machine_type", f"{name!r} cannot take {gpu.name}: attached GPUs need an N1 machine type "
+                        "(n1-standard-*, n1-highmem-*, n1-highcpu-*), such as n1-standard-4")
     max_vcpus, max_gb = catalog.n1_limit(gpu, compute.gpu_count)
     if shape.vcpus > max_vcpus or shape.memory_gb > max_gb:
         fitting = [n for n in catalog.n1_predefined_names() if n.startswith("n1-standard-")
@@ -225,8 +225,8 @@ def choices(stack) -> list[str]:
         if not resolved.listed[region]:
             offered = f"offers {gpu.short}" + (f" on {machine.name}" if machine and machine.bundled else "") if gpu else "is known"
             lines.append(f"gcp.zones: chose {resolved.zones[region][0]} for {region} (the first zone that {offered})")
-    if gpu is not None and not stack.compute.image:
-        lines.append(f"compute.image: chose {catalog.default_image(gpu)} (driver new enough for {gpu.short})")
+    if gpu is not None and not stack.gcp.image:
+        lines.append(f"gcp.image: chose {catalog.default_image(gpu)} (driver new enough for {gpu.short})")
     return lines
 
 
@@ -251,14 +251,14 @@ def tfvars(stack, workdir: Path) -> dict:
     gpu, machine = resolved.gpu, resolved.machine
     count = stack.compute.gpu_count if gpu else 0
     private_key, public_key = ssh_key(workdir, stack.name)
-    image = _image(stack.compute.image, gpu)
+    image = _image(stack.gcp.image, gpu)
     disk_type = machine.disk if machine else "pd-balanced"
     nodes = {}
     for node in placement(stack, workdir):
         nodes[node.key] = {
             "region": node.region, "replica": node.replica, "zone": node.zone, "machine_type": node.machine_type,
             "attached_gpus": [{"type": gpu.name, "count": count}] if gpu and gpu.attached else [],
-            "gpus": count, "has_gpu": count > 0, "spot": stack.compute.spot, "spot_termination": stack.compute.spot_termination,
+            "gpus": count, "has_gpu": count > 0, "spot": stack.compute.spot, "spot_termination": stack.gcp.spot_termination,
             "image": image, "disk_gb": stack.compute.disk_gb, "disk_type": disk_type,
             "node_config": {"stack": stack.name, "node": node.key, "command": stack.serve.command,
                             "env": dict(stack.serve.env), "port": stack.serve.port,
@@ -277,7 +277,7 @@ def tfvars(stack, workdir: Path) -> dict:
 
 
 def _image(image: str, gpu: Gpu | None) -> str:
-    """compute.image: a full path (".../images/family/F", "P/F") as is; a bare name is a DLVM family."""
+    """gcp.image: a full path (".../images/family/F", "P/F") as is; a bare name is a DLVM family."""
     if not image:
         return catalog.default_image(gpu)
     if "/" in image:

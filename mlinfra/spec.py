@@ -146,6 +146,11 @@ class Gcp(_Section):
     zones: tuple[str, ...] = ()
     network: str = "default"  # the VPC network for nodes and firewall rules
     service_account: str = ""  # email; empty: the nodes get no service account (no Google API access)
+    # Boot image. Empty: a Deep Learning VM family with a driver new enough for the GPU (Ubuntu LTS
+    # without one). A bare name is a Deep Learning VM family; "project/family" or a full path is used as is.
+    image: str = ""
+    # What GCP does when it reclaims a Spot VM: STOP keeps the disk (restart it later), DELETE removes it.
+    spot_termination: str = "STOP"
 
     def _check(self) -> None:
         if self.project and not _PROJECT_ID.match(self.project):
@@ -173,6 +178,13 @@ class Gcp(_Section):
         if self.service_account and not _SERVICE_ACCOUNT.match(self.service_account):
             raise SpecError("gcp.service_account", f"{self.service_account!r} is not a service account email "
                             "(like 'name@project.iam.gserviceaccount.com')")
+        if self.image and (not _IMAGE.match(self.image) or "//" in self.image):
+            raise SpecError("gcp.image", f"{self.image!r} is not an image: use a Deep Learning VM family name, "
+                            "'project/family' or 'projects/P/global/images/family/F'")
+        termination = self.spot_termination.upper()
+        if termination not in ("STOP", "DELETE"):
+            raise SpecError("gcp.spot_termination", f"{self.spot_termination!r} is not one of 'STOP', 'DELETE'")
+        object.__setattr__(self, "spot_termination", termination)
 
 
 @dataclass(frozen=True)
@@ -194,12 +206,7 @@ class Compute(_Section):
     machine_type: str = ""
     replicas: int = field(default=1, metadata=_range(1, 20))
     spot: bool = False
-    # What GCP does when it reclaims a Spot VM: STOP keeps the disk (restart it later), DELETE removes it.
-    spot_termination: str = "STOP"
     disk_gb: int = field(default=100, metadata=_range(10, 65536))
-    # Boot image on GCP. Empty: a Deep Learning VM family with a driver new enough for the GPU.
-    # A bare name is a Deep Learning VM family; "project/family" or a full image path is used as is.
-    image: str = ""
 
     def _check(self) -> None:
         gpu = self.gpu.strip().lower()
@@ -211,13 +218,6 @@ class Compute(_Section):
                 raise SpecError("compute.gpu", str(exc)) from None
         if self.machine_type and not _GCP_NAME.match(self.machine_type):
             raise SpecError("compute.machine_type", f"{self.machine_type!r} is not a machine type name (like 'n1-standard-4')")
-        termination = self.spot_termination.upper()
-        if termination not in ("STOP", "DELETE"):
-            raise SpecError("compute.spot_termination", f"{self.spot_termination!r} is not one of 'STOP', 'DELETE'")
-        object.__setattr__(self, "spot_termination", termination)
-        if self.image and (not _IMAGE.match(self.image) or "//" in self.image):
-            raise SpecError("compute.image", f"{self.image!r} is not an image: use a Deep Learning VM family name, "
-                            "'project/family' or 'projects/P/global/images/family/F'")
 
     @property
     def accelerator(self) -> catalog.Gpu | None:
