@@ -54,8 +54,10 @@ FAILURES = {  # fixture -> the diagnosis label it must get
     "no-devices": "no devices",
     "command-not-found": "nvidia-smi missing",
     "invalid-field": "query field unknown",
+    "invalid-field-recorded": "query field unknown",
 }
-HEALTHY = [("t4", "t4", 1), ("a100-40gb", "a100", 1), ("a100-80gb-x2", "a100-80gb", 2), ("h100", "h100", 1)]
+HEALTHY = [("t4", "t4", 1), ("a100-40gb", "a100", 1), ("a100-80gb-x2", "a100-80gb", 2), ("h100", "h100", 1),
+           ("h100-recorded", "h100", 1)]
 
 
 def test_every_fixture_names_its_source_and_is_covered():
@@ -429,3 +431,22 @@ def test_ssh_argv_pins_key_known_hosts_and_batch_mode(tmp_path):
                    "StrictHostKeyChecking=accept-new", "BatchMode=yes", "ConnectTimeout=10"):
         assert option in joined
     assert argv[-3:] == ["--", "10.0.0.5", " ".join(gpu.COMMAND)]
+
+
+def test_recorded_h100_output_replays_to_the_recorded_verdict():
+    """The real H100 run (tests/data/verify/h100-local-2026-11-22.json) came from the real
+    nvidia-smi text in h100-recorded.txt: replaying that text must give the same verdict."""
+    import json
+
+    recorded = json.loads((FIXTURES.parent / "verify" / "h100-local-2026-11-22.json").read_text())
+    real = next(r for r in recorded["results"] if r["check"] == "gpu")
+
+    class Replay:  # hands back the recorded stdout, as the real runner got it
+        def run(self, argv, timeout_s):
+            assert list(argv) == real["details"]["command"]
+            return gpu.RunResult(0, load("h100-recorded").body, "")
+
+    replayed = gpu.check_gpu(real["node"], catalog.lookup_gpu("h100"), 1, Replay())
+    assert replayed.passed and real["passed"]
+    assert replayed.summary == real["summary"]
+    assert replayed.details["gpus"] == real["details"]["gpus"]
