@@ -1,8 +1,9 @@
 """The GPU catalog: which GPUs Google Cloud offers, on which machine types, in which zones.
 
 The facts live in ``data/gpus.toml`` with their sources; this module loads and
-queries them. It decides nothing about a stack (``gcp`` does) and prices live in
-``pricing`` terms below. The data file is read lazily, once, so ``--help`` stays fast.
+queries them: GPUs, machine types, zones, images, prices, the `mlinfra gpus` rows and a
+stack's estimated cost. Whether a stack is valid is ``gcp``'s call, not this module's.
+The data file is read lazily, once, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def default_image(gpu: Gpu | None) -> str:
     return f"projects/{images['gpu_project']}/global/images/family/{gpu.image_family}"
 
 
-# -- prices (reference §6): raw lookups; pricing.py-style totals are in estimate_cost ---------------
+# -- prices (reference §6): one VM's price from the data file's rows ------------------------------
 
 @dataclass(frozen=True)
 class Price:

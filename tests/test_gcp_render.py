@@ -268,3 +268,22 @@ def test_missing_ssh_keygen_is_one_clear_error(tmp_path, monkeypatch):
 @needs_schema
 def test_schema_check_runs_on_the_shared_schema():
     assert schema.load_schema(SCHEMA)["registry.terraform.io/hashicorp/google"]["resource_schemas"]["google_compute_instance"]
+
+
+@pytest.mark.parametrize("case", ["seed", "spot-multi-region"])
+def test_tfvars_satisfy_the_variable_types(tmp_path, case):
+    """Terraform itself checks terraform.tfvars.json against variables.tf (a plan with no provider)."""
+    if case == "seed":
+        rendered = seed_stack(tmp_path, ssh_cidrs=["203.0.113.0/24"], env={"A": "b"}).render()
+    else:
+        rendered = render_case(tmp_path, "l4", 2, True, 3, 2)[1]
+    module = tmp_path / "types"
+    module.mkdir()
+    for name in ("variables.tf", "terraform.tfvars.json"):
+        (module / name).write_text((rendered.workdir / name).read_text())
+    (module / "outputs.tf").write_text('output "nodes" {\n  value = var.nodes\n}\n')
+    env = terraform_env()
+    for args in (["init", "-input=false"], ["plan", "-input=false", "-lock=false"]):
+        result = subprocess.run([sys.executable, "-m", "mlinfra._tfexec", *args], cwd=module, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
