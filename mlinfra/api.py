@@ -199,6 +199,35 @@ class Stack(StackSpec):
             return True  # another machine may have applied it: ask the bucket
         return (self.workdir / "terraform.tfstate").is_file()
 
+    def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:
+        """Destroy and recreate exactly these nodes (``-replace`` + ``-target``); all nodes after."""
+        addresses = [self.node_address(key) for key in keys]
+        engine = self._engine(on_event, migrate=None)
+        with self._locked("replace"):
+            engine.plan(replace=addresses, targets=addresses)
+            engine.apply()
+            outputs = engine.outputs()  # a targeted apply may report only some outputs
+        return node_probe.from_outputs(outputs, self.workdir)
+
+    def node_address(self, key: str) -> str:
+        """The Terraform address of a node's resource."""
+        import json
+
+        resource = "google_compute_instance.node" if self.target == "gcp" else "terraform_data.node"
+        return f"{resource}[{json.dumps(key)}]"
+
+    def heal(self, **options):
+        """Replace the nodes that fail their gpu or health checks; see ``mlinfra.heal.heal``."""
+        from mlinfra.heal import heal
+
+        return heal(self, **options)
+
+    def rebuild(self, **options):
+        """Destroy, bring up and verify, each phase timed; see ``mlinfra.rebuild.rebuild``."""
+        from mlinfra.rebuild import rebuild
+
+        return rebuild(self, **options)
+
     # -- state ---------------------------------------------------------------------------
 
     def state_bootstrap(self):

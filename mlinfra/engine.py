@@ -140,10 +140,13 @@ class Terraform:
         except (FileNotFoundError, ValueError):
             return False
 
-    def plan(self, *, destroy: bool = False, replace: list[str] = ()) -> PlanSummary:
+    def plan(self, *, destroy: bool = False, replace: list[str] = (), targets: list[str] = ()) -> PlanSummary:
+        """Plan into ``tfplan``; ``replace`` forces those resources to be recreated, ``targets``
+        limits the plan to them (so a heal never touches a healthy node)."""
         args = ["plan", "-input=false", "-json", "-detailed-exitcode", f"-out={PLAN_FILE}", *self.lock_args]
         args += ["-destroy"] if destroy else []
         args += [f"-replace={address}" for address in replace]
+        args += [f"-target={address}" for address in targets]
         result = self.run(args)
         if result.returncode not in (0, 2):
             self._check(result, "terraform plan failed")

@@ -368,13 +368,14 @@ class StackSpec(_Section):
 
 def _build(cls, data: dict, key: str, **extra):
     """Construct a section from a TOML table, refusing unknown and missing keys."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "path"]
+    # compare=False marks bookkeeping (StackSpec.path), which no file may set.
+    names = [f.name for f in dataclasses.fields(cls) if f.compare]
     prefix = f"{key}." if key else ""
     for name in data:
         if name not in names:
             raise SpecError(prefix + name, "unknown key" + catalog.did_you_mean(name, names))
     for f in dataclasses.fields(cls):
-        if f.name in data or f.name == "path":
+        if f.name in data or not f.compare:
             continue
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SpecError(prefix + f.name, "required key is missing")

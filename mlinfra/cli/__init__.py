@@ -6,7 +6,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad input, 130 interrupted.
 """
 
 from mlinfra.cli.common import app
-from mlinfra.cli import stack, tools, state  # noqa: E402,F401  (each module registers its commands)
+from mlinfra.cli import stack, ops, tools, state  # noqa: E402,F401  (each module registers its commands)
 
 __all__ = ["app", "main"]
 

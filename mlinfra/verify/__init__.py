@@ -48,8 +48,12 @@ def parse_checks(names: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def run(stack, nodes: list, *, checks: Iterable[str] | None = None, rate: float | None = None,
-        on_result: Callable[[CheckResult], None] | None = None) -> VerifyReport:
-    """Run the chosen checks on ``nodes`` (from ``stack.status()``); never prints."""
+        on_result: Callable[[CheckResult], None] | None = None,
+        health_deadline_s: float | None = None) -> VerifyReport:
+    """Run the chosen checks on ``nodes`` (from ``stack.status()``); never prints.
+
+    ``health_deadline_s`` overrides ``[verify] health_timeout_s`` (heal detects with a short one).
+    """
     checks = parse_checks(checks)
     notify = on_result or (lambda result: None)
     started = time.monotonic()
@@ -62,7 +66,8 @@ def run(stack, nodes: list, *, checks: Iterable[str] | None = None, rate: float 
 
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(nodes)))) as pool:
         if "health" in checks:
-            list(pool.map(lambda n: record(_health(stack, n)), nodes))
+            deadline = stack.verify.health_timeout_s if health_deadline_s is None else health_deadline_s
+            list(pool.map(lambda n: record(_health(n, deadline)), nodes))
         if "gpu" in checks:
             list(pool.map(lambda n: record(_gpu(stack, n)), nodes))
     if "latency" in checks:
@@ -77,10 +82,10 @@ def run(stack, nodes: list, *, checks: Iterable[str] | None = None, rate: float 
     return VerifyReport(stack.name, ordered, time.monotonic() - started)
 
 
-def _health(stack, node) -> CheckResult:
+def _health(node, deadline_s: float) -> CheckResult:
     from mlinfra.verify.health import check_health
 
-    return check_health(node.name, node.health_url, deadline_s=stack.verify.health_timeout_s)
+    return check_health(node.name, node.health_url, deadline_s=deadline_s)
 
 
 def _gpu(stack, node) -> CheckResult:
