@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlinfra import nodes as node_probe
-from mlinfra.errors import MlinfraError, UsageError
+from mlinfra.errors import EngineError, MlinfraError, UsageError
 from mlinfra.lock import LockInfo
 from mlinfra.render import RenderResult, render
 from mlinfra.spec import StackSpec
@@ -38,6 +38,8 @@ class PlanResult:
     stack: str
     workdir: Path
     summary: PlanSummary
+    notes: list[str] = field(default_factory=list)  # choices made for the user, warnings
+    cost: object | None = None  # catalog.Cost for GCP stacks
 
 
 @dataclass
@@ -48,6 +50,7 @@ class UpResult:
     nodes: list[node_probe.Node] = field(default_factory=list)
     elapsed_s: float = 0.0
     verify: VerifyReport | None = None  # the verification gate's report (health only with verify=False)
+    moves: list = field(default_factory=list)  # GCP zone fallback: nodes moved after a stockout
 
     @property
     def passed(self) -> bool:
@@ -83,11 +86,13 @@ class Stack(StackSpec):
         """What ``up`` would change, without changing anything."""
         engine = self._engine(on_event, migrate)
         with self._locked("plan"):
-            return PlanResult(self.name, self.workdir, engine.plan())
+            summary = engine.plan()
+        return PlanResult(self.name, self.workdir, summary, self.notes(),
+                          self.cost() if self.target == "gcp" else None)
 
     def up(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
            verify: bool = True, wait_ready: bool = True, on_result: OnResult | None = None,
-           migrate: Migrate | None = None) -> UpResult:
+           migrate: Migrate | None = None, zone_fallback: bool = True) -> UpResult:
         """Create or update the stack's nodes so they match the stack file, then verify them.
 
         With nothing to change, applies nothing. ``verify`` runs every check as a gate (the
@@ -100,9 +105,9 @@ class Stack(StackSpec):
             if summary.has_changes:
                 if confirm is not None and not confirm(summary):
                     raise Aborted("aborted: nothing was changed")
-                outputs = engine.apply().outputs  # the apply reports them: no extra Terraform run
+                outputs, moves = self._apply_with_fallback(engine, zone_fallback, on_event)
             else:
-                outputs = engine.outputs()
+                outputs, moves = engine.outputs(), []
         found = node_probe.from_outputs(outputs, self.workdir)
         report = None
         if verify or wait_ready:
@@ -110,7 +115,46 @@ class Stack(StackSpec):
 
             report = verification.run(self, found, checks=None if verify else ["health"], on_result=on_result)
             found = [node_probe.probe(node) for node in found]
-        return UpResult(self.name, summary, summary.has_changes, found, time.monotonic() - started, report)
+        return UpResult(self.name, summary, summary.has_changes, found, time.monotonic() - started, report, moves)
+
+    def _apply_with_fallback(self, engine, zone_fallback: bool, on_event: OnEvent | None):
+        """Apply; on GCP, a stockout moves the failed nodes to the next zone that offers their GPU
+        and machine type (within the stack's regions) and applies again. A quota error, or a
+        stockout with nowhere left to go, fails with one line that names the cause."""
+        moves: list = []
+        tried: dict[str, list[str]] = {}
+        while True:
+            try:
+                return engine.apply().outputs, moves
+            except EngineError as exc:
+                if self.target != "gcp":
+                    raise
+                from mlinfra import gcp, stockout
+
+                failures = []
+                for diag in exc.diagnostics:
+                    capacity = stockout.classify(f"{diag.summary}: {diag.detail}")
+                    key = stockout.node_key_from_address(diag.address)
+                    if capacity is not None and key is not None:
+                        failures.append((key, capacity))
+                if not failures:
+                    raise
+                zones = {node.key: node.zone for node in gcp.placement(self, self.workdir)}
+                for key, capacity in failures:
+                    tried.setdefault(key, []).append(zones.get(key, capacity.zone or ""))
+                found = stockout.plan_moves(self, [(k, zones.get(k, c.zone or ""), c) for k, c in failures], tried)
+                if not zone_fallback or len(found) < len(failures):
+                    hint = None if zone_fallback else "zone fallback is off (--no-zone-fallback)"
+                    raise EngineError("; ".join(f"node {k}: {c.describe()}" for k, c in failures),
+                                      diagnostics=exc.diagnostics, hint=hint) from None
+                for move in found:
+                    gcp.record_zone_move(self.workdir, move.node, move.from_zone, move.to_zone, move.reason)
+                    moves.append(move)
+                    if on_event:
+                        on_event(Progress(self.node_address(move.node), "move", "output",
+                                          message=f"{move.reason}; moving to {move.to_zone}"))
+                engine = self._engine(on_event, migrate=None)  # re-render with the moves recorded
+                engine.plan()
 
     def run_verify(self, *, checks: list[str] | None = None, rate: float | None = None,
                    on_result: OnResult | None = None) -> VerifyReport:
@@ -191,7 +235,31 @@ class Stack(StackSpec):
             engine.init(backend if remote else None, migrate=migrate)
         except StateLocked:
             raise LockHeld(self.lock().holder() or LockInfo("?", "unknown operation", "unknown", "", "")) from None
+        except EngineError as exc:
+            if self.target == "gcp":
+                from mlinfra import gcp
+
+                explained = gcp.explain_init_failure(exc.diagnostics)
+                if explained:
+                    raise EngineError(explained, diagnostics=exc.diagnostics) from None
+            raise
         return engine
+
+    def notes(self) -> list[str]:
+        """What mlinfra chose or wants the user to know before a plan: machine types and zones
+        it picked, and a warning when the stack is open to the internet."""
+        if self.target != "gcp":
+            return []
+        from mlinfra import gcp
+
+        warning = gcp.public_warning(self)
+        return list(gcp.choices(self)) + ([f"warning: {warning}"] if warning else [])
+
+    def cost(self):
+        """Estimated $/hour and $/month (spot vs on-demand); see ``catalog.estimate_cost``."""
+        from mlinfra import catalog
+
+        return catalog.estimate_cost(self)
 
     def _has_state(self) -> bool:
         """Whether there may be something deployed: local state here, or any remote state."""

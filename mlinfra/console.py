@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from mlinfra.tfevents import PlanSummary, Progress
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out.width = 200  # a pipe or a CI log: keep table rows whole instead of folding them at 80
+
 
 _ACTION_MARK = {"create": "+", "delete": "-", "update": "~", "replace": "-/+", "read": "<="}
 
@@ -30,6 +34,8 @@ def print_json(data) -> None:
 
 
 def to_data(value):
+    if hasattr(value, "as_dict"):  # a type that knows its own JSON shape (catalog.Cost, rows)
+        return to_data(value.as_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         data = {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, PlanSummary):
@@ -51,6 +57,35 @@ def print_plan(summary: PlanSummary, console: Console) -> None:
     console.print(f"Plan: {summary.describe()}.", markup=False)
 
 
+def cost_lines(cost) -> list[str]:
+    """The plan's price lines: the model in use, and what the other one would cost."""
+    def money(per_hour, per_month):
+        return f"${per_hour:,.2f}/hour, ${per_month:,.0f}/month" if per_hour is not None else "unknown"
+
+    model = "spot" if cost.spot else "on-demand"
+    lines = [f"Estimated cost ({model}): {money(cost.usd_per_hour, cost.usd_per_month)}"]
+    if cost.spot:
+        lines.append(f"  on-demand would be: {money(cost.on_demand_usd_per_hour, cost.on_demand_usd_per_month)}")
+    else:
+        lines.append(f"  spot would be: {money(cost.spot_usd_per_hour, cost.spot_usd_per_month)}")
+    lines += [f"  no price known for: {item}" for item in cost.missing]
+    return lines
+
+
+def plan_markdown(result) -> str:
+    """A pull-request comment: what changes, what it costs, what mlinfra chose."""
+    summary = result.summary
+    lines = [f"### mlinfra plan `{result.stack}`: {summary.describe()}", ""]
+    if summary.changes:
+        lines += ["| action | resource |", "| --- | --- |"]
+        lines += [f"| {c.action} | `{c.address}` |" for c in summary.changes]
+        lines.append("")
+    if result.cost is not None:
+        lines += [f"- {line.strip()}" for line in cost_lines(result.cost)]
+    lines += [f"- {note}" for note in result.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 class ProgressPrinter:
     """One line per resource as it starts and finishes; quiet about the rest."""
 
@@ -68,6 +103,8 @@ class ProgressPrinter:
             self.console.print(f"  {event.address}: {event.action} done ({event.elapsed_s or 0:.0f}s)", markup=False)
         elif event.status == "error":
             self.console.print(f"  {event.address}: {event.action} failed", style="red", markup=False)
+        elif event.status == "output" and event.action == "move":
+            self.console.print(f"  {event.address}: {event.message}", style="yellow", markup=False)
         elif event.status == "progress":
             self.console.print(f"  {event.address}: still {event.action}ing ({event.elapsed_s or 0:.0f}s)", markup=False)
 
@@ -107,3 +144,23 @@ def print_verify(report, console: Console = out) -> None:
             for line in histogram_lines(r.details["histogram"]):
                 console.print(f"  {line}", markup=False)
     console.print(f"\n{report.verdict}", style="green" if report.passed else "red", markup=False)
+
+
+def gpu_table(rows, region: str | None) -> Table:
+    def money(value):
+        return f"${value:,.2f}" if value is not None else "?"
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("gpu", "accelerator", "mem", "n", "machine type", "$/h", "spot $/h", "zones"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        if row.zones is None:
+            zones = "not verified"
+        elif region:  # the zone letters: "a b c f" for us-central1-a, -b, -c, -f
+            zones = " ".join(zone.rsplit("-", 1)[-1] for zone in row.zones) or "none"
+        else:
+            zones = f"{len(row.zones)} zones"
+        on_demand = money(row.on_demand_usd_per_hour) if row.on_demand else "spot only"
+        table.add_row(row.alias, row.gpu, f"{row.memory_gb}G", str(row.count), row.machine_type,
+                      on_demand, money(row.spot_usd_per_hour), zones)
+    return table

@@ -30,17 +30,21 @@ class Node:
     ssh_host: str = ""
     ssh_port: int = 22
     ssh_user: str = ""
+    ssh_key: str = ""  # the stack's private key (GCP), for the GPU check over SSH
+    zone: str = ""
 
 
 def from_outputs(outputs: dict, workdir: Path) -> list[Node]:
     found = []
     for key, out in sorted((outputs.get("nodes") or {}).items()):
         record = _record(workdir, key)
+        user, _, host = (out.get("ssh") or "").rpartition("@")  # GCP: "user@external-ip"
         found.append(Node(
             key=key, name=out.get("name", key), region=out["region"], replica=int(out["replica"]),
             endpoint=out["endpoint"], health_url=out["health_url"],
             pid=record.get("pid"), log=record.get("log", ""),
-            ssh_host=out.get("ssh_host", ""), ssh_port=int(out.get("ssh_port", 22)), ssh_user=out.get("ssh_user", ""),
+            ssh_user=user, ssh_host=host, ssh_port=int(out.get("ssh_port", 22)), ssh_key=out.get("ssh_key") or "",
+            zone=out.get("zone") or "",
         ))
     return found
 

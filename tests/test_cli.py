@@ -30,7 +30,8 @@ def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"^  (\w+) ", result.stdout.split("Commands:")[1], re.M)
-    assert commands == ["render", "plan", "up", "verify", "down", "status", "serve", "version", "new", "ci", "state"]
+    assert commands == ["render", "plan", "up", "verify", "down", "status", "rebuild", "heal", "serve", "version",
+                        "new", "gpus", "check", "ci", "state"]
 
 
 def test_render_output(tmp_path, monkeypatch):

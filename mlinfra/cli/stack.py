@@ -32,16 +32,35 @@ def render(
         stdout.print(f"  {name}", markup=False)
 
 
+def show_notes(notes: list[str]) -> None:
+    """The machine types and zones mlinfra chose, and a public-ingress warning, on stderr."""
+    from mlinfra.console import err
+
+    for note in notes:
+        err.print(note, markup=False, style="yellow" if note.startswith("warning:") else None)
+
+
 @app.command()
 @handle_errors
-def plan(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
-    """Show what `up` would change, changing nothing."""
-    result = load(file).plan(on_event=progress())
-    from mlinfra.console import out, print_json, print_plan
+def plan(
+    file: FileOpt = DEFAULT_FILE,
+    as_json: JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a summary ready for a pull-request comment.")] = False,
+):
+    """Show what `up` would change (and, on GCP, what it costs), changing nothing."""
+    from mlinfra.console import cost_lines, err, out, plan_markdown, print_json, print_plan
 
+    stack = load(file)
+    if not (as_json or markdown):
+        show_notes(stack.notes())  # before Terraform runs: worth seeing even if it fails
+    result = stack.plan(on_event=progress())
     if as_json:
         return print_json(result)
+    if markdown:
+        return out.print(plan_markdown(result), markup=False, end="")
     print_plan(result.summary, out)
+    for line in cost_lines(result.cost) if result.cost is not None else []:
+        out.print(line, markup=False)
 
 
 @app.command()
@@ -53,11 +72,15 @@ def up(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the gpu and latency checks (still wait for health).")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after apply: no checks at all.")] = False,
     junit: JunitOpt = None,
+    no_zone_fallback: Annotated[bool, typer.Option("--no-zone-fallback", help="GCP: on a stockout, fail instead of "
+                                                   "moving the node to another zone of its region.")] = False,
 ):
     """Create or update the stack: init, plan, confirm, apply, then verify it (the gate)."""
     stack = load(file)
+    show_notes(stack.notes())
     result = stack.up(confirm=confirm_plan("apply these changes", yes), on_event=progress(),
-                      verify=not (no_verify or no_wait), wait_ready=not no_wait, migrate=confirm_migration(yes))
+                      verify=not (no_verify or no_wait), wait_ready=not no_wait, migrate=confirm_migration(yes),
+                      zone_fallback=not no_zone_fallback)
     from mlinfra.console import err, nodes_table, out, print_json
 
     if as_json:

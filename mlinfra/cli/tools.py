@@ -77,3 +77,50 @@ def github(
     from mlinfra.scaffold import ci_github
 
     _show_scaffold(ci_github(Path.cwd(), stack_file=file, schedule=schedule, force=force), as_json)
+
+
+@app.command()
+@handle_errors
+def gpus(
+    region: Annotated[Optional[str], typer.Option("--region", "-r", help="Only zones in this region.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="Only this GPU (alias or accelerator name).")] = None,
+    as_json: JsonOpt = False,
+):
+    """The GPU catalog: types, memory, machine types, zones, $/hour on-demand and spot."""
+    from mlinfra import catalog
+    from mlinfra.errors import UsageError
+
+    try:
+        rows = catalog.gpu_rows(region, gpu)
+    except ValueError as exc:  # an unknown GPU or region is bad input
+        raise UsageError(str(exc)) from None
+    from mlinfra.console import gpu_table, out, print_json
+
+    if as_json:
+        return print_json([row.as_dict() for row in rows])
+    out.print(gpu_table(rows, region))
+
+
+@app.command()
+@handle_errors
+def check(
+    file: Annotated[Path, typer.Option("--file", "-f", help="The stack file.")] = Path("mlinfra.toml"),
+    schema: Annotated[Optional[Path], typer.Option("--schema", help="A `terraform providers schema -json` file: "
+                                                   "check the rendered module against it, offline.")] = None,
+    as_json: JsonOpt = False,
+):
+    """Preflight: the stack, the engine, rendering, credentials, the state bucket (and a schema)."""
+    from mlinfra import preflight
+    from mlinfra.cli.common import load
+
+    items = preflight.check(load(file), schema)
+    from mlinfra.console import out, print_json
+
+    if as_json:
+        print_json(items)
+    else:
+        for item in items:
+            out.print(f"{'ok  ' if item.ok else 'FAIL'}  {item.name:<13} {item.detail}", markup=False,
+                      style=None if item.ok else "red")
+    if not all(item.ok for item in items):
+        raise typer.Exit(1)

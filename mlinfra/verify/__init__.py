@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -104,9 +105,9 @@ def _gpu_runner(stack, node):
         return gpu.LocalRunner()
     from mlinfra.verify.ssh import SshRunner
 
-    workdir = stack.workdir
-    return SshRunner(node.ssh_host, node.ssh_port, node.ssh_user, workdir / "ssh" / "id_ed25519",
-                     workdir / "ssh" / "known_hosts")
+    key = Path(node.ssh_key) if node.ssh_key else stack.workdir / "ssh" / "id_ed25519"
+    # The stack's own known_hosts, beside its key: never the user's ~/.ssh/known_hosts.
+    return SshRunner(node.ssh_host, node.ssh_port, node.ssh_user, key, key.parent / "known_hosts")
 
 
 def _latency(stack, node, rate: float | None) -> CheckResult:
