@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   := examples/demo/mlinfra.toml
 
-.PHONY: install test demo bench clean
+.PHONY: install system-deps test demo bench clean
 
 $(BIN)/mlinfra: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,16 @@ $(BIN)/mlinfra: pyproject.toml
 
 install: $(BIN)/mlinfra
 
+# The SSH tests start a real sshd and the GCP target makes keys with ssh-keygen: Debian's OpenSSH.
+system-deps:
+	@if ! command -v ssh-keygen >/dev/null || ! test -x /usr/sbin/sshd; then \
+	  echo "installing openssh-client and openssh-server with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    openssh-client openssh-server >/dev/null; \
+	fi
+
 # The whole suite: real Terraform, real servers, nothing skipped.
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 # The main job on the local target: up, status, one prediction per node, down (always).
@@ -26,6 +34,8 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/rebuild.py
+	$(BIN)/python bench/loadgen.py
 
 clean:
 	rm -rf $(VENV) examples/demo/.mlinfra .pytest_cache

@@ -9,7 +9,6 @@ TerraformConfig), checked with `terraform fmt`, and checked against the hashicor
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 from conftest import HTTP_SERVER, port_open, stack_processes, write_stack
 from typer.testing import CliRunner

@@ -254,7 +254,7 @@ def test_history_and_restore(tmp_path, emulator, deployed):
 
 
 def test_stopped_emulator_fails_fast_naming_the_endpoint(tmp_path, emulator):
-    path = gcs_stack(tmp_path, emulator, "dead")
+    gcs_stack(tmp_path, emulator, "dead")
     emulator.stop()
     for args in (["up", "--yes"], ["status"], ["state", "history"], ["state", "bootstrap"], ["down", "--yes"]):
         started = time.monotonic()

@@ -48,7 +48,7 @@ def plan(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a summary ready for a pull-request comment.")] = False,
 ):
     """Show what `up` would change (and, on GCP, what it costs), changing nothing."""
-    from mlinfra.console import cost_lines, err, out, plan_markdown, print_json, print_plan
+    from mlinfra.console import cost_lines, out, plan_markdown, print_json, print_plan
 
     stack = load(file)
     if not (as_json or markdown):
