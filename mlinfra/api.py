@@ -84,8 +84,7 @@ class Stack(StackSpec):
 
     def plan(self, *, on_event: OnEvent | None = None, migrate: Migrate | None = None) -> PlanResult:
         """What ``up`` would change, without changing anything."""
-        engine = self._engine(on_event, migrate)
-        with self._locked("plan"):
+        with self._operation("plan", on_event, migrate) as engine:
             summary = engine.plan()
         return PlanResult(self.name, self.workdir, summary, self.notes(),
                           self.cost() if self.target == "gcp" else None)
@@ -99,8 +98,7 @@ class Stack(StackSpec):
         result's ``passed``); without it, ``wait_ready`` still waits for the health check.
         """
         started = time.monotonic()
-        engine = self._engine(on_event, migrate)
-        with self._locked("apply"):  # plan, confirm and apply as one: nobody changes state in between
+        with self._operation("apply", on_event, migrate) as engine:  # plan, confirm, apply: nobody in between
             summary = engine.plan()
             if summary.has_changes:
                 if confirm is not None and not confirm(summary):
@@ -178,8 +176,7 @@ class Stack(StackSpec):
         started = time.monotonic()
         if not self._has_state():
             return DownResult(self.name, PlanSummary(), False)
-        engine = self._engine(on_event, migrate=None)
-        with self._locked("destroy"):
+        with self._operation("destroy", on_event) as engine:
             summary = engine.plan(destroy=True)
             if not summary.has_changes:
                 return DownResult(self.name, summary, False, time.monotonic() - started)
@@ -193,7 +190,7 @@ class Stack(StackSpec):
         if not self._has_state():
             return StatusResult(self.name, self.target, False, self.workdir)
         holder = self.lock().holder()
-        outputs = self._engine(None, migrate=None).outputs()
+        outputs = self._reader().outputs()
         found = [node_probe.probe(node) for node in node_probe.from_outputs(outputs, self.workdir)]
         return StatusResult(self.name, self.target, bool(found), self.workdir, found, holder)
 
@@ -218,21 +215,63 @@ class Stack(StackSpec):
         finally:
             lock.release()
 
+    @contextmanager
+    def _operation(self, name: str, on_event: OnEvent | None = None, migrate: Migrate | None = None):
+        """The stack lock, then a rendered and initialised engine: for anything that may change state.
+
+        The lock comes first, so a command that loses the race renders nothing (it could otherwise
+        rewrite ports under the winner's apply). One exception: the first contact with a remote
+        backend, where Terraform writes an empty state under its own lock — that init runs first.
+        """
+        if self.state.backend == "gcs" and self._backend_initialized() != "gcs":
+            self._engine(on_event, migrate)
+        with self._locked(name):
+            yield self._engine(on_event, migrate)
+
+    def _initialized(self) -> bool:
+        return (self.workdir / ".terraform").is_dir()
+
+    def _backend_initialized(self) -> str | None:
+        """The backend this work dir was last initialised for (None: never)."""
+        from mlinfra.engine import Terraform
+
+        return Terraform(self.workdir).initialized_backend() if self._initialized() else None
+
+    def _reader(self):
+        """An engine for read-only commands (outputs): no render when the work dir is ready."""
+        if not self._initialized():
+            return self._engine(None, migrate=None)
+        from mlinfra import gcs
+        from mlinfra.engine import Terraform
+
+        remote = self.state.backend == "gcs"
+        if remote:
+            gcs.check_reachable(self.state)
+        return Terraform(self.workdir, extra_env=gcs.terraform_env(self.state) if remote else None)
+
     def _engine(self, on_event: OnEvent | None, migrate: Migrate | None):
         """Render, then init (when needed): the engine for commands run under the stack's lock."""
         from mlinfra import gcs
-        from mlinfra.engine import StateLocked, Terraform  # lazy: engine pulls in subprocess machinery
-        from mlinfra.lock import LockHeld
+        from mlinfra.engine import Terraform  # lazy: engine pulls in subprocess machinery
+        from mlinfra.lock import workdir_mutex
 
         remote = self.state.backend == "gcs"
         if remote:
             gcs.check_reachable(self.state)  # seconds, not Terraform's minutes of retries
-        rendered = self.render()
-        engine = Terraform(rendered.workdir, on_event, lock=False,  # the caller holds the stack's lock
-                           extra_env=gcs.terraform_env(self.state) if remote else None)
-        backend = rendered.workdir / "backend.tfbackend.json"
+        with workdir_mutex(self.workdir):  # two commands at once: one renders and inits, then the other
+            rendered = self.render()
+            engine = Terraform(rendered.workdir, on_event, lock=False,  # the caller holds the stack's lock
+                               extra_env=gcs.terraform_env(self.state) if remote else None)
+            backend = rendered.workdir / "backend.tfbackend.json"
+            self._init(engine, backend if remote else None, migrate)
+        return engine
+
+    def _init(self, engine, backend: Path | None, migrate: Migrate | None) -> None:
+        from mlinfra.engine import StateLocked
+        from mlinfra.lock import LockHeld
+
         try:
-            engine.init(backend if remote else None, migrate=migrate)
+            engine.init(backend, migrate=migrate)
         except StateLocked:
             raise LockHeld(self.lock().holder() or LockInfo("?", "unknown operation", "unknown", "", "")) from None
         except EngineError as exc:
@@ -243,7 +282,6 @@ class Stack(StackSpec):
                 if explained:
                     raise EngineError(explained, diagnostics=exc.diagnostics) from None
             raise
-        return engine
 
     def notes(self) -> list[str]:
         """What mlinfra chose or wants the user to know before a plan: machine types and zones
@@ -270,8 +308,7 @@ class Stack(StackSpec):
     def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:
         """Destroy and recreate exactly these nodes (``-replace`` + ``-target``); all nodes after."""
         addresses = [self.node_address(key) for key in keys]
-        engine = self._engine(on_event, migrate=None)
-        with self._locked("replace"):
+        with self._operation("replace", on_event) as engine:
             engine.plan(replace=addresses, targets=addresses)
             engine.apply()
             outputs = engine.outputs()  # a targeted apply may report only some outputs
@@ -308,8 +345,7 @@ class Stack(StackSpec):
         """The current state document (what ``terraform state pull`` prints)."""
         import json
 
-        engine = self._engine(None, migrate=None)
-        with self._locked("state pull"):
+        with self._operation("state pull") as engine:
             result = engine.run(["state", "pull"], json_events=False)
         if result.returncode != 0:
             raise MlinfraError(f"terraform state pull failed: {result.stderr.strip()[-300:]}")
@@ -327,8 +363,7 @@ class Stack(StackSpec):
 
         from mlinfra import state
 
-        engine = self._engine(None, migrate=None)
-        with self._locked("state restore"):
+        with self._operation("state restore") as engine:
             pulled = engine.run(["state", "pull"], json_events=False)
             current = json.loads(pulled.stdout) if pulled.stdout.strip() else {}
             plan = state.plan_restore(self, generation, current)

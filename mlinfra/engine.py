@@ -116,7 +116,7 @@ class Terraform:
                                   hint="run again and accept the migration (or pass --yes)")
             # Terraform refuses -migrate-state with -json (it could ask questions); -force-copy
             # answers them, so plain output it is, for this one run.
-            args = [a for a in args if a != "-json"] + ["-migrate-state", "-force-copy"]
+            args = [a for a in args if a != "-json"] + ["-migrate-state", "-force-copy", "-no-color"]
         self.on_event(Progress(address="", action="init", status="start"))
         self._check(self.run(args, json_events="-json" in args), "terraform init failed")
         stamp_path.parent.mkdir(exist_ok=True)
@@ -246,6 +246,9 @@ def _backend_type(workdir: Path) -> str:
 
 
 def _last_lines(text: str, count: int = 3) -> str:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # colour codes, in case a command ignored -no-color
     lines = [line.strip(" │╷╵") for line in text.strip().splitlines() if line.strip(" │╷╵")]
     return " ".join(lines[-count:])
 

@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,23 @@ class LockInfo:
         age = self.age_s()
         held = f", held for {age:.0f}s" if age is not None else ""
         return f"{self.Operation} by {self.Who} since {self.Created}{held} (lock ID {self.ID})"
+
+
+@contextmanager
+def workdir_mutex(workdir: Path):
+    """Serialise rendering and ``terraform init`` in one work dir (a short wait, never an error).
+
+    Two commands on one stack at once must not write the same files or run two inits side by
+    side; the stack lock, taken after this, then decides which of them may change state.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / ".render.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 class LocalLock:

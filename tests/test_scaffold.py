@@ -27,7 +27,9 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def make_dry_run(directory: Path, *args: str) -> list[str]:
-    out = subprocess.run(["make", "-n", *args], cwd=directory, capture_output=True, text=True, check=True)
+    # --no-print-directory: under `make test` (CI) MAKELEVEL > 0 makes a nested make announce directories.
+    out = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=directory, capture_output=True,
+                         text=True, check=True)
     return out.stdout.splitlines()
 
 
