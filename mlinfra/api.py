@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mlinfra import nodes as node_probe
 from mlinfra.errors import EngineError, MlinfraError, UsageError
@@ -20,13 +20,15 @@ from mlinfra.lock import LockInfo
 from mlinfra.render import RenderResult, render
 from mlinfra.spec import StackSpec
 from mlinfra.tfevents import PlanSummary, Progress
-from mlinfra.verify import VerifyReport
-from mlinfra.verify.result import CheckResult
+
+if TYPE_CHECKING:  # only for annotations: verify loads when a command verifies
+    from mlinfra.verify import VerifyReport
+    from mlinfra.verify.result import CheckResult
 
 Confirm = Callable[[PlanSummary], bool]
 Migrate = Callable[[str, str], bool]  # (old backend, new backend) -> copy the state across?
 OnEvent = Callable[[Progress], None]
-OnResult = Callable[[CheckResult], None]
+OnResult = Callable[["CheckResult"], None]
 
 
 class Aborted(MlinfraError):
@@ -183,6 +185,7 @@ class Stack(StackSpec):
             if confirm is not None and not confirm(summary):
                 raise Aborted("aborted: nothing was destroyed")
             engine.apply()
+        self._forget_host_keys(None)  # the VMs are gone; new ones may reuse the addresses
         return DownResult(self.name, summary, True, time.monotonic() - started)
 
     def status(self) -> StatusResult:
@@ -308,11 +311,19 @@ class Stack(StackSpec):
     def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:
         """Destroy and recreate exactly these nodes (``-replace`` + ``-target``); all nodes after."""
         addresses = [self.node_address(key) for key in keys]
+        old_hosts = [n.ssh_host for n in self.status().nodes if n.key in keys]
         with self._operation("replace", on_event) as engine:
             engine.plan(replace=addresses, targets=addresses)
             engine.apply()
             outputs = engine.outputs()  # a targeted apply may report only some outputs
+        self._forget_host_keys(old_hosts)
         return node_probe.from_outputs(outputs, self.workdir)
+
+    def _forget_host_keys(self, hosts: list[str] | None) -> None:
+        if self.target == "gcp":
+            from mlinfra.verify.ssh import forget_hosts
+
+            forget_hosts(self.workdir / "known_hosts", hosts)
 
     def node_address(self, key: str) -> str:
         """The Terraform address of a node's resource."""

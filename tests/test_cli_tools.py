@@ -74,6 +74,14 @@ def test_gcp_plan_offline_says_what_to_do_in_one_line(tmp_path, monkeypatch):
     assert lines[1].startswith("gcp.image: chose ") and "nvidia" in lines[1]
     assert lines[-1].startswith("error: the hashicorp/google provider could not be installed")
     assert "`mlinfra render` works offline" in lines[-1] and "provider mirror" in lines[-1]
+    # The price is known without Terraform, so it is shown even here. By the sources: a T4 is
+    # $0.35 on-demand / $0.14 spot (reference §6); an n1-standard-4 host is 4 vCPU + 15 GB at the
+    # N1 rates of the same SkyPilot catalog commit; a month is 730 hours.
+    on_demand = 0.35 + 4 * 0.031611 + 15 * 0.004237
+    spot = 0.14 + 4 * 0.0081306 + 15 * 0.0010418
+    assert result.stdout.splitlines() == [
+        f"Estimated cost (on-demand): ${on_demand:.2f}/hour, ${on_demand * 730:,.0f}/month",
+        f"  spot would be: ${spot:.2f}/hour, ${spot * 730:,.0f}/month"]
 
 
 def test_public_stack_is_warned_about(tmp_path, monkeypatch):

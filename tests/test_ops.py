@@ -157,3 +157,22 @@ def test_budget_durations(text, seconds):
 def test_bad_budget_is_bad_input(text):
     with pytest.raises(UsageError):
         parse_duration(text)
+
+
+def test_heal_watch_logs_each_replacement_as_a_json_line(tmp_path, deployed):
+    stack = Stack.load(stack_file(tmp_path, "hl-watch", regions='["a"]', replicas=1))
+    deployed(stack)
+    pid = stack.up(verify=False).nodes[0].pid
+    proc = subprocess.Popen([sys.executable, "-m", "mlinfra", "heal", "--watch", "--interval", "1s"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        line = proc.stdout.readline()  # blocks until the watcher has replaced the node
+        entry = json.loads(line)
+        assert (entry["node"], entry["failed_check"], entry["outcome"], entry["attempts"]) == \
+            ("hl-watch-a-0", "health", "healed", 1)
+        assert entry["at"].endswith("Z") and entry["elapsed_s"] > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert stack.status().nodes[0].ready

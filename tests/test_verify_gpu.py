@@ -450,3 +450,15 @@ def test_recorded_h100_output_replays_to_the_recorded_verdict():
     assert replayed.passed and real["passed"]
     assert replayed.summary == real["summary"]
     assert replayed.details["gpus"] == real["details"]["gpus"]
+
+
+def test_forget_hosts_drops_only_the_replaced_nodes_keys(tmp_path):
+    from mlinfra.verify.ssh import forget_hosts
+
+    known = tmp_path / "known_hosts"
+    known.write_text("10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld1\n"
+                     "10.0.0.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeep2\n")
+    forget_hosts(known, ["10.0.0.1"])  # heal replaced this node: its old key must not block the new VM
+    assert [line.split()[0] for line in known.read_text().splitlines()] == ["10.0.0.2"]
+    forget_hosts(known, None)  # down: every VM is gone
+    assert not known.exists()

@@ -52,15 +52,17 @@ def plan(
 
     stack = load(file)
     if not (as_json or markdown):
-        show_notes(stack.notes())  # before Terraform runs: worth seeing even if it fails
+        # Before Terraform runs: the choices, warnings and price are worth seeing even if it fails
+        # (an air-gapped machine without the provider still learns what the stack would cost).
+        show_notes(stack.notes())
+        for line in cost_lines(stack.cost()) if stack.target == "gcp" else []:
+            out.print(line, markup=False)
     result = stack.plan(on_event=progress())
     if as_json:
         return print_json(result)
     if markdown:
         return out.print(plan_markdown(result), markup=False, end="")
     print_plan(result.summary, out)
-    for line in cost_lines(result.cost) if result.cost is not None else []:
-        out.print(line, markup=False)
 
 
 @app.command()

@@ -105,7 +105,9 @@ def _gpu_runner(stack, node):
         return gpu.LocalRunner()
     from mlinfra.verify.ssh import SshRunner
 
-    key = Path(node.ssh_key) if node.ssh_key else stack.workdir / "ssh" / "id_ed25519"
+    from mlinfra.gcp import SSH_KEY
+
+    key = Path(node.ssh_key) if node.ssh_key else stack.workdir / SSH_KEY
     # The stack's own known_hosts, beside its key: never the user's ~/.ssh/known_hosts.
     return SshRunner(node.ssh_host, node.ssh_port, node.ssh_user, key, key.parent / "known_hosts")
 

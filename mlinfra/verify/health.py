@@ -80,7 +80,7 @@ def check_health(
     attempt_timeout_s: float = 3.0,
     successes: int = 2,
     base_s: float = 0.05,
-    cap_s: float = 5.0,
+    cap_s: float = 1.0,  # polling once a second costs nothing; a longer cap only delays "ready"
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> CheckResult:

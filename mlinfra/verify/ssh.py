@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 from mlinfra.verify.gpu import CommandTimedOut, RunnerError, RunResult, run_argv
@@ -136,3 +138,19 @@ class SshRunner:
                                           connect_timeout=connect)
                 raise SshError(label, f"ssh: {message}", result.stderr)
         return result
+
+
+def forget_hosts(known_hosts: Path, hosts: list[str] | None = None) -> None:
+    """Drop recorded host keys: all of them (``hosts`` None: the nodes are gone), or those of the
+    nodes about to be replaced. A rebuilt VM can come back on the same address with a new host
+    key, which SSH would rightly refuse as a possible attack."""
+    if not known_hosts.is_file():
+        return
+    if hosts is None:
+        known_hosts.unlink()
+        return
+    keygen = shutil.which("ssh-keygen")
+    for host in hosts:
+        if host and keygen:
+            subprocess.run([keygen, "-R", host, "-f", str(known_hosts)], stdin=subprocess.DEVNULL,
+                           capture_output=True, check=False)
