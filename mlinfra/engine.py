@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -190,7 +189,7 @@ class Terraform:
         result = RunResult(returncode=-1)
         with _ForwardSignals(proc) as forwarded:
             if json_events:
-                tracker = tfevents.ProgressTracker(self.on_event, clock=time.monotonic)
+                tracker = tfevents.ProgressTracker(self.on_event)
                 for line in proc.stdout:
                     event = tfevents.parse_line(line)
                     if event is None:

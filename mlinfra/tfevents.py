@@ -98,9 +98,8 @@ def _hook_address(event: dict) -> str:
 class ProgressTracker:
     """Turns apply/provision events into ``Progress`` for a live display."""
 
-    def __init__(self, on_event: Callable[[Progress], None], clock: Callable[[], float]):
+    def __init__(self, on_event: Callable[[Progress], None]):
         self.on_event = on_event
-        self.clock = clock
 
     def feed(self, event: dict) -> None:
         kind = event["type"]
