@@ -105,6 +105,26 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+def _alive(pid: int) -> bool:
+    """Still running (an exited child awaiting its reaper, a zombie, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.02)
+        pids = [pid for pid in pids if _alive(pid)]
+    return pids
+
+
 def stop(key: str) -> int:
     run_dir = Path(os.environ["MLINFRA_RUN_DIR"])
     path = _record_path(run_dir, key)
@@ -113,27 +133,22 @@ def stop(key: str) -> int:
     except FileNotFoundError:
         print(f"node {key}: no record, nothing to stop")
         return 0
-    pids = node_processes(record)
+    pids = node_processes(record)  # one scan of /proc; then only these pids are watched
     if not pids:
         print(f"node {key}: pid {record['pid']} already exited")
     _signal_all(pids, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.05)
-        pids = node_processes(record)
+    pids = _wait_gone(pids, STOP_GRACE_S)
     if pids:
         print(f"node {key}: {len(pids)} process(es) ignored SIGTERM for {STOP_GRACE_S:.0f}s; killing")
         _signal_all(pids, signal.SIGKILL)
-    _reap_zombies(record)
+        _wait_gone(pids, 2.0)
+    # A child forked while we waited carries the token too: one last scan, and no mercy.
+    late = node_processes(record)
+    _signal_all(late, signal.SIGKILL)
+    _wait_gone(late, 2.0)
     path.unlink(missing_ok=True)
     print(f"node {key}: stopped")
     return 0
-
-
-def _reap_zombies(record: dict) -> None:
-    deadline = time.monotonic() + 2.0
-    while node_processes(record) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def main(argv: list[str]) -> int:
