@@ -173,8 +173,7 @@ class Stack(StackSpec):
     def down(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
              force: bool = False) -> DownResult:
         """Destroy everything the stack created, and nothing else."""
-        if self.protected and not force:
-            raise UsageError(f"stack {self.name!r} is protected (protected = true); pass --force to destroy it")
+        self.refuse_if_protected("destroy", force)
         started = time.monotonic()
         if not self._has_state():
             return DownResult(self.name, PlanSummary(), False)
@@ -196,6 +195,11 @@ class Stack(StackSpec):
         outputs = self._reader().outputs()
         found = [node_probe.probe(node) for node in node_probe.from_outputs(outputs, self.workdir)]
         return StatusResult(self.name, self.target, bool(found), self.workdir, found, holder)
+
+    def refuse_if_protected(self, action: str, force: bool) -> None:
+        """A stack marked ``protected = true`` is not destroyed (down, rebuild) without --force."""
+        if self.protected and not force:
+            raise UsageError(f"stack {self.name!r} is protected (protected = true); pass --force to {action} it")
 
     # -- internals ------------------------------------------------------------------------
 
@@ -236,37 +240,34 @@ class Stack(StackSpec):
 
     def _backend_initialized(self) -> str | None:
         """The backend this work dir was last initialised for (None: never)."""
-        from mlinfra.engine import Terraform
+        from mlinfra.engine import initialized_backend
 
-        return Terraform(self.workdir).initialized_backend() if self._initialized() else None
+        return initialized_backend(self.workdir) if self._initialized() else None
 
     def _reader(self):
         """An engine for read-only commands (outputs): no render when the work dir is ready."""
-        if not self._initialized():
-            return self._engine(None, migrate=None)
-        from mlinfra import gcs
-        from mlinfra.engine import Terraform
+        return self._terraform(None) if self._initialized() else self._engine(None, migrate=None)
 
-        remote = self.state.backend == "gcs"
-        if remote:
-            gcs.check_reachable(self.state)
-        return Terraform(self.workdir, extra_env=gcs.terraform_env(self.state) if remote else None)
+    def _terraform(self, on_event: OnEvent | None):
+        """Terraform in the work dir, with what the backend needs; the caller holds the stack's lock
+        (or only reads), hence -lock=false."""
+        from mlinfra import gcs
+        from mlinfra.engine import Terraform  # lazy: engine pulls in subprocess machinery
+
+        if self.state.backend != "gcs":
+            return Terraform(self.workdir, on_event, lock=False)
+        gcs.check_reachable(self.state)  # seconds, not Terraform's minutes of retries
+        return Terraform(self.workdir, on_event, lock=False, extra_env=gcs.terraform_env(self.state))
 
     def _engine(self, on_event: OnEvent | None, migrate: Migrate | None):
         """Render, then init (when needed): the engine for commands run under the stack's lock."""
-        from mlinfra import gcs
-        from mlinfra.engine import Terraform  # lazy: engine pulls in subprocess machinery
         from mlinfra.lock import workdir_mutex
 
-        remote = self.state.backend == "gcs"
-        if remote:
-            gcs.check_reachable(self.state)  # seconds, not Terraform's minutes of retries
+        engine = self._terraform(on_event)
         with workdir_mutex(self.workdir):  # two commands at once: one renders and inits, then the other
-            rendered = self.render()
-            engine = Terraform(rendered.workdir, on_event, lock=False,  # the caller holds the stack's lock
-                               extra_env=gcs.terraform_env(self.state) if remote else None)
-            backend = rendered.workdir / "backend.tfbackend.json"
-            self._init(engine, backend if remote else None, migrate)
+            self.render()
+            backend = self.workdir / "backend.tfbackend.json"
+            self._init(engine, backend if self.state.backend == "gcs" else None, migrate)
         return engine
 
     def _init(self, engine, backend: Path | None, migrate: Migrate | None) -> None:

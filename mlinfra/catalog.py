@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Memory per vCPU is what sets an N1 shape; the GPU caps (reference §2.1) are per vCPU and GB.
+# GCP location names, shared by the stack's checks and the error classifier.
+REGION_PATTERN = r"[a-z]+-[a-z]+[0-9]+"  # us-central1
+ZONE_PATTERN = REGION_PATTERN + r"-[a-z]"  # us-central1-a
 _N1_PREDEFINED = re.compile(r"^n1-(standard|highmem|highcpu)-(\d+)$")
 # N1 custom types: custom-<vCPUs>-<memory MB>[-ext] (N1 is the default custom family).
 _N1_CUSTOM = re.compile(r"^custom-(\d+)-(\d+)(-ext)?$")

@@ -108,7 +108,7 @@ class Terraform:
         args = ["init", "-input=false", "-json"]
         if backend_config is not None:
             args += [f"-backend-config={backend_config.name}"]
-        previous, wanted = self.initialized_backend(), _backend_type(self.workdir)
+        previous, wanted = initialized_backend(self.workdir), _backend_type(self.workdir)
         if previous and previous != wanted and self._has_resources(previous):
             if migrate is None or not migrate(previous, wanted):
                 raise EngineError(f"the state backend changed from {previous} to {wanted}; the state was not migrated",
@@ -122,14 +122,6 @@ class Terraform:
         stamp_path.write_text(stamp)
         self.on_event(Progress(address="", action="init", status="done"))
         return True
-
-    def initialized_backend(self) -> str | None:
-        """The backend type ``.terraform`` was last initialised with, if any."""
-        try:
-            data = json.loads((self.workdir / ".terraform" / "terraform.tfstate").read_text())
-        except (FileNotFoundError, ValueError):
-            return "local" if (self.workdir / "terraform.tfstate").is_file() else None
-        return (data.get("backend") or {}).get("type") or "local"
 
     def _has_resources(self, backend: str) -> bool:
         if backend != "local":
@@ -231,6 +223,15 @@ class Terraform:
         for path in sorted(self.workdir.glob("*.tf")) + ([backend_config] if backend_config else []):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
+
+
+def initialized_backend(workdir: Path) -> str | None:
+    """The backend type ``.terraform`` was last initialised with, if any."""
+    try:
+        data = json.loads((workdir / ".terraform" / "terraform.tfstate").read_text())
+    except (FileNotFoundError, ValueError):
+        return "local" if (workdir / "terraform.tfstate").is_file() else None
+    return (data.get("backend") or {}).get("type") or "local"
 
 
 def _backend_type(workdir: Path) -> str:

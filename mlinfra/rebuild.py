@@ -85,8 +85,7 @@ def rebuild(stack, *, budget_s: float | None = None, force: bool = False, cleanu
     """Destroy the stack, bring it up again, verify it; never prints."""
     from mlinfra import verify
 
-    if stack.protected and not force:
-        raise UsageError(f"stack {stack.name!r} is protected (protected = true); pass --force to rebuild it")
+    stack.refuse_if_protected("rebuild", force)
     report = RebuildReport(stack.name, stack.target, budget_s or BUDGET_S.get(stack.target, 600.0),
                            dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"))
     report.cleanup_command = f"mlinfra down --yes -f {shlex.quote(str(stack.path or 'mlinfra.toml'))}"

@@ -25,10 +25,10 @@ _GCP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # GPU region ("northamerica-northeast2") is 23, so the stack name gets what is left.
 NAME_MAX = 30
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_REGION = re.compile(rf"^{catalog.REGION_PATTERN}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+_ZONE = re.compile(rf"^{catalog.ZONE_PATTERN}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,254}[a-z0-9]$")
 _SERVICE_ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9-]{4,62}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|"
                               r"^[0-9]+-compute@developer\.gserviceaccount\.com$")

@@ -20,17 +20,17 @@ from typing import Iterable, Mapping
 
 from mlinfra import catalog
 
-_ZONE = r"[a-z]+-[a-z]+[0-9]+-[a-z]"
+_ZONE = catalog.ZONE_PATTERN
 _STOCKOUT_CODE = re.compile(r"\b(ZONE_RESOURCE_POOL_EXHAUSTED(?:_WITH_DETAILS)?)\b")
 _STOCKOUT_TEXT = re.compile(r"does not have enough resources available to fulfill the request"
                             r"|is currently unavailable in the \S+ zone|state:STOCKOUT", re.IGNORECASE)
 _QUOTA = [
     # Compute API: "Quota 'NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1."
     re.compile(r"Quota '(?P<metric>[A-Za-z0-9_]+)' exceeded\.?\s*(?:Limit:\s*(?P<limit>[\d.]+)\s*"
-               r"(?:in region (?P<region>[a-z]+-[a-z]+[0-9]+)|(?P<global>globally))?)?"),
+               rf"(?:in region (?P<region>{catalog.REGION_PATTERN})|(?P<global>globally))?)?"),
     # "Quota limit 'X' has been exceeded. Limit: 0 in region us-central1."
     re.compile(r"Quota limit '(?P<metric>[A-Za-z0-9_]+)' has been exceeded\.?\s*(?:Limit:\s*(?P<limit>[\d.]+)\s*"
-               r"(?:in region (?P<region>[a-z]+-[a-z]+[0-9]+))?)?"),
+               rf"(?:in region (?P<region>{catalog.REGION_PATTERN}))?)?"),
     # 'insufficient regional quota to satisfy request: resource "CPUS"' / 'Insufficient project quota ...'
     re.compile(r"[Ii]nsufficient (?:regional|project) quota to satisfy request: resource \"(?P<metric>[A-Z0-9_]+)\""
                r"(?:.*?project has a quota of '(?P<limit>[\d.]+)')?"),

@@ -100,11 +100,11 @@ JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Write the ver
 
 def show_report(verification, as_json: bool, junit: Path | None) -> None:
     """Write the CI artefacts of a verification and, unless --json, show it."""
-    from mlinfra.verify.report import append_step_summary, junit_xml
+    from mlinfra.verify.report import append_step_summary, junit_xml, markdown
 
     if junit is not None:
         junit.write_text(junit_xml(verification.stack, verification.results, verification.elapsed_s))
-    append_step_summary(verification.stack, verification.results)
+    append_step_summary(markdown(verification.stack, verification.results))
     if not as_json:
         from mlinfra.console import print_verify
 

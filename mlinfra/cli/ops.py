@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -50,9 +49,9 @@ def rebuild(
         from mlinfra.verify.report import junit_xml
 
         junit.write_text(junit_xml(report.stack, junit_results(report), report.elapsed_s))
-    if os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
-            summary.write(markdown(report) + "\n")
+    from mlinfra.verify.report import append_step_summary
+
+    append_step_summary(markdown(report))
     if as_json:
         print_json(data)
     else:
@@ -63,9 +62,10 @@ def rebuild(
         if report.failed_phase and not report.cleaned_up:
             err.print(f"left running: {', '.join(report.left_running) or 'nothing'}", markup=False)
             err.print(f"to clean up: {report.cleanup_command}", markup=False)
-    if report.interrupted:
-        err.print("error: interrupted: Terraform stopped gracefully and saved its state", style="red", markup=False)
-        raise typer.Exit(130)
+    if report.interrupted:  # after the report is written: the usual one-line error, exit 130
+        from mlinfra.errors import Interrupted
+
+        raise Interrupted("interrupted: Terraform stopped gracefully and saved its state")
     if not (report.passed and report.within_budget):
         raise typer.Exit(1)
 

@@ -83,11 +83,11 @@ def markdown(stack: str, results: list[CheckResult]) -> str:
     return text
 
 
-def append_step_summary(stack: str, results: list[CheckResult]) -> Path | None:
-    """Append the markdown summary to $GITHUB_STEP_SUMMARY when that variable is set."""
+def append_step_summary(text: str) -> Path | None:
+    """Append markdown to $GITHUB_STEP_SUMMARY when that variable is set (verify, rebuild)."""
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if not target:
         return None
     with open(target, "a", encoding="utf-8") as handle:
-        handle.write(markdown(stack, results) + "\n")
+        handle.write(text + "\n")
     return Path(target)
