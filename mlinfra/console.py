@@ -6,17 +6,16 @@ Data goes to stdout; progress, prompts and errors go to stderr, so
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlinfra.tfevents import PlanSummary, Progress
+from mlinfra.engine.events import PlanSummary, Progress
+from mlinfra.jsondata import to_data  # noqa: F401 (the CLI's JSON goes through it)
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -31,23 +30,6 @@ def print_json(data) -> None:
     """Results as JSON on stdout: dataclasses become objects, paths strings."""
     sys.stdout.write(json.dumps(to_data(data), indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
-
-
-def to_data(value):
-    if hasattr(value, "as_dict"):  # a type that knows its own JSON shape (catalog.Cost, rows)
-        return to_data(value.as_dict())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        data = {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, PlanSummary):
-            data["has_changes"] = value.has_changes
-        return data
-    if isinstance(value, dict):
-        return {str(k): to_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_data(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def print_plan(summary: PlanSummary, console: Console) -> None:

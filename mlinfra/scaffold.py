@@ -22,18 +22,17 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlinfra import catalog, spec
-from mlinfra.errors import MlinfraError, UsageError
+from mlinfra import spec, targets
+from mlinfra.clouds.gcp import catalog
+from mlinfra.errors import MlinfraError, UnknownGpu, UsageError
+from mlinfra.targets.gcp import PLACEHOLDER_PROJECT  # a valid project ID the user must change
 
-TARGETS = ("local", "gcp")
 STACK_FILE = "mlinfra.toml"
 MAKEFILE = "Makefile"
 GITIGNORE = ".gitignore"
 WORKFLOW = Path(".github/workflows/mlinfra-rebuild.yml")
 GITIGNORE_ENTRY = ".mlinfra/"
-# Placeholders for a new gcp stack: a syntactically valid project ID the user must change, and
-# the region that offers every GPU in the catalog that GCP documents zones for.
-PLACEHOLDER_PROJECT = "your-gcp-project"
+# The region for a new gcp stack: it offers every GPU in the catalog that GCP documents zones for.
 DEFAULT_REGION = "us-central1"
 FALLBACK_NAME = "ml-stack"
 
@@ -41,7 +40,7 @@ FALLBACK_NAME = "ml-stack"
 # only characters that need no quoting in either, as a relative path inside the repository.
 _STACK_PATH = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
 _CRON_FIELD = re.compile(r"^[A-Za-z0-9*/,-]+$")
-_GCP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # the spec's rule (RFC 1035)
+_GCP_NAME = re.compile(catalog.NAME_PATTERN)  # the spec's rule (RFC 1035)
 
 
 @dataclass
@@ -65,8 +64,9 @@ def new_project(directory: Path, *, target: str = "local", gpu: str = "none",
     """
     directory = Path(directory)
     target = target.strip().lower()
-    if target not in TARGETS:
-        raise UsageError(f"unknown target {target!r}: use 'local' or 'gcp'" + catalog.did_you_mean(target, list(TARGETS)))
+    if target not in targets.NAMES:
+        raise UsageError(f"unknown target {target!r}: use {' or '.join(map(repr, targets.NAMES))}"
+                         + catalog.did_you_mean(target, list(targets.NAMES)))
     gpu = _check_gpu(gpu)
     name = _check_name(name) if name is not None else project_name(directory)
     _check_directory(directory)
@@ -88,8 +88,7 @@ def new_project(directory: Path, *, target: str = "local", gpu: str = "none",
     else:
         _write(directory / GITIGNORE, gitignore)
         result.written.append(Path(GITIGNORE))
-    if target == "gcp":
-        result.notes.append(f"set gcp.project in {STACK_FILE} (it is the placeholder {PLACEHOLDER_PROJECT!r})")
+    result.notes += targets.driver(target).scaffold_notes(STACK_FILE)
     result.notes.append("run `make up` to create the stack, `make down` to destroy it")
     return result
 
@@ -129,7 +128,7 @@ def _check_gpu(gpu: str) -> str:
         return gpu
     try:
         catalog.lookup_gpu(gpu)
-    except catalog.UnknownGpu as exc:
+    except UnknownGpu as exc:
         raise UsageError(f"--gpu: {exc}", hint="`mlinfra gpus` lists the GPUs; 'none' for CPU only") from None
     return gpu
 
@@ -272,13 +271,7 @@ def _stack_notes(path: Path, stack_file: str) -> list[str]:
         if not path.exists():
             return [f"{stack_file} does not exist yet: create it with `mlinfra new` before the first run"]
         return [f"{stack_file} does not load yet ({exc.message}): the workflow will fail until it does"]
-    notes = []
-    if stack.target == "local":
-        notes.append(f"{stack_file} has target = 'local': the job rebuilds it on the runner, and its Google Cloud "
-                     "authentication step fails until the GCP variables are set (delete that step if you never will)")
-    elif stack.state.backend != "gcs":
-        notes.append(f"{stack_file} keeps its state locally: use [state] backend = 'gcs' so a run "
-                     "that dies halfway can be cleaned up by the next one")
+    notes = stack.driver.ci_notes(stack, stack_file)
     if stack.protected:
         notes.append(f"{stack_file} is protected = true: `mlinfra rebuild` will refuse to destroy it")
     return notes

@@ -9,18 +9,20 @@ exists is a valid stack: no later step has to re-check user input. Errors are
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mlinfra import catalog
+from mlinfra import targets
+from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import SpecError
 
-# GCP resource names (RFC 1035): lowercase letter first, then letters, digits, hyphens.
-_GCP_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_GCP_NAME = re.compile(catalog.NAME_PATTERN)
 # Node names are "<stack>-<region>-<replica>" and GCP caps names at 63 characters; the longest
 # GPU region ("northamerica-northeast2") is 23, so the stack name gets what is left.
 NAME_MAX = 30
@@ -48,10 +50,11 @@ class _Section:
     _key: ClassVar[str] = ""  # the TOML table name, for error key paths
 
     def __post_init__(self) -> None:
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):
-            if not f.compare:  # bookkeeping (the stack's path), not user input
+            if not f.compare:  # bookkeeping (the stack's path, its placement), not user input
                 continue
-            value = _coerce(self._path(f.name), getattr(self, f.name), f.type)
+            value = _coerce(self._path(f.name), getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
             lo_hi = f.metadata.get("range")
             if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
@@ -72,36 +75,43 @@ class _Section:
         """Rules that involve more than one field's type; overridden per section."""
 
 
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    """Check ``value`` against a field annotation and return its canonical form."""
-    if annotation == "bool":
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A section's field types, evaluated (the module defers annotations)."""
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type and return its canonical form."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
         if not isinstance(value, bool):
             raise SpecError(key, f"expected true or false, got {_describe(value)}")
-    elif annotation == "int":
+    elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(key, f"expected an integer, got {_describe(value)}")
-    elif annotation == "float":
+    elif hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(key, f"expected a number, got {_describe(value)}")
         value = float(value)
-    elif annotation == "str":
+    elif hint is str:
         if not isinstance(value, str):
             raise SpecError(key, f"expected a string, got {_describe(value)}")
-    elif annotation == "tuple[str, ...]":
+    elif origin is tuple and args == (str, ...):
         if not isinstance(value, (list, tuple)):
             raise SpecError(key, f"expected a list of strings, got {_describe(value)}")
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise SpecError(f"{key}[{i}]", f"expected a string, got {_describe(item)}")
         value = tuple(value)
-    elif annotation == "dict[str, str]":
+    elif origin is dict and args == (str, str):
         if not isinstance(value, dict):
             raise SpecError(key, f"expected a table of strings, got {_describe(value)}")
         for name, item in value.items():
             if not isinstance(item, str):
                 raise SpecError(f"{key}.{name}", f"expected a string, got {_describe(item)}")
         value = dict(value)
-    elif annotation == "dict[str, Any] | None":
+    elif type(None) in args:  # an optional table (verify.payload)
         if value is not None and not isinstance(value, dict):
             raise SpecError(key, f"expected a table, got {_describe(value)}")
     elif not isinstance(value, _Section):
@@ -214,8 +224,8 @@ class Compute(_Section):
         if gpu != "none":
             try:
                 catalog.lookup_gpu(gpu)
-            except catalog.UnknownGpu as exc:
-                raise SpecError("compute.gpu", str(exc)) from None
+            except SpecError as exc:  # UnknownGpu: the catalog's word, placed at its key
+                raise exc.at("compute.gpu") from None
         if self.machine_type and not _GCP_NAME.match(self.machine_type):
             raise SpecError("compute.machine_type", f"{self.machine_type!r} is not a machine type name (like 'n1-standard-4')")
 
@@ -299,7 +309,7 @@ class StackSpec(_Section):
     """A whole stack. ``path`` (where it was loaded from) is not part of equality."""
 
     name: str
-    target: str = field(default="local", metadata=_choices("local", "gcp"))
+    target: str = field(default="local", metadata=_choices(*targets.NAMES))
     protected: bool = False
     gcp: Gcp = field(default_factory=Gcp)
     local: Local = field(default_factory=Local)
@@ -308,6 +318,8 @@ class StackSpec(_Section):
     state: State = field(default_factory=State)
     verify: Verify = field(default_factory=Verify)
     path: Path | None = field(default=None, compare=False, repr=False)
+    # Where the nodes go, as the target resolved it while checking the stack (computed once).
+    placement: Any = field(default=None, compare=False, repr=False, init=False)
 
     def __post_init__(self) -> None:
         for key, cls in _SECTIONS.items():
@@ -328,16 +340,17 @@ class StackSpec(_Section):
         if len(self.name) > NAME_MAX:
             raise SpecError("name", f"{self.name!r} is {len(self.name)} characters; at most {NAME_MAX} "
                             "(node names add region and replica, and GCP allows 63)")
-        if self.target == "gcp":
-            if not self.gcp.project:
-                raise SpecError("gcp.project", "is required when target = 'gcp'")
-            from mlinfra import gcp  # GPU, machine type and zone rules: before any cloud call
+        # The target's own rules (GCP: GPU, machine type and zones), before any cloud call.
+        object.__setattr__(self, "placement", self.driver.validate(self))
 
-            gcp.validate(self)
+    @property
+    def driver(self):
+        """The stack's target (``targets.base.Driver``)."""
+        return targets.driver(self.target)
 
     @property
     def regions(self) -> tuple[str, ...]:
-        return self.gcp.regions if self.target == "gcp" else self.local.regions
+        return self.driver.regions(self)
 
     @property
     def workdir(self) -> Path:

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from helpers import ROOT
 
-ROOT = Path(__file__).parent.parent
 
 
 def test_wheel_ships_templates_and_renders_outside_the_checkout(tmp_path):
@@ -19,7 +19,7 @@ def test_wheel_ships_templates_and_renders_outside_the_checkout(tmp_path):
     for template in sorted((ROOT / "templates").rglob("*")):
         if template.is_file() and "__pycache__" not in template.parts:
             assert f"mlinfra/templates/{template.relative_to(ROOT / 'templates')}" in names
-    assert "mlinfra/data/gpus.toml" in names
+    assert "mlinfra/clouds/gcp/gpus.toml" in names
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

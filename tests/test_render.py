@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import HTTP_SERVER, port_open, stack_processes, write_stack
+from helpers import HTTP_SERVER, port_open, stack_processes, write_stack
 from typer.testing import CliRunner
 
 from mlinfra import Stack

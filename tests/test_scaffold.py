@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import stack_processes
+from helpers import stack_processes
 
 from mlinfra import Stack
+from mlinfra.spec import StackSpec
 from mlinfra.errors import UsageError
 from mlinfra.scaffold import WORKFLOW, ci_github, new_project, project_name
 
@@ -69,10 +70,10 @@ def test_new_writes_the_spec_defaults_and_a_comment_for_every_key(tmp_path):
 
     sections = dict(re.findall(r"^\[(\w+)\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S))
     sections["stack"] = text.split("\n[", 1)[0]
-    spec_tables = {f.name: f.default_factory() for f in dataclasses.fields(Stack)
+    spec_tables = {f.name: f.default_factory() for f in dataclasses.fields(StackSpec)
                    if f.default_factory is not dataclasses.MISSING}
     spec_tables.pop("gcp")  # a local stack offers [gcp] commented out (checked below)
-    for table, section in [("stack", Stack(name="x"))] + list(spec_tables.items()):
+    for table, section in [("stack", Stack(name="x").spec)] + list(spec_tables.items()):
         keys = [f.name for f in dataclasses.fields(section) if f.compare and not dataclasses.is_dataclass(getattr(section, f.name))]
         for key in keys:
             # Present (or commented out, like payload), and the line above it explains it.

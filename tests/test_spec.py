@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from mlinfra import Compute, Serve, SpecError, Stack
 from mlinfra.cli import app
+from helpers import DATA
 
-BAD = Path(__file__).parent / "data" / "bad"
+BAD = DATA / "bad"
 BAD_FILES = sorted(BAD.glob("*.toml"))
 runner = CliRunner()
 

@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(
-    name="mlinfra",
-    help="One stack file to a verified, disposable GPU inference deployment (Terraform underneath).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain click help: rich_utils + markdown cost ~150 ms per run
-)
+class _Commands(TyperGroup):
+    """The command group. Expected failures become one line on stderr and an exit code, never a
+    traceback: the only place the CLI turns an ``MlinfraError`` into output."""
 
-FileOpt = Annotated[Path, typer.Option("--file", "-f", help="The stack file.", show_default=True)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-DEFAULT_FILE = Path("mlinfra.toml")
-
-
-def handle_errors(command):
-    """Expected failures become one line on stderr and an exit code, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def invoke(self, ctx: typer.Context):
         from mlinfra.errors import MlinfraError
 
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except MlinfraError as exc:
             if os.environ.get("MLINFRA_DEBUG"):
                 raise
@@ -46,7 +31,21 @@ def handle_errors(command):
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
 
-    return wrapper
+
+app = typer.Typer(
+    name="mlinfra",
+    cls=_Commands,
+    help="One stack file to a verified, disposable GPU inference deployment (Terraform underneath).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rich_utils + markdown cost ~150 ms per run
+)
+
+FileOpt = Annotated[Path, typer.Option("--file", "-f", help="The stack file.", show_default=True)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+DEFAULT_FILE = Path("mlinfra.toml")
 
 
 def load(file: Path):

@@ -10,11 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlinfra.cli.common import DEFAULT_FILE, FileOpt, JsonOpt, JunitOpt, YesOpt, app, ask, handle_errors, load, progress
+from mlinfra.cli.common import DEFAULT_FILE, FileOpt, JsonOpt, JunitOpt, YesOpt, app, ask, load, progress
+from mlinfra.jsondata import to_data
 
 
 @app.command()
-@handle_errors
 def rebuild(
     file: FileOpt = DEFAULT_FILE,
     yes: YesOpt = False,
@@ -26,14 +26,11 @@ def rebuild(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even a stack marked protected = true.")] = False,
 ):
     """Destroy the stack, bring it up again and verify it, each phase timed, against a budget."""
-    from mlinfra.api import Aborted
-    from mlinfra.rebuild import junit_results, markdown, parse_duration
+    from mlinfra.ops.rebuild import junit_results, markdown, parse_duration
 
     budget_s = parse_duration(budget) if budget else None
     stack = load(file)
-    if not ask(f"destroy and rebuild stack {stack.name!r}", yes):
-        raise Aborted("aborted: nothing was changed")
-    from mlinfra.console import err, out, print_json, to_data
+    from mlinfra.console import err, out, print_json
 
     def show_phase(phase) -> None:
         mark = "done" if phase.ok else "FAILED"
@@ -41,10 +38,9 @@ def rebuild(
                   markup=False)
 
     report = stack.rebuild(budget_s=budget_s, force=force, cleanup_on_failure=cleanup_on_failure,
-                           on_event=progress(), on_phase=show_phase)
-    data = to_data(report) | {"verdict": report.verdict}
+                           confirm=lambda question: ask(question, yes), on_event=progress(), on_phase=show_phase)
     if report_file is not None:
-        report_file.write_text(json.dumps(data, indent=2) + "\n")
+        report_file.write_text(json.dumps(to_data(report), indent=2) + "\n")
     if junit is not None:
         from mlinfra.verify.report import junit_xml
 
@@ -53,7 +49,7 @@ def rebuild(
 
     append_step_summary(markdown(report))
     if as_json:
-        print_json(data)
+        print_json(report)
     else:
         for phase in report.phases:
             out.print(f"{phase.name:<8} {'ok' if phase.ok else 'FAILED':<7} {phase.elapsed_s:7.1f}s  "
@@ -71,7 +67,6 @@ def rebuild(
 
 
 @app.command()
-@handle_errors
 def heal(
     file: FileOpt = DEFAULT_FILE,
     as_json: JsonOpt = False,
@@ -80,8 +75,8 @@ def heal(
     attempts: Annotated[int, typer.Option("--attempts", min=1, max=20, help="Replacements per bad node before giving up.")] = 3,
 ):
     """Replace exactly the nodes that fail their gpu or health checks, then verify them."""
-    from mlinfra.console import err, out, print_json, to_data
-    from mlinfra.rebuild import parse_duration
+    from mlinfra.console import err, out, print_json
+    from mlinfra.ops.rebuild import parse_duration
 
     pause_s = parse_duration(interval)
     stack = load(file)
@@ -91,18 +86,16 @@ def heal(
             sys.stdout.write(json.dumps(to_data(replacement)) + "\n")
             sys.stdout.flush()
 
-    while True:
-        report = stack.heal(attempts=attempts, on_event=progress(), on_replacement=log)
-        if not watch:
-            break
+    def show_round(report) -> None:
         err.print(f"{time.strftime('%H:%M:%S')} checked {report.checked} node(s), replaced "
                   f"{len(report.replacements)}; next round in {pause_s:.0f}s (Ctrl-C stops)", markup=False)
-        try:
-            time.sleep(pause_s)
-        except KeyboardInterrupt:
-            return
+
+    report = stack.heal(watch=watch, interval_s=pause_s, on_round=show_round, attempts=attempts,
+                        on_event=progress(), on_replacement=log)
+    if watch:  # stopped with Ctrl-C: its log was the JSON lines
+        return
     if as_json:
-        print_json(to_data(report) | {"unrecoverable": report.unrecoverable})
+        print_json(report)
     else:
         out.print(f"{report.checked} node(s) checked; healthy: {', '.join(report.healthy) or 'none'}", markup=False)
         for r in report.replacements:

@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from mlinfra.cli.common import (
-    DEFAULT_FILE, FileOpt, JsonOpt, JunitOpt, YesOpt, app, confirm_migration, confirm_plan, handle_errors,
+    DEFAULT_FILE, FileOpt, JsonOpt, JunitOpt, YesOpt, app, confirm_migration, confirm_plan,
     load, progress, show_report,
 )
 
 @app.command()
-@handle_errors
 def render(
     file: FileOpt = DEFAULT_FILE,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the module here instead of the work dir (eject).")] = None,
@@ -41,7 +40,6 @@ def show_notes(notes: list[str]) -> None:
 
 
 @app.command()
-@handle_errors
 def plan(
     file: FileOpt = DEFAULT_FILE,
     as_json: JsonOpt = False,
@@ -55,7 +53,8 @@ def plan(
         # Before Terraform runs: the choices, warnings and price are worth seeing even if it fails
         # (an air-gapped machine without the provider still learns what the stack would cost).
         show_notes(stack.notes())
-        for line in cost_lines(stack.cost()) if stack.target == "gcp" else []:
+        cost = stack.cost()
+        for line in cost_lines(cost) if cost is not None and cost.nodes else []:  # priced nodes only
             out.print(line, markup=False)
     result = stack.plan(on_event=progress())
     if as_json:
@@ -66,7 +65,6 @@ def plan(
 
 
 @app.command()
-@handle_errors
 def up(
     file: FileOpt = DEFAULT_FILE,
     yes: YesOpt = False,
@@ -100,7 +98,6 @@ def up(
 
 
 @app.command()
-@handle_errors
 def verify(
     file: FileOpt = DEFAULT_FILE,
     as_json: JsonOpt = False,
@@ -109,19 +106,17 @@ def verify(
     rate: Annotated[Optional[float], typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop).")] = None,
 ):
     """Prove the deployment works: GPU, health and latency checks on every node."""
-    report = load(file).run_verify(checks=check, rate=rate)
+    report = load(file).verify(checks=check, rate=rate)
     if as_json:
         from mlinfra.console import print_json
 
-        print_json({"stack": report.stack, "passed": report.passed, "verdict": report.verdict,
-                    "elapsed_s": report.elapsed_s, "results": report.results})
+        print_json(report)
     show_report(report, as_json, junit)
     if not report.passed:
         raise typer.Exit(1)
 
 
 @app.command()
-@handle_errors
 def down(
     file: FileOpt = DEFAULT_FILE,
     yes: YesOpt = False,
@@ -141,7 +136,6 @@ def down(
 
 
 @app.command()
-@handle_errors
 def status(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
     """List the stack's nodes with their endpoints and whether they are ready."""
     result = load(file).status()

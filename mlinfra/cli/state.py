@@ -8,14 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlinfra.cli.common import DEFAULT_FILE, FileOpt, JsonOpt, YesOpt, app, ask, handle_errors, load
+from mlinfra.cli.common import DEFAULT_FILE, FileOpt, JsonOpt, YesOpt, app, ask, load
 
 state_app = typer.Typer(help="The stack's Terraform state: bucket, lock, history, restore.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
 
 
 @state_app.command()
-@handle_errors
 def bootstrap(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
     """Create the state bucket (versioned, uniform access, no public access); safe to re-run."""
     result = load(file).state_bootstrap()
@@ -31,7 +30,6 @@ def bootstrap(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
 
 
 @state_app.command()
-@handle_errors
 def pull(
     file: FileOpt = DEFAULT_FILE,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
@@ -50,7 +48,6 @@ def pull(
 
 
 @state_app.command()
-@handle_errors
 def history(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
     """List the stored versions of the state object, newest first."""
     rows = load(file).state_history()
@@ -66,7 +63,6 @@ def history(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
 
 
 @state_app.command()
-@handle_errors
 def restore(
     generation: Annotated[int, typer.Argument(help="A generation from `mlinfra state history`.")],
     file: FileOpt = DEFAULT_FILE,
@@ -94,7 +90,6 @@ def restore(
 
 
 @state_app.command()
-@handle_errors
 def unlock(file: FileOpt = DEFAULT_FILE, yes: YesOpt = False, as_json: JsonOpt = False):
     """Remove a lock whose holder died (shows the holder and asks first)."""
     from mlinfra.console import err, print_json

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlinfra.cli.common import JsonOpt, app, handle_errors
+from mlinfra.cli.common import JsonOpt, app
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
@@ -24,7 +24,7 @@ def version(as_json: JsonOpt = False):
     from mlinfra import __version__
     from mlinfra.engine import Terraform
 
-    terraform = handle_errors(lambda: Terraform(Path.cwd()).version())()
+    terraform = Terraform(Path.cwd()).version()
     if as_json:
         from mlinfra.console import print_json
 
@@ -46,7 +46,6 @@ def _show_scaffold(result, as_json: bool) -> None:
 
 
 @app.command()
-@handle_errors
 def new(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
     target: Annotated[str, typer.Option("--target", "-t", help="local or gcp.")] = "local",
@@ -66,7 +65,6 @@ app.add_typer(ci_app, name="ci")
 
 
 @ci_app.command()
-@handle_errors
 def github(
     file: Annotated[str, typer.Option("--file", "-f", help="The stack file, relative to the repository root.")] = "mlinfra.toml",
     schedule: Annotated[str, typer.Option("--schedule", help="Cron schedule (UTC) of the nightly rebuild.")] = "0 3 * * *",
@@ -80,14 +78,13 @@ def github(
 
 
 @app.command()
-@handle_errors
 def gpus(
     region: Annotated[Optional[str], typer.Option("--region", "-r", help="Only zones in this region.")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="Only this GPU (alias or accelerator name).")] = None,
     as_json: JsonOpt = False,
 ):
     """The GPU catalog: types, memory, machine types, zones, $/hour on-demand and spot."""
-    from mlinfra import catalog
+    from mlinfra.clouds.gcp import catalog
     from mlinfra.errors import UsageError
 
     try:
@@ -102,7 +99,6 @@ def gpus(
 
 
 @app.command()
-@handle_errors
 def check(
     file: Annotated[Path, typer.Option("--file", "-f", help="The stack file.")] = Path("mlinfra.toml"),
     schema: Annotated[Optional[Path], typer.Option("--schema", help="A `terraform providers schema -json` file: "
@@ -110,7 +106,7 @@ def check(
     as_json: JsonOpt = False,
 ):
     """Preflight: the stack, the engine, rendering, credentials, the state bucket (and a schema)."""
-    from mlinfra import preflight
+    from mlinfra.ops import preflight
     from mlinfra.cli.common import load
 
     items = preflight.check(load(file), schema)

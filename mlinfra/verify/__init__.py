@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from mlinfra.errors import UsageError
+from mlinfra.jsondata import Result
 from mlinfra.verify.report import verdict
 from mlinfra.verify.result import CheckResult
 
@@ -24,7 +24,9 @@ CHECKS = ("health", "gpu", "latency")
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(Result):
+    _json_extra = ("passed", "verdict")
+
     stack: str
     results: list[CheckResult] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -67,8 +69,8 @@ def run(stack, nodes: list, *, checks: Iterable[str] | None = None, rate: float 
 
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(nodes)))) as pool:
         if "health" in checks:
-            deadline = stack.verify.health_timeout_s if health_deadline_s is None else health_deadline_s
-            list(pool.map(lambda n: record(_health(n, deadline)), nodes))
+            deadline = stack.spec.verify.health_timeout_s if health_deadline_s is None else health_deadline_s
+            list(pool.map(lambda n: record(_health(n, deadline, stack.exited(n))), nodes))
         if "gpu" in checks:
             list(pool.map(lambda n: record(_gpu(stack, n)), nodes))
     if "latency" in checks:
@@ -83,39 +85,26 @@ def run(stack, nodes: list, *, checks: Iterable[str] | None = None, rate: float 
     return VerifyReport(stack.name, ordered, time.monotonic() - started)
 
 
-def _health(node, deadline_s: float) -> CheckResult:
+def _health(node, deadline_s: float, exited) -> CheckResult:
     from mlinfra.verify.health import check_health
 
-    return check_health(node.name, node.health_url, deadline_s=deadline_s)
+    return check_health(node.name, node.health_url, deadline_s=deadline_s, exited=exited)
 
 
 def _gpu(stack, node) -> CheckResult:
-    expected = stack.compute.accelerator
+    expected = stack.spec.compute.accelerator
     if expected is None:
         return CheckResult(node.name, "gpu", True, "no GPU requested", message='skipped: gpu = "none"', skipped=True)
     from mlinfra.verify import gpu
 
-    return gpu.check_gpu(node.name, expected, stack.compute.gpu_count, _gpu_runner(stack, node))
-
-
-def _gpu_runner(stack, node):
-    from mlinfra.verify import gpu
-
-    if stack.target == "local":
-        return gpu.LocalRunner()
-    from mlinfra.verify.ssh import SshRunner
-
-    from mlinfra.gcp import SSH_KEY
-
-    key = Path(node.ssh_key) if node.ssh_key else stack.workdir / SSH_KEY
-    # The stack's own known_hosts, beside its key: never the user's ~/.ssh/known_hosts.
-    return SshRunner(node.ssh_host, node.ssh_port, node.ssh_user, key, key.parent / "known_hosts")
+    # How the check reaches the node is the target's business (this machine, or SSH).
+    return gpu.check_gpu(node.name, expected, stack.spec.compute.gpu_count, stack.driver.gpu_runner(node, stack.workspace))
 
 
 def _latency(stack, node, rate: float | None) -> CheckResult:
     from mlinfra.verify import latency
 
-    verify = stack.verify
+    verify = stack.spec.verify
     payload = verify.payload if verify.payload is not None else latency.default_payload()
     result = latency.run_load(
         node.endpoint + verify.path, method="POST", body=json.dumps(payload).encode(),

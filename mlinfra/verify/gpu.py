@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import NamedTuple, Protocol
 
-from mlinfra.errors import MlinfraError
+from mlinfra.errors import CommandTimedOut, MlinfraError, ParseError, RunnerError  # noqa: F401 (re-exported)
 from mlinfra.verify.result import CheckResult
 
 # Field names as `nvidia-smi --help-query-gpu` spells them (reference C1).
@@ -105,10 +105,6 @@ _FIELDS = {
     "temperature.gpu": ("temperature_c", _number), "utilization.gpu": ("utilization_pct", _number),
     "ecc.errors.uncorrected.volatile.total": ("ecc_uncorrected", _number), "pstate": ("pstate", str),
 }
-
-
-class ParseError(MlinfraError):
-    """nvidia-smi exited 0 but printed something that is not the CSV we asked for."""
 
 
 def parse(stdout: str, fields: tuple[str, ...] = QUERY_FIELDS) -> list[GpuInfo]:
@@ -213,20 +209,6 @@ class RunResult(NamedTuple):
     returncode: int
     stdout: str
     stderr: str
-
-
-class RunnerError(MlinfraError):
-    """The command could not be run to completion on the node (the message says why)."""
-
-    label = "cannot run"
-
-
-class CommandTimedOut(RunnerError):
-    label = "timed out"
-
-    def __init__(self, message: str, *, timeout_s: float, stdout: str = "", stderr: str = ""):
-        super().__init__(message)
-        self.timeout_s, self.stdout, self.stderr = timeout_s, stdout, stderr
 
 
 class Runner(Protocol):

@@ -83,8 +83,14 @@ def check_health(
     cap_s: float = 1.0,  # polling once a second costs nothing; a longer cap only delays "ready"
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    exited: Callable[[], str | None] | None = None,
 ) -> CheckResult:
-    """Poll ``url`` until ``successes`` consecutive ready answers, or the deadline."""
+    """Poll ``url`` until ``successes`` consecutive ready answers, or the deadline.
+
+    ``exited``, when given, says why the node's process is gone (None while it runs). It is asked
+    after each attempt that did not succeed: a dead process will never answer, so waiting out the
+    deadline would only hide the reason.
+    """
     started = clock()
     deadline = started + deadline_s
     attempts, streak, last = 0, 0, Attempt(NOT_LISTENING)
@@ -102,6 +108,12 @@ def check_health(
         streak = 0
         if last.outcome == MISCONFIGURED:
             return _failed(node, url, last, elapsed, figures, "misconfigured, not retried")
+        reason = exited() if exited else None
+        if reason is not None:
+            return CheckResult(node, "health", False, "exited", message=f"the node's process exited: {reason}",
+                               elapsed_s=clock() - started,
+                               details=figures | {"last_outcome": "exited", "probe_outcome": last.outcome,
+                                                  "exit_reason": reason})
         if clock() >= deadline:
             return _failed(node, url, last, elapsed, figures, f"not ready after {deadline_s:g}s")
         # Full jitter: sleep a random time up to the capped exponential step.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+Status = Literal["pass", "fail", "skip"]
 
 
 @dataclass
@@ -17,5 +20,5 @@ class CheckResult:
     details: dict = field(default_factory=dict)  # figures for --json (and the histogram)
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         return "skip" if self.skipped else ("pass" if self.passed else "fail")

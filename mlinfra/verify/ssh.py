@@ -21,18 +21,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mlinfra.verify.gpu import CommandTimedOut, RunnerError, RunResult, run_argv
+from mlinfra.errors import CommandTimedOut, RunnerError, SshError
+from mlinfra.verify.gpu import RunResult, run_argv
 
 # ssh exits 255 for its own errors; anything else is the remote command's status.
 SSH_FAILED = 255
-
-
-class SshError(RunnerError):
-    """ssh could not connect, authenticate, or trust the host; ``label`` names the class."""
-
-    def __init__(self, label: str, message: str, stderr: str = ""):
-        super().__init__(message)
-        self.label, self.stderr = label, stderr
 
 
 # (label, stderr pattern, message template). Patterns are OpenSSH's own texts; the first match

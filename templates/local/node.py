@@ -9,6 +9,11 @@ A node is a process group started in its own session, with a unique token in
 its environment. `stop` kills only processes that carry that token (children
 included, even ones that left the group), so it never kills by name and never
 touches a process that merely reused a pid.
+
+`start` does not run the server itself: it starts `node.py supervise NODE_KEY`,
+a small supervisor that runs the server as its child, waits for it and writes
+its exit status to `<key>.exit.json`. Without a parent that waits, the exit
+status is lost, and a dead node looks the same as one still loading.
 """
 
 import json
@@ -22,11 +27,34 @@ import uuid
 from pathlib import Path
 
 TOKEN_VAR = "MLINFRA_NODE_TOKEN"
+# The supervisor carries the token (so `stop` kills it) but not MLINFRA_STACK, which marks the
+# processes running a stack's command; it hands the value on to the server under this name.
+STACK_VAR, HELD_STACK_VAR = "MLINFRA_STACK", "MLINFRA_SUPERVISED_STACK"
+# Many numpy servers on one small machine would each start a BLAS thread pool sized to every
+# core (measured: ~0.6 CPU-s per node start). One thread each, unless the stack's env says so.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 STOP_GRACE_S = 10.0
 
 
 def _record_path(run_dir: Path, key: str) -> Path:
     return run_dir / f"{key}.json"
+
+
+def _exit_path(run_dir: Path, key: str) -> Path:
+    return run_dir / f"{key}.exit.json"
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Atomically: a reader sees the whole file or none."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    with open(path, "rb") as log:
+        log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))  # a log may be large; its end is enough
+        return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _port_in_use(port: int) -> bool:
@@ -39,7 +67,8 @@ def start(key: str) -> int:
     run_dir = Path(os.environ["MLINFRA_RUN_DIR"])
     port = int(os.environ["MLINFRA_PORT"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _record_path(run_dir, key).exists():
+    record_path = _record_path(run_dir, key)
+    if record_path.exists():
         # A record without a resource in state: an apply was killed after starting this node
         # but before saving state. Stop that orphan so the node never runs twice.
         print(f"node {key}: stopping a copy left by an interrupted apply")
@@ -48,31 +77,64 @@ def start(key: str) -> int:
         print(f"node {key}: port {port} is already in use by another process; "
               "run `mlinfra up` again to pick a free port", file=sys.stderr)
         return 1
-    token = uuid.uuid4().hex
+    _exit_path(run_dir, key).unlink(missing_ok=True)  # a stale exit must not describe this run
+    env = dict(os.environ)
+    if STACK_VAR in env:
+        env[HELD_STACK_VAR] = env.pop(STACK_VAR)
+    env[TOKEN_VAR] = uuid.uuid4().hex
+    log_path = run_dir / f"{key}.log"
+    # stdin and stdout/stderr away from Terraform's pipes: local-exec waits until they close.
+    with open(log_path, "ab") as log:
+        supervisor = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "supervise", key],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # The supervisor writes the record once the server runs; wait for it so that Terraform's
+    # "created" means the node's pid is known.
+    while not record_path.exists():
+        if supervisor.poll() is not None and not record_path.exists():
+            print(f"node {key}: the supervisor exited with code {supervisor.returncode} before "
+                  f"starting the server; last lines of {log_path}:\n{_log_tail(log_path)}", file=sys.stderr)
+            return 1
+        time.sleep(0.002)
+    pid = json.loads(record_path.read_text())["pid"]
+    print(f"node {key}: started pid {pid} on port {port}")
+    return 0
+
+
+def _node_env() -> dict:
+    """The server's environment, from the supervisor's own (which start gave it)."""
     env = dict(os.environ)
     for name in ("MLINFRA_COMMAND", "MLINFRA_ENV", "MLINFRA_RUN_DIR", "MLINFRA_CWD"):
         env.pop(name, None)
+    if HELD_STACK_VAR in env:
+        env[STACK_VAR] = env.pop(HELD_STACK_VAR)
+    env.update(dict.fromkeys(BLAS_THREAD_VARS, "1"))
     env.update(json.loads(os.environ.get("MLINFRA_ENV") or "{}"))
     # The interpreter's own bin directory first, so `mlinfra serve` resolves in a venv.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update({"PORT": str(port), TOKEN_VAR: token, "PYTHONUNBUFFERED": "1"})
-    log_path = run_dir / f"{key}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", os.environ["MLINFRA_COMMAND"]],
-            cwd=os.environ.get("MLINFRA_CWD") or None,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    record = {"pid": proc.pid, "token": token, "port": port, "started_at": time.time(),
-              "log": str(log_path)}
-    tmp = _record_path(run_dir, key).with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, _record_path(run_dir, key))
-    print(f"node {key}: started pid {proc.pid} on port {port}")
+    env.update({"PORT": os.environ["MLINFRA_PORT"], TOKEN_VAR: os.environ[TOKEN_VAR], "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def supervise(key: str) -> int:
+    """Run the server as a child (same session and token), record it, and record how it ended."""
+    run_dir = Path(os.environ["MLINFRA_RUN_DIR"])
+    try:  # stdout/stderr are inherited: the node's log
+        proc = subprocess.Popen(["/bin/sh", "-c", os.environ["MLINFRA_COMMAND"]],
+                                cwd=os.environ.get("MLINFRA_CWD") or None, env=_node_env(),
+                                stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        print(f"node {key}: cannot start the server: {exc}", file=sys.stderr)
+        return 1
+    record = {"pid": proc.pid, "token": os.environ[TOKEN_VAR], "port": int(os.environ["MLINFRA_PORT"]),
+              "started_at": time.time(), "log": str(run_dir / f"{key}.log"), "supervisor": os.getpid()}
+    try:
+        _write_json(_record_path(run_dir, key), record)
+    except BaseException:
+        proc.kill()  # nobody could find or stop a server without a record
+        raise
+    code = proc.wait()  # negative: killed by that signal
+    _write_json(_exit_path(run_dir, key), {"code": code, "at": time.time()})
     return 0
 
 
@@ -89,10 +151,12 @@ def node_processes(record: dict) -> list[int]:
     if Path("/proc/self/environ").exists():
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
         return [pid for pid in pids if pid != os.getpid() and _has_token(pid, record["token"])]
-    # No /proc (macOS): the process group leader, if it is still the process we started.
+    # No /proc (macOS): the supervisor (the group leader) and the server, while their group exists
+    # (a pid is not reused while a group of that id lives).
+    leader = record.get("supervisor", record["pid"])
     try:
-        os.killpg(record["pid"], 0)
-        return [record["pid"]]
+        os.killpg(leader, 0)
+        return list(dict.fromkeys((leader, record["pid"])))
     except OSError:
         return []
 
@@ -131,6 +195,7 @@ def stop(key: str) -> int:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
+        _exit_path(run_dir, key).unlink(missing_ok=True)
         print(f"node {key}: no record, nothing to stop")
         return 0
     pids = node_processes(record)  # one scan of /proc; then only these pids are watched
@@ -146,16 +211,19 @@ def stop(key: str) -> int:
     late = node_processes(record)
     _signal_all(late, signal.SIGKILL)
     _wait_gone(late, 2.0)
+    # The supervisor is gone by now, so it cannot write the exit file after this.
+    _exit_path(run_dir, key).unlink(missing_ok=True)
     path.unlink(missing_ok=True)
     print(f"node {key}: stopped")
     return 0
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("start", "stop"):
+    commands = {"start": start, "stop": stop, "supervise": supervise}
+    if len(argv) != 3 or argv[1] not in commands:
         print("usage: node.py start|stop NODE_KEY", file=sys.stderr)
         return 2
-    return start(argv[2]) if argv[1] == "start" else stop(argv[2])
+    return commands[argv[1]](argv[2])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Clouds: facts and rules shared by every target on that cloud."""

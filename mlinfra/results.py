@@ -1,0 +1,60 @@
+"""What the API's stack operations return. Each result owns its JSON (``as_dict``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlinfra.engine.events import PlanSummary
+from mlinfra.jsondata import Result
+from mlinfra.nodes import Node
+
+if TYPE_CHECKING:
+    from mlinfra.state.lock import LockInfo
+    from mlinfra.targets.base import Move
+    from mlinfra.verify import VerifyReport
+
+
+@dataclass
+class PlanResult(Result):
+    stack: str
+    workdir: Path
+    summary: PlanSummary
+    notes: list[str] = field(default_factory=list)  # choices made for the user, warnings
+    cost: Any | None = None  # catalog.Cost where the target has a price
+
+
+@dataclass
+class UpResult(Result):
+    _json_extra = ("passed",)
+
+    stack: str
+    summary: PlanSummary
+    applied: bool
+    nodes: list[Node] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    verify: VerifyReport | None = None  # the verification gate's report (health only with verify=False)
+    moves: list[Move] = field(default_factory=list)  # GCP zone fallback: nodes moved after a stockout
+
+    @property
+    def passed(self) -> bool:
+        return self.verify is None or self.verify.passed
+
+
+@dataclass
+class DownResult(Result):
+    stack: str
+    summary: PlanSummary
+    destroyed: bool
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class StatusResult(Result):
+    stack: str
+    target: str
+    deployed: bool
+    workdir: Path
+    nodes: list[Node] = field(default_factory=list)
+    lock: LockInfo | None = None  # who holds the stack's lock right now, if anyone

@@ -1,0 +1,150 @@
+"""What a target is: the contract every ``targets/<name>/`` package fulfils.
+
+The API (``mlinfra.api.Stack``) never asks which target a stack has; it asks the stack's
+driver. A new target is one folder: a ``Driver`` subclass, its templates under the top-level
+``templates/<name>/``, and its name in ``targets.NAMES``. Defaults here are what a target
+without the capability does (no cost, no recovery, nothing to forget).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlinfra.errors import EngineError
+    from mlinfra.nodes import Node
+    from mlinfra.spec import StackSpec
+    from mlinfra.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node the stack asks for: a region × replica, keyed ``<region>-<replica>``."""
+
+    key: str
+    region: str
+    replica: int
+
+    def name(self, stack: str) -> str:
+        return f"{stack}-{self.key}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the stack's nodes go, resolved once when the stack is built.
+
+    ``resolved`` is the target's own answer (GCP: the machine type and each region's candidate
+    zones); everything that depends on it reads it from here instead of working it out again.
+    """
+
+    nodes: tuple[NodeSpec, ...]
+    resolved: Any = None
+
+
+@dataclass(frozen=True)
+class Move:
+    """A node sent elsewhere by a target's recovery (GCP: zone fallback after a stockout)."""
+
+    node: str
+    from_zone: str
+    to_zone: str
+    reason: str
+
+
+def node_specs(regions: Sequence[str], replicas: int) -> tuple[NodeSpec, ...]:
+    return tuple(NodeSpec(f"{region}-{i}", region, i) for region in regions for i in range(replicas))
+
+
+class Driver:
+    """A target. Subclasses set the class attributes and override what they support."""
+
+    name = ""
+    templates = ""  # the folder under templates/ that holds this target's module
+    node_resource = ""  # the Terraform resource of a node (``type.name``), for -replace/-target
+    rebuild_budget_s = 600.0  # what `rebuild` allows by default
+    uses_google_cloud = False  # `check` looks for Google credentials
+
+    # -- the stack file ----------------------------------------------------------------------
+
+    def regions(self, spec: StackSpec) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def validate(self, spec: StackSpec) -> Placement:
+        """Refuse what the target would reject (as ``SpecError``); return where nodes go."""
+        return Placement(node_specs(self.regions(spec), spec.compute.replicas))
+
+    def notes(self, spec: StackSpec, placement: Placement) -> list[str]:
+        """What was chosen for the user, and warnings, shown before a plan."""
+        return []
+
+    def cost(self, spec: StackSpec, placement: Placement) -> Any:
+        """The estimated price (``catalog.Cost``), or None where the target costs nothing."""
+        return None
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def tfvars(self, spec: StackSpec, placement: Placement, workspace: Workspace) -> dict[str, Any]:
+        """Every value the module needs: the only way user values reach Terraform."""
+        raise NotImplementedError
+
+    def node_address(self, key: str) -> str:
+        return f"{self.node_resource}[{json.dumps(key)}]"
+
+    # -- after apply -------------------------------------------------------------------------
+
+    def discover(self, outputs: dict[str, Any], workspace: Workspace) -> list[Node]:
+        """The deployed nodes, from Terraform's outputs (and whatever the target keeps beside them)."""
+        from mlinfra.nodes import from_outputs
+
+        return from_outputs(outputs)
+
+    def exited(self, node: Node, workspace: Workspace) -> Callable[[], str | None] | None:
+        """A cheap question "has this node's process died, and how?" for health waiting;
+        None where the target cannot tell (a remote VM: its health endpoint is all we see)."""
+        return None
+
+    def gpu_runner(self, node: Node, workspace: Workspace) -> Any:
+        """How the GPU check reaches the node: a ``verify.gpu.Runner``."""
+        raise NotImplementedError
+
+    def forget(self, workspace: Workspace, hosts: list[str] | None) -> None:
+        """Drop what pointed at destroyed nodes (SSH host keys); ``hosts`` None: all of them."""
+
+    # -- failures ----------------------------------------------------------------------------
+
+    def recover(self, spec: StackSpec, placement: Placement, workspace: Workspace, error: EngineError,
+                tried: dict[str, list[str]], allowed: bool) -> list[Move]:
+        """After a failed apply: moves that may let a second apply succeed (recorded by the
+        target, so the next render uses them), or raise the error that explains the failure."""
+        raise error
+
+    def explain_init_failure(self, diagnostics: list[Any]) -> str | None:
+        """One line for a known ``terraform init`` failure (a provider that cannot be installed)."""
+        return None
+
+    # -- state and scaffolding ---------------------------------------------------------------
+
+    def bucket_location(self, spec: StackSpec) -> str:
+        """Where `state bootstrap` creates the state bucket."""
+        return "US"
+
+    def scaffold_notes(self, stack_file: str) -> list[str]:
+        """What `mlinfra new` tells the user to do next for a stack of this target."""
+        return []
+
+    def ci_notes(self, spec: StackSpec, stack_file: str) -> list[str]:
+        """Advice `mlinfra ci github` gives about a stack of this target."""
+        return []
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file the target keeps; {} when missing or corrupt."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

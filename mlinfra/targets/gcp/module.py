@@ -1,0 +1,103 @@
+"""The values for ``templates/gcp/``: the only way user values reach the GCP module, plus the
+stack's own SSH key and zone fallback's record, which live in the work dir beside it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mlinfra.clouds.gcp import catalog, rules
+from mlinfra.clouds.gcp.catalog import Gpu
+from mlinfra.errors import MlinfraError
+from mlinfra.timeutil import utc_now
+from mlinfra.workspace import Workspace
+
+SSH_USER = "mlinfra"
+
+
+def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, Any]:
+    """Every value templates/gcp/ needs: the only way user values reach Terraform."""
+    gpu, machine = resolved.gpu, resolved.machine
+    count = resolved.gpu_count
+    private_key, public_key = ssh_key(workspace, stack.name)
+    image = image_path(stack.gcp.image, gpu)
+    disk_type = machine.disk if machine else "pd-balanced"
+    nodes = {}
+    for node in rules.placement(resolved, zone_overrides(workspace)):
+        nodes[node.key] = {
+            "region": node.region, "replica": node.replica, "zone": node.zone, "machine_type": node.machine_type,
+            "attached_gpus": [{"type": gpu.name, "count": count}] if gpu and gpu.attached else [],
+            "gpus": count, "has_gpu": count > 0, "spot": stack.compute.spot, "spot_termination": stack.gcp.spot_termination,
+            "image": image, "disk_gb": stack.compute.disk_gb, "disk_type": disk_type,
+            "node_config": {"stack": stack.name, "node": node.key, "command": stack.serve.command,
+                            "env": dict(stack.serve.env), "port": stack.serve.port,
+                            "health_path": stack.serve.health_path, "gpus": count},
+        }
+    uses_reference_server = stack.serve.command.split()[:1] == ["mlinfra"]
+    return {
+        "project": stack.gcp.project, "stack": stack.name, "network": stack.gcp.network,
+        "port": stack.serve.port, "health_path": stack.serve.health_path,
+        "serve_cidrs": ["0.0.0.0/0"] if stack.serve.public else list(stack.serve.allow_cidrs),
+        "ssh_cidrs": list(stack.serve.ssh_cidrs), "ssh_user": SSH_USER, "ssh_public_key": public_key,
+        "ssh_private_key_file": str(private_key), "service_account": stack.gcp.service_account,
+        "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text() if uses_reference_server else "",
+        "nodes": nodes,
+    }
+
+
+def image_path(image: str, gpu: Gpu | None) -> str:
+    """gcp.image: a full path (".../images/family/F", "P/F") as is; a bare name is a DLVM family."""
+    if not image:
+        return catalog.default_image(gpu)
+    if "/" in image:
+        return image
+    return f"projects/deeplearning-platform-release/global/images/family/{image}"
+
+
+def ssh_key(workspace: Workspace, stack_name: str) -> tuple[Path, str]:
+    """The stack's ed25519 key pair in the work dir (made once, mode 0600); returns (private path, public key).
+
+    ssh-keygen makes it: the OpenSSH client is needed anyway to reach the nodes, and Python's
+    standard library has no ed25519. The private key is never read or printed here.
+    """
+    private = workspace.ssh_key.resolve()
+    public = private.with_name(private.name + ".pub")
+    if not (private.is_file() and public.is_file()):
+        keygen = shutil.which("ssh-keygen")
+        if keygen is None:
+            raise MlinfraError("ssh-keygen not found: install the OpenSSH client (it is also what reaches the nodes)")
+        private.parent.mkdir(parents=True, exist_ok=True)
+        private.unlink(missing_ok=True)
+        public.unlink(missing_ok=True)
+        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"mlinfra-{stack_name}", "-f", str(private)],
+                       check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    private.chmod(0o600)
+    return private, public.read_text().strip()
+
+
+# -- zone fallback's record -----------------------------------------------------------------------
+
+def zone_moves(workspace: Workspace) -> list[dict]:
+    """Recorded moves, oldest first: {"node", "from", "to", "reason", "at"}."""
+    try:
+        return list(json.loads(workspace.zone_moves.read_text()).get("moves", []))
+    except (FileNotFoundError, ValueError, AttributeError):
+        return []
+
+
+def zone_overrides(workspace: Workspace) -> dict[str, str]:
+    """The zone each moved node now uses (its latest move)."""
+    return {move["node"]: move["to"] for move in zone_moves(workspace) if "node" in move and "to" in move}
+
+
+def record_zone_move(workspace: Workspace, node: str, from_zone: str, to_zone: str, reason: str) -> dict:
+    """Remember that ``node`` moved (the next render places it in ``to_zone``); returns the record."""
+    move = {"node": node, "from": from_zone, "to": to_zone, "reason": reason, "at": utc_now()}
+    path = workspace.zone_moves
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"moves": zone_moves(workspace) + [move]}, indent=2) + "\n")
+    return move

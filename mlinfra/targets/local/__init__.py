@@ -1,0 +1,79 @@
+"""The local target: each node is a real process on this machine (``templates/local/``).
+
+``terraform_data`` + ``local-exec`` run the node launcher (``templates/local/node.py``), which
+starts ``serve.command`` in a session of its own with a token in its environment, and stops
+exactly the processes carrying that token. No provider download, no cloud account. Here:
+the module's values (``ports`` keeps each node's port), what the launcher recorded
+(``process``), and the GPU check on this machine's own ``nvidia-smi``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mlinfra.targets.base import Driver, Placement
+from mlinfra.targets.local import ports, process
+
+
+class LocalDriver(Driver):
+    name = "local"
+    templates = "local"
+    node_resource = "terraform_data.node"
+    rebuild_budget_s = 60.0  # a local node starts in seconds
+
+    def regions(self, spec) -> tuple[str, ...]:
+        # Names only: a "region" is a group of local processes, so a multi-region stack can be
+        # rehearsed on one machine.
+        return spec.local.regions
+
+    def cost(self, spec, placement: Placement) -> Any:
+        from mlinfra.clouds.gcp.catalog import Cost
+
+        return Cost(spec.compute.spot, (), 0.0, 0.0, notes=("the local target costs nothing in the cloud",))
+
+    def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
+        running = {n.key for n in placement.nodes if workspace.node_record(n.key).exists()}
+        assigned = ports.assign(spec.name, placement.nodes, ports.previous_ports(workspace.tfvars), running)
+        cwd = str((spec.path.parent if spec.path else Path.cwd()).resolve())
+        return {
+            "stack": spec.name,
+            "python": sys.executable,
+            "nodes": {
+                node.key: {
+                    "region": node.region,
+                    "replica": node.replica,
+                    "port": assigned[node.key],
+                    "command": spec.serve.command,
+                    "health_path": spec.serve.health_path,
+                    "cwd": cwd,
+                    "env": dict(spec.serve.env),
+                }
+                for node in placement.nodes
+            },
+        }
+
+    def discover(self, outputs: dict[str, Any], workspace) -> list:
+        found = super().discover(outputs, workspace)
+        records = {node.key: process.read_record(workspace.nodes_dir, node.key) for node in found}
+        return [replace(node, pid=records[node.key].get("pid"), log=records[node.key].get("log", "")) for node in found]
+
+    def exited(self, node, workspace) -> Callable[[], str | None] | None:
+        if not node.pid:
+            return None  # no record: nothing to ask (health alone decides)
+        return lambda: process.exit_reason(workspace.nodes_dir, node.key)
+
+    def gpu_runner(self, node, workspace) -> Any:
+        from mlinfra.verify.gpu import LocalRunner
+
+        return LocalRunner()
+
+    def ci_notes(self, spec, stack_file: str) -> list[str]:
+        return [f"{stack_file} has target = 'local': the job rebuilds it on the runner, and its Google Cloud "
+                "authentication step fails until the GCP variables are set (delete that step if you never will)"]
+
+
+DRIVER = LocalDriver()

@@ -1,0 +1,95 @@
+"""A local node's process as the launcher left it: alive, or dead and why.
+
+The launcher (``templates/local/node.py``) writes ``<run_dir>/<key>.json`` with
+the server's pid, and its supervisor writes ``<run_dir>/<key>.exit.json`` with
+the exit status once the server ends. A health wait against a dead node would
+otherwise poll a closed port until its deadline (600 s by default); with
+:func:`exit_reason` it can stop at once and say how the process ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+_TAIL_BYTES = 16384  # enough for a few lines of a traceback; a log can be gigabytes
+_LINE_CHARS = 200  # per line of the tail quoted in a reason, which is one line
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_record(run_dir: Path, key: str) -> dict:
+    """The node's process record; {} when missing or corrupt."""
+    return _read_json(run_dir / f"{key}.json")
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie has exited; it just has not been reaped yet.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def log_tail(path: str | Path, lines: int = 5) -> str:
+    """The last ``lines`` non-blank lines of a log ("" when it cannot be read)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - _TAIL_BYTES))
+            text = log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is None:
+        return "exited (status unknown)"
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"was killed by signal {-code}"
+    return f"was killed by signal {-code} ({name})"
+
+
+def exit_reason(run_dir: Path, key: str) -> str | None:
+    """None while the node's process runs (or there is no record); else one line saying how it ended."""
+    record = read_record(run_dir, key)
+    pid = record.get("pid")
+    if not pid:
+        return None
+    exit_path = run_dir / f"{key}.exit.json"
+    ended = _read_json(exit_path)
+    if not ended:
+        if pid_alive(pid):
+            return None
+        # Dead but no exit file yet: the supervisor may be reaping it this very moment.
+        deadline = time.monotonic() + 0.2
+        while not ended and pid_alive(record.get("supervisor")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+            ended = _read_json(exit_path)
+    reason = f"process {pid} {_how_it_ended(ended.get('code'))}"
+    tail = log_tail(record.get("log") or run_dir / f"{key}.log")
+    if tail:
+        reason += "; last log lines: " + " | ".join(line[:_LINE_CHARS] for line in tail.splitlines())
+    return reason

@@ -1,0 +1,150 @@
+"""End to end on the local target, with the real engine and real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+from helpers import HTTP_SERVER, port_open, stack_processes, write_stack
+
+from mlinfra import Stack
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read()
+
+
+def test_up_noop_down_with_the_reference_server(tmp_path, deployed):
+    stack = Stack.load(write_stack(tmp_path, """
+        name = "e2e-ref"
+        [local]
+        regions = ["east", "west"]
+    """))
+    deployed(stack)
+    result = stack.up()
+    assert result.passed, result.verify.verdict
+    assert result.applied and result.summary.add == 2
+    assert [n.key for n in result.nodes] == ["east-0", "west-0"]
+    for node in result.nodes:
+        status, body = get(node.health_url)
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        request = urllib.request.Request(node.endpoint + "/predict", data=b'{"instances": [{"hour": 9}]}',
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert len(json.loads(response.read())["predictions"]) == 1
+
+    again = stack.up()
+    assert not again.applied and not again.summary.has_changes
+    assert [n.pid for n in again.nodes] == [n.pid for n in result.nodes]  # nothing restarted
+
+    ports = [int(n.endpoint.rsplit(":", 1)[1]) for n in result.nodes]
+    down = stack.down()
+    assert down.destroyed and down.summary.destroy == 2
+    assert not any(port_open(p) for p in ports)
+    assert stack_processes("e2e-ref") == []
+    assert stack.status().deployed is False
+
+
+def test_three_regions_two_replicas(tmp_path, deployed):
+    stack = Stack.load(write_stack(tmp_path, f"""
+        name = "e2e-grid"
+        [local]
+        regions = ["r1", "r2", "r3"]
+        [compute]
+        replicas = 2
+        [serve]
+        command = "{HTTP_SERVER}"
+        health_path = "/"
+    """))
+    deployed(stack)
+    result = stack.up(verify=False)
+    keys = [n.key for n in result.nodes]
+    assert keys == ["r1-0", "r1-1", "r2-0", "r2-1", "r3-0", "r3-1"]
+    ports = [int(n.endpoint.rsplit(":", 1)[1]) for n in result.nodes]
+    assert len(set(ports)) == 6
+    assert all(get(n.health_url)[0] == 200 for n in result.nodes)
+    assert len(stack_processes("e2e-grid")) == 6
+    assert stack.up(verify=False).applied is False
+
+    # Re-render keeps every port: the nodes are not replaced by a plan.
+    assert stack.plan().summary.has_changes is False
+    stack.down()
+    assert not any(port_open(p) for p in ports)
+    assert stack_processes("e2e-grid") == []
+
+
+def test_scaling_out_keeps_existing_nodes(tmp_path, deployed):
+    text = """
+        name = "e2e-scale"
+        [local]
+        regions = {regions}
+        [serve]
+        command = "{cmd}"
+        health_path = "/"
+    """
+    path = write_stack(tmp_path, text.format(regions='["a"]', cmd=HTTP_SERVER))
+    stack = Stack.load(path)
+    deployed(stack)
+    first = stack.up(verify=False).nodes
+    write_stack(tmp_path, text.format(regions='["a", "b"]', cmd=HTTP_SERVER))
+    bigger = Stack.load(path)
+    result = bigger.up(verify=False)
+    assert result.summary.add == 1 and result.summary.destroy == 0
+    assert {n.key: n.pid for n in result.nodes}["a-0"] == first[0].pid
+
+
+def test_down_after_a_node_crashed_and_with_children(tmp_path, deployed):
+    # The command forks a child that would outlive its parent: down must stop it too.
+    stack = Stack.load(write_stack(tmp_path, f"""
+        name = "e2e-crash"
+        [local]
+        regions = ["a", "b"]
+        [serve]
+        command = "sleep 300 & {HTTP_SERVER}"
+        health_path = "/"
+    """))
+    deployed(stack)
+    nodes = stack.up(verify=False).nodes
+    assert len(stack_processes("e2e-crash")) == 4  # a server and a sleep per node
+    os.kill(nodes[0].pid, signal.SIGKILL)  # node a-0's server dies; its sleep child lives on
+    deadline = time.monotonic() + 5
+    while stack.status().nodes[0].alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = stack.status()
+    assert [(n.key, n.alive, n.ready) for n in status.nodes] == [("a-0", False, False), ("b-0", True, True)]
+    stack.down()
+    assert stack_processes("e2e-crash") == []
+
+
+def test_down_spares_a_process_that_reused_the_port(tmp_path, deployed):
+    """An unrelated process is never killed, even one listening where a node used to."""
+    import subprocess
+    import sys
+
+    stack = Stack.load(write_stack(tmp_path, f"""
+        name = "e2e-spare"
+        [serve]
+        command = "{HTTP_SERVER}"
+        health_path = "/"
+    """))
+    deployed(stack)
+    node = stack.up(verify=False).nodes[0]
+    os.kill(node.pid, signal.SIGKILL)
+    port = int(node.endpoint.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 5
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    bystander = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.down()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
