@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   := examples/demo/mlinfra.toml
 
-.PHONY: install system-deps test demo bench clean
+.PHONY: install system-deps check test demo bench clean
 
 $(BIN)/mlinfra: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ system-deps:
 	    openssh-client openssh-server >/dev/null; \
 	fi
 
+# Formatting, lint and types over the package (CI runs it as part of `make test`).
+check: install
+	$(BIN)/ruff format --check mlinfra
+	$(BIN)/ruff check mlinfra
+	$(BIN)/mypy
+
 # The whole suite: real Terraform, real servers, nothing skipped.
-test: install system-deps
+test: install system-deps check
 	$(BIN)/python -m pytest -q
 
 # The main job on the local target: up, status, one prediction per node, down (always).

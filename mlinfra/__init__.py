@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Stack": "mlinfra.api",
-    "Aborted": "mlinfra.api",
+    "StackSpec": "mlinfra.spec",
+    "Aborted": "mlinfra.errors",
     "Compute": "mlinfra.spec",
     "Gcp": "mlinfra.spec",
     "Local": "mlinfra.spec",

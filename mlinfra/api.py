@@ -75,7 +75,7 @@ class Stack:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Stack) and self.spec == other.spec
 
-    __hash__ = None  # type: ignore[assignment]  (like the spec's dataclass: equal by value, unhashable)
+    __hash__ = None  # type: ignore[assignment]  # like the spec: equal by value, so unhashable
 
     def __repr__(self) -> str:
         return f"Stack({self.spec!r})"
@@ -96,11 +96,21 @@ class Stack:
         with self._operation("plan", on_event, migrate) as engine:
             summary = engine.plan()
         cost = self.cost()
-        return PlanResult(self.name, self.workdir, summary, self.notes(), cost if cost is not None and cost.nodes else None)
+        return PlanResult(
+            self.name, self.workdir, summary, self.notes(), cost if cost is not None and cost.nodes else None
+        )
 
-    def up(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
-           verify: bool = True, wait_ready: bool = True, on_result: OnResult | None = None,
-           migrate: Migrate | None = None, zone_fallback: bool = True) -> UpResult:
+    def up(
+        self,
+        *,
+        confirm: Confirm | None = None,
+        on_event: OnEvent | None = None,
+        verify: bool = True,
+        wait_ready: bool = True,
+        on_result: OnResult | None = None,
+        migrate: Migrate | None = None,
+        zone_fallback: bool = True,
+    ) -> UpResult:
         """Create or update the stack's nodes so they match the stack file, then verify them.
 
         With nothing to change, applies nothing. ``verify`` runs every check as a gate (the
@@ -109,13 +119,17 @@ class Stack:
         """
         started = time.monotonic()
         with self._operation("apply", on_event, migrate) as engine:  # plan, confirm, apply: nobody in between
-            summary = engine.plan()
-            if summary.has_changes:
-                if confirm is not None and not confirm(summary):
-                    raise Aborted("aborted: nothing was changed")
-                outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event)
+            if confirm is None:  # nobody reviews the plan: one Terraform run plans and applies
+                summary, outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event, reviewed=False)
             else:
-                outputs, moves = engine.outputs(), []
+                summary = engine.plan()
+                if summary.has_changes:
+                    if not confirm(summary):
+                        raise Aborted("aborted: nothing was changed")
+                    # What is applied is exactly the saved plan that was shown.
+                    _, outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event, reviewed=True)
+                else:
+                    outputs, moves = self._outputs(engine), []
         found = self.driver.discover(outputs, self.workspace)
         report = None
         if verify or wait_ready:
@@ -125,54 +139,75 @@ class Stack:
             found = [self._probe(node) for node in found]
         return UpResult(self.name, summary, summary.has_changes, found, time.monotonic() - started, report, moves)
 
-    def _apply_with_recovery(self, engine: Terraform, allowed: bool, on_event: OnEvent | None) -> tuple[dict, list]:
-        """Apply; when it fails, the target may move nodes (GCP: a stockout sends them to the next
-        zone that offers their GPU) and the module is rendered and applied again."""
+    def _apply_with_recovery(
+        self, engine: Terraform, allowed: bool, on_event: OnEvent | None, reviewed: bool
+    ) -> tuple[PlanSummary, dict, list]:
+        """Apply (the saved plan when ``reviewed``, else plan and apply in one run); when it fails,
+        the target may move nodes (GCP: a stockout sends them to the next zone that offers their
+        GPU) and the module is rendered and applied again."""
         moves: list = []
         tried: dict[str, list[str]] = {}
+        summary = PlanSummary()
         while True:
             try:
-                return engine.apply().outputs, moves
+                if reviewed:
+                    return summary, engine.apply().outputs, moves
+                summary, applied = engine.apply_now()
+                return summary, applied.outputs, moves
             except EngineError as exc:
                 found = self.driver.recover(self.spec, self.placement, self.workspace, exc, tried, allowed)
                 for move in found:
                     moves.append(move)
                     if on_event:
-                        on_event(Progress(self.node_address(move.node), "move", "output",
-                                          message=f"{move.reason}; moving to {move.to_zone}"))
+                        on_event(
+                            Progress(
+                                self.node_address(move.node),
+                                "move",
+                                "output",
+                                message=f"{move.reason}; moving to {move.to_zone}",
+                            )
+                        )
                 engine = self._engine(on_event, migrate=None)  # re-render with the moves recorded
-                engine.plan()
+                if reviewed:  # the same changes, in other zones: the user approved them already
+                    engine.plan()
 
-    def verify(self, *, checks: list[str] | None = None, rate: float | None = None,
-               on_result: OnResult | None = None) -> VerifyReport:
+    def verify(
+        self, *, checks: list[str] | None = None, rate: float | None = None, on_result: OnResult | None = None
+    ) -> VerifyReport:
         """Run the gpu, health and latency checks (or ``checks``) on every deployed node."""
         from mlinfra import verify as verification
 
-        checks = verification.parse_checks(checks)  # bad names are bad input, before anything runs
+        chosen = verification.parse_checks(checks)  # bad names are bad input, before anything runs
         deployed = self.status()
         if not deployed.nodes:
             raise MlinfraError(f"stack {self.name!r} is not deployed: run `mlinfra up` first")
-        return verification.run(self, deployed.nodes, checks=checks, rate=rate, on_result=on_result)
+        return verification.run(self, deployed.nodes, checks=chosen, rate=rate, on_result=on_result)
 
     def run_verify(self, **options: Any) -> VerifyReport:
         """Deprecated alias of ``verify()`` (one release), from when ``stack.verify`` was the settings."""
         warnings.warn("Stack.run_verify() is deprecated: use Stack.verify()", DeprecationWarning, stacklevel=2)
         return self.verify(**options)
 
-    def down(self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None,
-             force: bool = False) -> DownResult:
+    def down(
+        self, *, confirm: Confirm | None = None, on_event: OnEvent | None = None, force: bool = False
+    ) -> DownResult:
         """Destroy everything the stack created, and nothing else."""
         self.refuse_if_protected("destroy", force)
         started = time.monotonic()
         if not self.backend.may_have_state():
             return DownResult(self.name, PlanSummary(), False)
         with self._operation("destroy", on_event) as engine:
-            summary = engine.plan(destroy=True)
-            if not summary.has_changes:
-                return DownResult(self.name, summary, False, time.monotonic() - started)
-            if confirm is not None and not confirm(summary):
-                raise Aborted("aborted: nothing was destroyed")
-            engine.apply()
+            if confirm is None:  # nobody reviews: one Terraform run plans and destroys
+                summary, _ = engine.apply_now(destroy=True)
+                if not summary.has_changes:
+                    return DownResult(self.name, summary, False, time.monotonic() - started)
+            else:
+                summary = engine.plan(destroy=True)
+                if not summary.has_changes:
+                    return DownResult(self.name, summary, False, time.monotonic() - started)
+                if not confirm(summary):
+                    raise Aborted("aborted: nothing was destroyed")
+                engine.apply()
         self.driver.forget(self.workspace, None)  # the nodes are gone; new ones may reuse the addresses
         return DownResult(self.name, summary, True, time.monotonic() - started)
 
@@ -181,7 +216,7 @@ class Stack:
         if not self.backend.may_have_state():
             return StatusResult(self.name, self.target, False, self.workdir)
         holder = self.lock().holder()
-        outputs = self._reader().outputs()
+        outputs = self._outputs(None)
         found = [self._probe(node) for node in self.driver.discover(outputs, self.workspace)]
         return StatusResult(self.name, self.target, bool(found), self.workdir, found, holder)
 
@@ -190,9 +225,8 @@ class Stack:
         addresses = [self.node_address(key) for key in keys]
         old_hosts = [n.ssh_host for n in self.status().nodes if n.key in keys]
         with self._operation("replace", on_event) as engine:
-            engine.plan(replace=addresses, targets=addresses)
-            engine.apply()
-            outputs = engine.outputs()  # a targeted apply may report only some outputs
+            engine.apply_now(replace=addresses, targets=addresses)
+            outputs = self._outputs(engine)  # a targeted apply may report only some outputs
         self.driver.forget(self.workspace, old_hosts)
         return self.driver.discover(outputs, self.workspace)
 
@@ -217,7 +251,7 @@ class Stack:
         return self.driver.notes(self.spec, self.placement)
 
     def cost(self) -> Any:
-        """Estimated $/hour and $/month, Spot and on-demand (``catalog.Cost``)."""
+        """Estimated $/hour and $/month, Spot and on-demand (``prices.Cost``)."""
         return self.driver.cost(self.spec, self.placement)
 
     def node_address(self, key: str) -> str:
@@ -243,8 +277,9 @@ class Stack:
         return self.backend.lock()
 
     @contextmanager
-    def _operation(self, name: str, on_event: OnEvent | None = None,
-                   migrate: Migrate | None = None) -> Iterator[Terraform]:
+    def _operation(
+        self, name: str, on_event: OnEvent | None = None, migrate: Migrate | None = None
+    ) -> Iterator[Terraform]:
         """The stack lock, then a rendered and initialised engine: for anything that may change state.
 
         The lock comes first, so a command that loses the race renders nothing (it could otherwise
@@ -259,6 +294,17 @@ class Stack:
             yield self._engine(on_event, migrate)
         finally:
             lock.release()
+
+    def _outputs(self, engine: Terraform | None) -> dict:
+        """The module's outputs: straight from a local state file (no Terraform process), else
+        from Terraform (``engine``, or a read-only one)."""
+        if not self.backend.remote:
+            from mlinfra.engine import local_outputs
+
+            found = local_outputs(self.workdir)
+            if found is not None:
+                return found
+        return (engine or self._reader()).outputs()
 
     def _reader(self) -> Terraform:
         """An engine for read-only commands (outputs): no render when the work dir is ready."""

@@ -41,6 +41,7 @@ def print_plan(summary: PlanSummary, console: Console) -> None:
 
 def cost_lines(cost) -> list[str]:
     """The plan's price lines: the model in use, and what the other one would cost."""
+
     def money(per_hour, per_month):
         return f"${per_hour:,.2f}/hour, ${per_month:,.0f}/month" if per_hour is not None else "unknown"
 
@@ -88,7 +89,9 @@ class ProgressPrinter:
         elif event.status == "output" and event.action == "move":
             self.console.print(f"  {event.address}: {event.message}", style="yellow", markup=False)
         elif event.status == "progress":
-            self.console.print(f"  {event.address}: still {event.action}ing ({event.elapsed_s or 0:.0f}s)", markup=False)
+            self.console.print(
+                f"  {event.address}: still {event.action}ing ({event.elapsed_s or 0:.0f}s)", markup=False
+            )
 
 
 def nodes_table(nodes) -> Table:
@@ -143,6 +146,14 @@ def gpu_table(rows, region: str | None) -> Table:
         else:
             zones = f"{len(row.zones)} zones"
         on_demand = money(row.on_demand_usd_per_hour) if row.on_demand else "spot only"
-        table.add_row(row.alias, row.gpu, f"{row.memory_gb}G", str(row.count), row.machine_type,
-                      on_demand, money(row.spot_usd_per_hour), zones)
+        table.add_row(
+            row.alias,
+            row.gpu,
+            f"{row.memory_gb}G",
+            str(row.count),
+            row.machine_type,
+            on_demand,
+            money(row.spot_usd_per_hour),
+            zones,
+        )
     return table

@@ -101,8 +101,10 @@ class LockHeld(MlinfraError):
 
     def __init__(self, info: Any, *, hint: str | None = None):
         self.info = info
-        super().__init__(f"state is locked: {info.describe()}",
-                         hint=hint or "wait for it to finish; if its holder died, run `mlinfra state unlock`")
+        super().__init__(
+            f"state is locked: {info.describe()}",
+            hint=hint or "wait for it to finish; if its holder died, run `mlinfra state unlock`",
+        )
 
 
 class BucketUnreachable(MlinfraError):

@@ -40,12 +40,21 @@ def from_outputs(outputs: dict[str, Any]) -> list[Node]:
     found = []
     for key, out in sorted((outputs.get("nodes") or {}).items()):
         user, _, host = (out.get("ssh") or "").rpartition("@")  # GCP: "user@external-ip"
-        found.append(Node(
-            key=key, name=out.get("name", key), region=out["region"], replica=int(out["replica"]),
-            endpoint=out["endpoint"], health_url=out["health_url"],
-            ssh_user=user, ssh_host=host, ssh_port=int(out.get("ssh_port", 22)), ssh_key=out.get("ssh_key") or "",
-            zone=out.get("zone") or "",
-        ))
+        found.append(
+            Node(
+                key=key,
+                name=out.get("name", key),
+                region=out["region"],
+                replica=int(out["replica"]),
+                endpoint=out["endpoint"],
+                health_url=out["health_url"],
+                ssh_user=user,
+                ssh_host=host,
+                ssh_port=int(out.get("ssh_port", 22)),
+                ssh_key=out.get("ssh_key") or "",
+                zone=out.get("zone") or "",
+            )
+        )
     return found
 
 
@@ -55,5 +64,9 @@ def probe(node: Node, exited: Callable[[], str | None] | None = None) -> Node:
     from mlinfra.verify.health import probe as probe_url  # only verify talks to endpoints
 
     attempt = probe_url(node.health_url, timeout_s=2.0)
-    return replace(node, alive=None if exited is None else exited() is None,
-                   ready=attempt.outcome == READY, health_status=attempt.status)
+    return replace(
+        node,
+        alive=None if exited is None else exited() is None,
+        ready=attempt.outcome == READY,
+        health_status=attempt.status,
+    )

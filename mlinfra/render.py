@@ -9,6 +9,7 @@ of what they see).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
-from mlinfra.workspace import BACKEND_CONFIG, TFVARS, Workspace
+from mlinfra.workspace import BACKEND_CONFIG, RENDER_STAMP, TFVARS, Workspace
 
 
 @dataclass
@@ -43,13 +44,33 @@ def template_context(stack) -> dict[str, str]:
 
 
 def render(stack, out: Path | None = None) -> RenderResult:
-    """Write the root module for ``stack`` (an ``api.Stack``) into ``out`` (default: its work dir)."""
-    import jinja2  # lazy: keeps `mlinfra --help` fast
+    """Write the root module for ``stack`` (an ``api.Stack``) into ``out`` (default: its work dir).
 
+    When the inputs (templates, their context, the values) and the files already there are what
+    the last render wrote, nothing is rendered again (no Jinja import, no writes): most commands
+    run on an unchanged stack, and each one starts here.
+    """
     workspace = Workspace(Path(out)) if out else stack.workspace
     source = templates_dir(stack.driver.templates)
     if not source.is_dir():
         raise MlinfraError(f"no templates for target {stack.spec.target!r} in {source}")
+    templates = sorted(t for t in source.iterdir() if t.name.endswith(".tf.j2") or t.suffix in (".py", ".sh"))
+    context = template_context(stack)
+    values = {
+        TFVARS: json.dumps(stack.driver.tfvars(stack.spec, stack.placement, workspace), indent=2, sort_keys=True) + "\n"
+    }
+    backend = stack.backend.config()
+    if backend is not None:
+        values[BACKEND_CONFIG] = json.dumps(backend, indent=2, sort_keys=True) + "\n"
+    names = sorted([t.name[: -len(".j2")] if t.name.endswith(".tf.j2") else t.name for t in templates] + list(values))
+    nodes = [n.key for n in stack.placement.nodes]
+    workdir = workspace.root
+    inputs = _inputs_digest(context, values, templates)
+    if out is None and _already_rendered(workdir, inputs, names):  # an ejected module gets no stamp
+        return RenderResult(workdir=workdir, files=names, nodes=nodes, changed=False)
+
+    import jinja2  # lazy: keeps `mlinfra --help` (and unchanged renders) fast
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(source)),
         undefined=jinja2.StrictUndefined,
@@ -59,18 +80,13 @@ def render(stack, out: Path | None = None) -> RenderResult:
         autoescape=False,
     )
     files: dict[str, str] = {}
-    context = template_context(stack)
-    for template in sorted(source.iterdir()):
+    for template in templates:
         if template.name.endswith(".tf.j2"):
             files[template.name[: -len(".j2")]] = env.get_template(template.name).render(context)
-        elif template.suffix in (".py", ".sh"):
+        else:
             files[template.name] = template.read_text()
-    files[TFVARS] = json.dumps(stack.driver.tfvars(stack.spec, stack.placement, workspace), indent=2, sort_keys=True) + "\n"
-    backend = stack.backend.config()
-    if backend is not None:
-        files[BACKEND_CONFIG] = json.dumps(backend, indent=2, sort_keys=True) + "\n"
+    files.update(values)
 
-    workdir = workspace.root
     workdir.mkdir(parents=True, exist_ok=True)
     changed = False
     for name, text in files.items():
@@ -80,8 +96,34 @@ def render(stack, out: Path | None = None) -> RenderResult:
         if stale.name not in files:
             stale.unlink()
             changed = True
-    return RenderResult(workdir=workdir, files=sorted(files), nodes=[n.key for n in stack.placement.nodes],
-                        changed=changed)
+    if out is None:
+        write_if_changed(workdir / RENDER_STAMP, _stamp(workdir, inputs, names))
+    return RenderResult(workdir=workdir, files=sorted(files), nodes=nodes, changed=changed)
+
+
+def _inputs_digest(context: dict[str, str], values: dict[str, str], templates: list[Path]) -> str:
+    digest = hashlib.sha256(json.dumps([context, values]).encode())
+    for template in templates:  # a template's name, size and mtime: edited templates re-render
+        stat = template.stat()
+        digest.update(f"{template.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
+
+
+def _stamp(workdir: Path, inputs: str, names: list[str]) -> str:
+    """The inputs, then every file the render wrote as it is now, then the module's *.tf names:
+    a file edited or added by hand since then makes the next render a real one."""
+    outputs = []
+    for name in names:
+        stat = (workdir / name).stat()
+        outputs.append(f"{name} {stat.st_size} {stat.st_mtime_ns}")
+    return "\n".join([inputs, *outputs, " ".join(sorted(p.name for p in workdir.glob("*.tf")))]) + "\n"
+
+
+def _already_rendered(workdir: Path, inputs: str, names: list[str]) -> bool:
+    try:
+        return (workdir / RENDER_STAMP).read_text() == _stamp(workdir, inputs, names)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def write_if_changed(path: Path, text: str) -> bool:

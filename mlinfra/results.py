@@ -22,7 +22,7 @@ class PlanResult(Result):
     workdir: Path
     summary: PlanSummary
     notes: list[str] = field(default_factory=list)  # choices made for the user, warnings
-    cost: Any | None = None  # catalog.Cost where the target has a price
+    cost: Any | None = None  # prices.Cost where the target has a price
 
 
 @dataclass

@@ -55,8 +55,10 @@ class ScaffoldResult:
 
 # -- mlinfra new ---------------------------------------------------------------------------
 
-def new_project(directory: Path, *, target: str = "local", gpu: str = "none",
-                name: str | None = None, force: bool = False) -> ScaffoldResult:
+
+def new_project(
+    directory: Path, *, target: str = "local", gpu: str = "none", name: str | None = None, force: bool = False
+) -> ScaffoldResult:
     """Write ``mlinfra.toml``, ``Makefile`` and the ``.gitignore`` entry into ``directory``.
 
     Raises UsageError (and writes nothing) for a bad target, GPU or name, or when
@@ -65,8 +67,10 @@ def new_project(directory: Path, *, target: str = "local", gpu: str = "none",
     directory = Path(directory)
     target = target.strip().lower()
     if target not in targets.NAMES:
-        raise UsageError(f"unknown target {target!r}: use {' or '.join(map(repr, targets.NAMES))}"
-                         + catalog.did_you_mean(target, list(targets.NAMES)))
+        raise UsageError(
+            f"unknown target {target!r}: use {' or '.join(map(repr, targets.NAMES))}"
+            + catalog.did_you_mean(target, list(targets.NAMES))
+        )
     gpu = _check_gpu(gpu)
     name = _check_name(name) if name is not None else project_name(directory)
     _check_directory(directory)
@@ -118,8 +122,9 @@ def render_stack_file(*, name: str, target: str, gpu: str) -> str:
     )
     env.filters["toml"] = _toml
     template = env.get_template("mlinfra.toml.j2")
-    return template.render(name=name, target=target, gpu=gpu, project=PLACEHOLDER_PROJECT,
-                           region=DEFAULT_REGION, d=_spec_defaults())
+    return template.render(
+        name=name, target=target, gpu=gpu, project=PLACEHOLDER_PROJECT, region=DEFAULT_REGION, d=_spec_defaults()
+    )
 
 
 def _check_gpu(gpu: str) -> str:
@@ -138,8 +143,10 @@ def _check_name(name: str) -> str:
         return name
     suggestion = sanitize_name(name)
     hint = f" — did you mean {suggestion!r}?" if suggestion and suggestion != name else ""
-    raise UsageError(f"--name {name!r} is not a valid stack name: lowercase letters, digits and hyphens, "
-                     f"starting with a letter, at most {spec.NAME_MAX} characters{hint}")
+    raise UsageError(
+        f"--name {name!r} is not a valid stack name: lowercase letters, digits and hyphens, "
+        f"starting with a letter, at most {spec.NAME_MAX} characters{hint}"
+    )
 
 
 def _check_loads(stack_text: str, target: str, gpu: str) -> None:
@@ -171,8 +178,11 @@ def _spec_defaults() -> dict[str, dict[str, str]]:
                 defaults["stack"][f.name] = _toml(f.default)
         elif f.default_factory is not dataclasses.MISSING:  # a section: [gcp], [compute], ...
             section = f.default_factory()
-            defaults[f.name] = {g.name: _toml(getattr(section, g.name)) for g in dataclasses.fields(section)
-                                if getattr(section, g.name) is not None}
+            defaults[f.name] = {
+                g.name: _toml(getattr(section, g.name))
+                for g in dataclasses.fields(section)
+                if getattr(section, g.name) is not None
+            }
     return defaults
 
 
@@ -208,8 +218,10 @@ def _gitignore_with_entry(path: Path) -> str | None:
 
 # -- mlinfra ci github ---------------------------------------------------------------------
 
-def ci_github(directory: Path, *, stack_file: str = STACK_FILE, force: bool = False,
-              schedule: str = "0 3 * * *") -> ScaffoldResult:
+
+def ci_github(
+    directory: Path, *, stack_file: str = STACK_FILE, force: bool = False, schedule: str = "0 3 * * *"
+) -> ScaffoldResult:
     """Write ``.github/workflows/mlinfra-rebuild.yml`` into the repository at ``directory``.
 
     Raises UsageError (and writes nothing) for an unsafe stack path, a malformed cron
@@ -228,8 +240,10 @@ def ci_github(directory: Path, *, stack_file: str = STACK_FILE, force: bool = Fa
     result = ScaffoldResult(directory, notes=_stack_notes(directory / stack_file, stack_file))
     _write(directory / WORKFLOW, text)
     result.written.append(WORKFLOW)
-    result.notes.append("set the repository variables GCP_WORKLOAD_IDENTITY_PROVIDER and GCP_SERVICE_ACCOUNT "
-                        f"(see the comments at the top of {WORKFLOW})")
+    result.notes.append(
+        "set the repository variables GCP_WORKLOAD_IDENTITY_PROVIDER and GCP_SERVICE_ACCOUNT "
+        f"(see the comments at the top of {WORKFLOW})"
+    )
     return result
 
 
@@ -249,11 +263,11 @@ def render_workflow(*, stack_file: str, schedule: str, version: str) -> str:
 
 def _check_stack_path(stack_file: str) -> None:
     parts = stack_file.split("/")
-    if (not _STACK_PATH.match(stack_file) or stack_file.endswith("/")
-            or any(part in ("", ".", "..") for part in parts)):
+    if not _STACK_PATH.match(stack_file) or stack_file.endswith("/") or any(part in ("", ".", "..") for part in parts):
         raise UsageError(
             f"--file {stack_file!r}: use a plain relative path inside the repository "
-            "(letters, digits, '_', '-', '.' and '/'; no spaces, quotes, '$' or '..')")
+            "(letters, digits, '_', '-', '.' and '/'; no spaces, quotes, '$' or '..')"
+        )
 
 
 def _check_schedule(schedule: str) -> str:
@@ -279,6 +293,7 @@ def _stack_notes(path: Path, stack_file: str) -> list[str]:
 
 # -- shared --------------------------------------------------------------------------------
 
+
 def _templates() -> Path:
     from mlinfra.render import templates_dir  # lazy: render pulls in the spec/render stack
 
@@ -299,8 +314,9 @@ def _refuse_existing(directory: Path, names: list[str]) -> None:
     existing = [name for name in names if (directory / name).exists()]
     if existing:
         listed = ", ".join(str(directory / name) for name in existing)
-        raise UsageError(f"refusing to overwrite {listed}: pass --force to replace "
-                         f"{'it' if len(existing) == 1 else 'them'}")
+        raise UsageError(
+            f"refusing to overwrite {listed}: pass --force to replace {'it' if len(existing) == 1 else 'them'}"
+        )
 
 
 def _write(path: Path, text: str) -> None:

@@ -9,11 +9,9 @@ exists is a valid stack: no later step has to re-check user input. Errors are
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import re
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +19,7 @@ from typing import Any, ClassVar
 from mlinfra import targets
 from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import SpecError
+from mlinfra.fields import Section, describe, in_range, one_of
 
 _GCP_NAME = re.compile(catalog.NAME_PATTERN)
 # Node names are "<stack>-<region>-<replica>" and GCP caps names at 63 characters; the longest
@@ -32,97 +31,10 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ZONE = re.compile(rf"^{catalog.ZONE_PATTERN}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,254}[a-z0-9]$")
-_SERVICE_ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9-]{4,62}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|"
-                              r"^[0-9]+-compute@developer\.gserviceaccount\.com$")
-
-
-def _range(lo: float, hi: float) -> dict:
-    return {"range": (lo, hi)}
-
-
-def _choices(*values: str) -> dict:
-    return {"choices": values}
-
-
-class _Section:
-    """Shared validation for the stack's tables: types, ranges, choices."""
-
-    _key: ClassVar[str] = ""  # the TOML table name, for error key paths
-
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):
-            if not f.compare:  # bookkeeping (the stack's path, its placement), not user input
-                continue
-            value = _coerce(self._path(f.name), getattr(self, f.name), hints[f.name])
-            object.__setattr__(self, f.name, value)
-            lo_hi = f.metadata.get("range")
-            if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
-                raise SpecError(self._path(f.name), f"{value} is out of range ({lo_hi[0]}–{lo_hi[1]})")
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                allowed = ", ".join(repr(c) for c in choices)
-                raise SpecError(
-                    self._path(f.name),
-                    f"{value!r} is not one of {allowed}" + catalog.did_you_mean(str(value), list(choices)),
-                )
-        self._check()
-
-    def _path(self, name: str) -> str:
-        return f"{self._key}.{name}" if self._key else name
-
-    def _check(self) -> None:
-        """Rules that involve more than one field's type; overridden per section."""
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    """A section's field types, evaluated (the module defers annotations)."""
-    return typing.get_type_hints(cls)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a field's type and return its canonical form."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SpecError(key, f"expected true or false, got {_describe(value)}")
-    elif hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(key, f"expected an integer, got {_describe(value)}")
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(key, f"expected a number, got {_describe(value)}")
-        value = float(value)
-    elif hint is str:
-        if not isinstance(value, str):
-            raise SpecError(key, f"expected a string, got {_describe(value)}")
-    elif origin is tuple and args == (str, ...):
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(key, f"expected a list of strings, got {_describe(value)}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise SpecError(f"{key}[{i}]", f"expected a string, got {_describe(item)}")
-        value = tuple(value)
-    elif origin is dict and args == (str, str):
-        if not isinstance(value, dict):
-            raise SpecError(key, f"expected a table of strings, got {_describe(value)}")
-        for name, item in value.items():
-            if not isinstance(item, str):
-                raise SpecError(f"{key}.{name}", f"expected a string, got {_describe(item)}")
-        value = dict(value)
-    elif type(None) in args:  # an optional table (verify.payload)
-        if value is not None and not isinstance(value, dict):
-            raise SpecError(key, f"expected a table, got {_describe(value)}")
-    elif not isinstance(value, _Section):
-        raise SpecError(key, f"expected a table, got {_describe(value)}")
-    return value
-
-
-def _describe(value: Any) -> str:
-    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", tuple: "a list", dict: "a table"}
-    return f"{kinds.get(type(value), type(value).__name__)} {value!r}"
+_SERVICE_ACCOUNT = re.compile(
+    r"^[a-z0-9][a-z0-9-]{4,62}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|"
+    r"^[0-9]+-compute@developer\.gserviceaccount\.com$"
+)
 
 
 def _check_cidrs(key: str, cidrs: tuple[str, ...]) -> None:
@@ -140,14 +52,16 @@ def _check_regions(key: str, regions: tuple[str, ...], known: list[str] | None) 
         if known is not None and region not in known:
             raise SpecError(f"{key}[{i}]", f"unknown GPU region {region!r}" + catalog.did_you_mean(region, known))
         if known is None and not _GCP_NAME.match(region):
-            raise SpecError(f"{key}[{i}]", f"{region!r} is not a valid region name: use lowercase letters, digits and hyphens")
+            raise SpecError(
+                f"{key}[{i}]", f"{region!r} is not a valid region name: use lowercase letters, digits and hyphens"
+            )
     if len(set(regions)) != len(regions):
         dup = next(r for r in regions if regions.count(r) > 1)
         raise SpecError(key, f"region {dup!r} is listed twice")
 
 
 @dataclass(frozen=True)
-class Gcp(_Section):
+class Gcp(Section):
     _key: ClassVar[str] = "gcp"
     project: str = ""
     regions: tuple[str, ...] = ("us-central1",)
@@ -170,27 +84,39 @@ class Gcp(_Section):
             )
         for i, region in enumerate(self.regions):
             if not _REGION.match(region):
-                raise SpecError(f"gcp.regions[{i}]", f"{region!r} is not a region name (like 'us-central1')"
-                                + catalog.did_you_mean(region, catalog.gcp_regions()))
+                raise SpecError(
+                    f"gcp.regions[{i}]",
+                    f"{region!r} is not a region name (like 'us-central1')"
+                    + catalog.did_you_mean(region, catalog.gcp_regions()),
+                )
         _check_regions("gcp.regions", self.regions, catalog.gcp_regions())
         for i, zone in enumerate(self.zones):
             if not _ZONE.match(zone):
                 raise SpecError(f"gcp.zones[{i}]", f"{zone!r} is not a zone name (like 'us-central1-a')")
             region = catalog.region_of(zone)
             if region not in self.regions:
-                raise SpecError(f"gcp.zones[{i}]", f"{zone} is in {region}, which is not in gcp.regions "
-                                f"({', '.join(self.regions)}): add {region!r} to gcp.regions")
+                raise SpecError(
+                    f"gcp.zones[{i}]",
+                    f"{zone} is in {region}, which is not in gcp.regions "
+                    f"({', '.join(self.regions)}): add {region!r} to gcp.regions",
+                )
         if len(set(self.zones)) != len(self.zones):
             dup = next(z for z in self.zones if self.zones.count(z) > 1)
             raise SpecError("gcp.zones", f"zone {dup!r} is listed twice")
         if not _GCP_NAME.match(self.network) or len(self.network) > 63:
             raise SpecError("gcp.network", f"{self.network!r} is not a network name (like 'default')")
         if self.service_account and not _SERVICE_ACCOUNT.match(self.service_account):
-            raise SpecError("gcp.service_account", f"{self.service_account!r} is not a service account email "
-                            "(like 'name@project.iam.gserviceaccount.com')")
+            raise SpecError(
+                "gcp.service_account",
+                f"{self.service_account!r} is not a service account email "
+                "(like 'name@project.iam.gserviceaccount.com')",
+            )
         if self.image and (not _IMAGE.match(self.image) or "//" in self.image):
-            raise SpecError("gcp.image", f"{self.image!r} is not an image: use a Deep Learning VM family name, "
-                            "'project/family' or 'projects/P/global/images/family/F'")
+            raise SpecError(
+                "gcp.image",
+                f"{self.image!r} is not an image: use a Deep Learning VM family name, "
+                "'project/family' or 'projects/P/global/images/family/F'",
+            )
         termination = self.spot_termination.upper()
         if termination not in ("STOP", "DELETE"):
             raise SpecError("gcp.spot_termination", f"{self.spot_termination!r} is not one of 'STOP', 'DELETE'")
@@ -198,10 +124,8 @@ class Gcp(_Section):
 
 
 @dataclass(frozen=True)
-class Local(_Section):
+class Local(Section):
     _key: ClassVar[str] = "local"
-    # Names only: on the local target a "region" is a group of local processes, which lets a
-    # multi-region stack be rehearsed on one machine.
     regions: tuple[str, ...] = ("local",)
 
     def _check(self) -> None:
@@ -209,14 +133,14 @@ class Local(_Section):
 
 
 @dataclass(frozen=True)
-class Compute(_Section):
+class Compute(Section):
     _key: ClassVar[str] = "compute"
     gpu: str = "none"
-    gpu_count: int = field(default=1, metadata=_range(1, 16))
+    gpu_count: int = field(default=1, metadata=in_range(1, 16))
     machine_type: str = ""
-    replicas: int = field(default=1, metadata=_range(1, 20))
+    replicas: int = field(default=1, metadata=in_range(1, 20))
     spot: bool = False
-    disk_gb: int = field(default=100, metadata=_range(10, 65536))
+    disk_gb: int = field(default=100, metadata=in_range(10, 65536))
 
     def _check(self) -> None:
         gpu = self.gpu.strip().lower()
@@ -227,7 +151,9 @@ class Compute(_Section):
             except SpecError as exc:  # UnknownGpu: the catalog's word, placed at its key
                 raise exc.at("compute.gpu") from None
         if self.machine_type and not _GCP_NAME.match(self.machine_type):
-            raise SpecError("compute.machine_type", f"{self.machine_type!r} is not a machine type name (like 'n1-standard-4')")
+            raise SpecError(
+                "compute.machine_type", f"{self.machine_type!r} is not a machine type name (like 'n1-standard-4')"
+            )
 
     @property
     def accelerator(self) -> catalog.Gpu | None:
@@ -236,11 +162,11 @@ class Compute(_Section):
 
 
 @dataclass(frozen=True)
-class Serve(_Section):
+class Serve(Section):
     _key: ClassVar[str] = "serve"
     # Run by /bin/sh on each node, with PORT set to the node's port.
     command: str = "mlinfra serve"
-    port: int = field(default=8000, metadata=_range(1, 65535))
+    port: int = field(default=8000, metadata=in_range(1, 65535))
     health_path: str = "/health"
     allow_cidrs: tuple[str, ...] = ("10.0.0.0/8",)
     ssh_cidrs: tuple[str, ...] = ()
@@ -253,21 +179,26 @@ class Serve(_Section):
         if "\x00" in self.command:
             raise SpecError("serve.command", "must not contain a NUL character")
         if not self.health_path.startswith("/") or any(c.isspace() for c in self.health_path):
-            raise SpecError("serve.health_path", f"{self.health_path!r} must be a URL path starting with '/', like '/health'")
+            raise SpecError(
+                "serve.health_path", f"{self.health_path!r} must be a URL path starting with '/', like '/health'"
+            )
         _check_cidrs("serve.allow_cidrs", self.allow_cidrs)
         _check_cidrs("serve.ssh_cidrs", self.ssh_cidrs)
         open_world = [c for c in self.allow_cidrs + self.ssh_cidrs if ipaddress.ip_network(c).prefixlen == 0]
         if open_world and not self.public:
-            raise SpecError("serve.allow_cidrs", f"{open_world[0]!r} opens the port to the whole internet; set serve.public = true to mean it")
+            raise SpecError(
+                "serve.allow_cidrs",
+                f"{open_world[0]!r} opens the port to the whole internet; set serve.public = true to mean it",
+            )
         for name in self.env:
             if not _ENV_NAME.match(name):
                 raise SpecError(f"serve.env.{name}", "is not a valid environment variable name")
 
 
 @dataclass(frozen=True)
-class State(_Section):
+class State(Section):
     _key: ClassVar[str] = "state"
-    backend: str = field(default="local", metadata=_choices("local", "gcs"))
+    backend: str = field(default="local", metadata=one_of("local", "gcs"))
     bucket: str = ""
     prefix: str = ""
     endpoint: str = ""
@@ -276,23 +207,26 @@ class State(_Section):
         if self.backend == "gcs" and not self.bucket:
             raise SpecError("state.bucket", "is required when state.backend = 'gcs'")
         if self.bucket and (not _BUCKET.match(self.bucket) or ".." in self.bucket or self.bucket.startswith("goog")):
-            raise SpecError("state.bucket", f"{self.bucket!r} is not a valid bucket name: 3–63 lowercase letters, digits, '-', '_' and '.'")
+            raise SpecError(
+                "state.bucket",
+                f"{self.bucket!r} is not a valid bucket name: 3–63 lowercase letters, digits, '-', '_' and '.'",
+            )
         if self.endpoint and not re.match(r"^https?://[^\s/]+", self.endpoint):
             raise SpecError("state.endpoint", f"{self.endpoint!r} must be an http(s):// URL")
 
 
 @dataclass(frozen=True)
-class Verify(_Section):
+class Verify(Section):
     _key: ClassVar[str] = "verify"
-    p95_ms: float = field(default=250.0, metadata=_range(0.1, 600_000))
-    p99_ms: float = field(default=0.0, metadata=_range(0, 600_000))  # 0: no p99 budget
-    max_error_rate: float = field(default=0.01, metadata=_range(0, 1))
-    min_rps: float = field(default=0.0, metadata=_range(0, 10_000_000))
-    requests: int = field(default=200, metadata=_range(1, 10_000_000))
-    concurrency: int = field(default=8, metadata=_range(1, 10_000))
-    warmup: int = field(default=20, metadata=_range(0, 1_000_000))
-    health_timeout_s: float = field(default=600.0, metadata=_range(1, 86_400))
-    rate: float = field(default=0.0, metadata=_range(0, 1_000_000))  # req/s open loop; 0: closed loop
+    p95_ms: float = field(default=250.0, metadata=in_range(0.1, 600_000))
+    p99_ms: float = field(default=0.0, metadata=in_range(0, 600_000))  # 0: no p99 budget
+    max_error_rate: float = field(default=0.01, metadata=in_range(0, 1))
+    min_rps: float = field(default=0.0, metadata=in_range(0, 10_000_000))
+    requests: int = field(default=200, metadata=in_range(1, 10_000_000))
+    concurrency: int = field(default=8, metadata=in_range(1, 10_000))
+    warmup: int = field(default=20, metadata=in_range(0, 1_000_000))
+    health_timeout_s: float = field(default=600.0, metadata=in_range(1, 86_400))
+    rate: float = field(default=0.0, metadata=in_range(0, 1_000_000))  # req/s open loop; 0: closed loop
     path: str = "/predict"  # where the latency benchmark sends its requests
     payload: dict[str, Any] | None = None  # the request body; None: one the reference server accepts
 
@@ -305,11 +239,11 @@ _SECTIONS = {"gcp": Gcp, "local": Local, "compute": Compute, "serve": Serve, "st
 
 
 @dataclass(frozen=True)
-class StackSpec(_Section):
+class StackSpec(Section):
     """A whole stack. ``path`` (where it was loaded from) is not part of equality."""
 
     name: str
-    target: str = field(default="local", metadata=_choices(*targets.NAMES))
+    target: str = field(default="local", metadata=one_of(*targets.NAMES))
     protected: bool = False
     gcp: Gcp = field(default_factory=Gcp)
     local: Local = field(default_factory=Local)
@@ -335,11 +269,17 @@ class StackSpec(_Section):
             suggestion = re.sub(r"[^a-z0-9-]+", "-", self.name.lower()).strip("-")
             suggestion = re.sub(r"^[^a-z]+", "", suggestion)
             hint = f" — did you mean {suggestion!r}?" if suggestion and _GCP_NAME.match(suggestion) else ""
-            raise SpecError("name", f"{self.name!r} is not a valid name: use lowercase letters, digits and hyphens, "
-                            f"starting with a letter (GCP naming rules){hint}")
+            raise SpecError(
+                "name",
+                f"{self.name!r} is not a valid name: use lowercase letters, digits and hyphens, "
+                f"starting with a letter (GCP naming rules){hint}",
+            )
         if len(self.name) > NAME_MAX:
-            raise SpecError("name", f"{self.name!r} is {len(self.name)} characters; at most {NAME_MAX} "
-                            "(node names add region and replica, and GCP allows 63)")
+            raise SpecError(
+                "name",
+                f"{self.name!r} is {len(self.name)} characters; at most {NAME_MAX} "
+                "(node names add region and replica, and GCP allows 63)",
+            )
         # The target's own rules (GCP: GPU, machine type and zones), before any cloud call.
         object.__setattr__(self, "placement", self.driver.validate(self))
 
@@ -397,6 +337,6 @@ def _build(cls, data: dict, key: str, **extra):
     for name, section in sections.items():
         if name in kwargs:
             if not isinstance(kwargs[name], dict):
-                raise SpecError(name, f"expected a table [{name}], got {_describe(kwargs[name])}")
+                raise SpecError(name, f"expected a table [{name}], got {describe(kwargs[name])}")
             kwargs[name] = _build(section, kwargs[name], name)
     return cls(**kwargs, **extra)

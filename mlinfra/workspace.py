@@ -9,13 +9,15 @@ the local nodes' process records and logs (``nodes/``), the GCP stack's SSH key 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mlinfra.engine import Terraform
-    from mlinfra.engine.events import Progress
 
 TFVARS = "terraform.tfvars.json"
 BACKEND_CONFIG = "backend.tfbackend.json"
@@ -25,7 +27,9 @@ NODES = "nodes"
 SSH_KEY = "ssh_ed25519"  # the .pub sits next to it
 KNOWN_HOSTS = "known_hosts"
 ZONE_MOVES = "zone-moves.json"
-LOCK = ".lock"
+LOCK = ".lock"  # the stack lock for local state (an flock)
+RENDER_LOCK = ".render.lock"
+RENDER_STAMP = ".render.sha256"  # what the last render wrote, so an unchanged stack renders nothing  # serialises render + init in the work dir
 
 
 class Workspace:
@@ -88,14 +92,33 @@ class Workspace:
 
         return initialized_backend(self.root) if self.initialized() else None
 
-    def prepare(self, render: Callable[[], object], engine: Terraform, backend_config: Path | None,
-                migrate: Callable[[str, str], bool] | None) -> Terraform:
+    def prepare(
+        self,
+        render: Callable[[], object],
+        engine: Terraform,
+        backend_config: Path | None,
+        migrate: Callable[[str, str], bool] | None,
+    ) -> Terraform:
         """Render, then init when needed, under the work dir's mutex: two commands at once means
         one renders and inits, then the other finds it done."""
-        from mlinfra.state.lock import workdir_mutex
-
         with workdir_mutex(self.root):
             render()
             engine.init(backend_config, migrate=migrate)
         return engine
 
+
+@contextmanager
+def workdir_mutex(workdir: Path) -> Iterator[None]:
+    """Serialise rendering and ``terraform init`` in one work dir (a short wait, never an error).
+
+    Two commands on one stack at once must not write the same files or run two inits side by
+    side; the stack lock, taken after this, then decides which of them may change state.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / RENDER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock

@@ -34,3 +34,13 @@ def deployed():
     for stack in stacks:
         stack.down(force=True)
         assert stack_processes(stack.name) == [], f"processes left behind by {stack.name}"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/ from what the renderer produces now (review the diff!)")
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    return request.config.getoption("--update-golden")

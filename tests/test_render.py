@@ -141,3 +141,20 @@ def _wait_200(url: str, timeout_s: float = 10) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def test_an_unchanged_stack_is_not_rendered_again_and_a_hand_edit_is_undone(tmp_path):
+    stack = Stack(name="again", path=tmp_path / "mlinfra.toml", local={"regions": ["a"]})
+    first = stack.render()
+    assert first.changed and (first.workdir / ".render.sha256").is_file()
+    main = first.workdir / "main.tf"
+    before = main.stat().st_mtime_ns
+    again = stack.render()
+    assert not again.changed and again.files == first.files and main.stat().st_mtime_ns == before
+    main.write_text(main.read_text() + "# edited by hand\n")
+    (first.workdir / "extra.tf").write_text("# a stray file Terraform would load\n")
+    repaired = stack.render()
+    assert repaired.changed and "# edited by hand" not in main.read_text()
+    assert not (first.workdir / "extra.tf").exists()
+    ejected = stack.render(tmp_path / "eject")
+    assert ejected.changed and not (tmp_path / "eject" / ".render.sha256").exists()

@@ -6,10 +6,14 @@ Exit codes: 0 success, 1 the operation failed, 2 bad input, 130 interrupted.
 """
 
 from mlinfra.cli.common import app
-from mlinfra.cli import stack, ops, tools, state  # noqa: E402,F401  (each module registers its commands)
+
+# Each module registers its commands; the import order is the order `mlinfra --help` lists them.
+# isort: off
+from mlinfra.cli import stack, ops, tools, state  # noqa: E402,F401
+# isort: on
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    app()
+    app()  # expected failures become one line and an exit code in common._Commands.invoke

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
+
 
 class _Commands(TyperGroup):
     """The command group. Expected failures become one line on stderr and an exit code, never a
     traceback: the only place the CLI turns an ``MlinfraError`` into output."""
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx):  # ctx: the click.Context that typer vendors
         from mlinfra.errors import MlinfraError
 
         try:
@@ -66,7 +67,10 @@ def ask(question: str, yes: bool) -> bool:
 
 
 def confirm_plan(question: str, yes: bool):
-    """The API's confirm callback: show the plan, then ask."""
+    """The API's confirm callback: show the plan, then ask. With --yes there is none: nobody
+    reviews, so the API plans and applies in one Terraform run (the plan is shown afterwards)."""
+    if yes:
+        return None
     from mlinfra.console import err, print_plan
 
     def confirm(summary) -> bool:
@@ -94,7 +98,7 @@ def progress():
     return ProgressPrinter()
 
 
-JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Write the verification as JUnit XML to this file.")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write the verification as JUnit XML to this file.")]
 
 
 def show_report(verification, as_json: bool, junit: Path | None) -> None:

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,10 +19,14 @@ def rebuild(
     file: FileOpt = DEFAULT_FILE,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
-    report_file: Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report to this file.")] = None,
+    report_file: Annotated[Path | None, typer.Option("--report", help="Write the JSON report to this file.")] = None,
     junit: JunitOpt = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", help="Time budget, like 10m or 90s (default: 10m on GCP, 60s local).")] = None,
-    cleanup_on_failure: Annotated[bool, typer.Option("--cleanup-on-failure", help="Destroy what a failed run created.")] = False,
+    budget: Annotated[
+        str | None, typer.Option("--budget", help="Time budget, like 10m or 90s (default: 10m on GCP, 60s local).")
+    ] = None,
+    cleanup_on_failure: Annotated[
+        bool, typer.Option("--cleanup-on-failure", help="Destroy what a failed run created.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even a stack marked protected = true.")] = False,
 ):
     """Destroy the stack, bring it up again and verify it, each phase timed, against a budget."""
@@ -34,11 +38,19 @@ def rebuild(
 
     def show_phase(phase) -> None:
         mark = "done" if phase.ok else "FAILED"
-        err.print(f"phase {phase.name}: {mark} in {phase.elapsed_s:.1f}s{' — ' + phase.detail if phase.detail else ''}",
-                  markup=False)
+        err.print(
+            f"phase {phase.name}: {mark} in {phase.elapsed_s:.1f}s{' — ' + phase.detail if phase.detail else ''}",
+            markup=False,
+        )
 
-    report = stack.rebuild(budget_s=budget_s, force=force, cleanup_on_failure=cleanup_on_failure,
-                           confirm=lambda question: ask(question, yes), on_event=progress(), on_phase=show_phase)
+    report = stack.rebuild(
+        budget_s=budget_s,
+        force=force,
+        cleanup_on_failure=cleanup_on_failure,
+        confirm=lambda question: ask(question, yes),
+        on_event=progress(),
+        on_phase=show_phase,
+    )
     if report_file is not None:
         report_file.write_text(json.dumps(to_data(report), indent=2) + "\n")
     if junit is not None:
@@ -52,8 +64,11 @@ def rebuild(
         print_json(report)
     else:
         for phase in report.phases:
-            out.print(f"{phase.name:<8} {'ok' if phase.ok else 'FAILED':<7} {phase.elapsed_s:7.1f}s  "
-                      f"(terraform {phase.terraform_s:.1f}s, waiting {phase.wait_s:.1f}s)", markup=False)
+            out.print(
+                f"{phase.name:<8} {'ok' if phase.ok else 'FAILED':<7} {phase.elapsed_s:7.1f}s  "
+                f"(terraform {phase.terraform_s:.1f}s, waiting {phase.wait_s:.1f}s)",
+                markup=False,
+            )
         out.print(report.verdict, style="green" if report.passed and report.within_budget else "red", markup=False)
         if report.failed_phase and not report.cleaned_up:
             err.print(f"left running: {', '.join(report.left_running) or 'nothing'}", markup=False)
@@ -72,7 +87,9 @@ def heal(
     as_json: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep healing every --interval until stopped.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Time between rounds with --watch, like 60s.")] = "60s",
-    attempts: Annotated[int, typer.Option("--attempts", min=1, max=20, help="Replacements per bad node before giving up.")] = 3,
+    attempts: Annotated[
+        int, typer.Option("--attempts", min=1, max=20, help="Replacements per bad node before giving up.")
+    ] = 3,
 ):
     """Replace exactly the nodes that fail their gpu or health checks, then verify them."""
     from mlinfra.console import err, out, print_json
@@ -87,11 +104,15 @@ def heal(
             sys.stdout.flush()
 
     def show_round(report) -> None:
-        err.print(f"{time.strftime('%H:%M:%S')} checked {report.checked} node(s), replaced "
-                  f"{len(report.replacements)}; next round in {pause_s:.0f}s (Ctrl-C stops)", markup=False)
+        err.print(
+            f"{time.strftime('%H:%M:%S')} checked {report.checked} node(s), replaced "
+            f"{len(report.replacements)}; next round in {pause_s:.0f}s (Ctrl-C stops)",
+            markup=False,
+        )
 
-    report = stack.heal(watch=watch, interval_s=pause_s, on_round=show_round, attempts=attempts,
-                        on_event=progress(), on_replacement=log)
+    report = stack.heal(
+        watch=watch, interval_s=pause_s, on_round=show_round, attempts=attempts, on_event=progress(), on_replacement=log
+    )
     if watch:  # stopped with Ctrl-C: its log was the JSON lines
         return
     if as_json:
@@ -99,7 +120,9 @@ def heal(
     else:
         out.print(f"{report.checked} node(s) checked; healthy: {', '.join(report.healthy) or 'none'}", markup=False)
         for r in report.replacements:
-            out.print(f"{r.node}: {r.failed_check} failed ({r.reason}); {r.outcome} after {r.attempts} attempt(s)",
-                      markup=False)
+            out.print(
+                f"{r.node}: {r.failed_check} failed ({r.reason}); {r.outcome} after {r.attempts} attempt(s)",
+                markup=False,
+            )
     if not report.passed:
         raise typer.Exit(1)

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from mlinfra.cli.common import (
-    DEFAULT_FILE, FileOpt, JsonOpt, JunitOpt, YesOpt, app, confirm_migration, confirm_plan,
-    load, progress, show_report,
+    DEFAULT_FILE,
+    FileOpt,
+    JsonOpt,
+    JunitOpt,
+    YesOpt,
+    app,
+    confirm_migration,
+    confirm_plan,
+    load,
+    progress,
+    show_report,
 )
+
 
 @app.command()
 def render(
     file: FileOpt = DEFAULT_FILE,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the module here instead of the work dir (eject).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the module here instead of the work dir (eject).")
+    ] = None,
     as_json: JsonOpt = False,
 ):
     """Write the stack's Terraform root module (it runs with plain `terraform` too)."""
@@ -26,7 +38,9 @@ def render(
         return print_json(result)
     from mlinfra.console import out as stdout
 
-    stdout.print(f"Rendered {len(result.files)} files for {len(result.nodes)} node(s) into {result.workdir}", markup=False)
+    stdout.print(
+        f"Rendered {len(result.files)} files for {len(result.nodes)} node(s) into {result.workdir}", markup=False
+    )
     for name in result.files:
         stdout.print(f"  {name}", markup=False)
 
@@ -43,7 +57,9 @@ def show_notes(notes: list[str]) -> None:
 def plan(
     file: FileOpt = DEFAULT_FILE,
     as_json: JsonOpt = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a summary ready for a pull-request comment.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print a summary ready for a pull-request comment.")
+    ] = False,
 ):
     """Show what `up` would change (and, on GCP, what it costs), changing nothing."""
     from mlinfra.console import cost_lines, out, plan_markdown, print_json, print_plan
@@ -69,20 +85,34 @@ def up(
     file: FileOpt = DEFAULT_FILE,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the gpu and latency checks (still wait for health).")] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the gpu and latency checks (still wait for health).")
+    ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return after apply: no checks at all.")] = False,
     junit: JunitOpt = None,
-    no_zone_fallback: Annotated[bool, typer.Option("--no-zone-fallback", help="GCP: on a stockout, fail instead of "
-                                                   "moving the node to another zone of its region.")] = False,
+    no_zone_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--no-zone-fallback",
+            help="GCP: on a stockout, fail instead of moving the node to another zone of its region.",
+        ),
+    ] = False,
 ):
     """Create or update the stack: init, plan, confirm, apply, then verify it (the gate)."""
     stack = load(file)
     show_notes(stack.notes())
-    result = stack.up(confirm=confirm_plan("apply these changes", yes), on_event=progress(),
-                      verify=not (no_verify or no_wait), wait_ready=not no_wait, migrate=confirm_migration(yes),
-                      zone_fallback=not no_zone_fallback)
-    from mlinfra.console import err, nodes_table, out, print_json
+    result = stack.up(
+        confirm=confirm_plan("apply these changes", yes),
+        on_event=progress(),
+        verify=not (no_verify or no_wait),
+        wait_ready=not no_wait,
+        migrate=confirm_migration(yes),
+        zone_fallback=not no_zone_fallback,
+    )
+    from mlinfra.console import err, nodes_table, out, print_json, print_plan
 
+    if yes and result.applied:  # applied without a review: what changed, for the log
+        print_plan(result.summary, err)
     if as_json:
         print_json(result)
     else:
@@ -102,8 +132,13 @@ def verify(
     file: FileOpt = DEFAULT_FILE,
     as_json: JsonOpt = False,
     junit: JunitOpt = None,
-    check: Annotated[Optional[list[str]], typer.Option("--check", help="Run only these checks: health, gpu, latency (repeatable).")] = None,
-    rate: Annotated[Optional[float], typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop).")] = None,
+    check: Annotated[
+        list[str] | None, typer.Option("--check", help="Run only these checks: health, gpu, latency (repeatable).")
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop)."),
+    ] = None,
 ):
     """Prove the deployment works: GPU, health and latency checks on every node."""
     report = load(file).verify(checks=check, rate=rate)
@@ -125,8 +160,10 @@ def down(
 ):
     """Destroy everything the stack created, and nothing else."""
     result = load(file).down(confirm=confirm_plan("destroy these resources", yes), on_event=progress(), force=force)
-    from mlinfra.console import err, print_json
+    from mlinfra.console import err, print_json, print_plan
 
+    if yes and result.destroyed:  # destroyed without a review: what went, for the log
+        print_plan(result.summary, err)
     if as_json:
         return print_json(result)
     if result.destroyed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,7 +22,9 @@ def bootstrap(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
 
     if as_json:
         return print_json(result)
-    out.print(f"gs://{result.bucket}: {'created' if result.created else 'already there, settings applied'}", markup=False)
+    out.print(
+        f"gs://{result.bucket}: {'created' if result.created else 'already there, settings applied'}", markup=False
+    )
     for key, value in result.settings.items():
         out.print(f"  {key}: {value}", markup=False)
     for mismatch in result.mismatches:
@@ -32,7 +34,7 @@ def bootstrap(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
 @state_app.command()
 def pull(
     file: FileOpt = DEFAULT_FILE,
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
 ):
     """Download the current state (a local backup)."""
     document = load(file).state_pull()
@@ -73,8 +75,11 @@ def restore(
     from mlinfra.console import err, print_json
 
     def confirm(plan) -> bool:
-        err.print(f"Restoring generation {plan.generation} (serial {plan.restored_serial}; current serial "
-                  f"{plan.current_serial}).", markup=False)
+        err.print(
+            f"Restoring generation {plan.generation} (serial {plan.restored_serial}; current serial "
+            f"{plan.current_serial}).",
+            markup=False,
+        )
         for address in plan.only_in_current:
             err.print(f"  - {address} (in current state only: Terraform forgets it)", markup=False)
         for address in plan.only_in_restored:

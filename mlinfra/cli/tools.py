@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -50,7 +50,7 @@ def new(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
     target: Annotated[str, typer.Option("--target", "-t", help="local or gcp.")] = "local",
     gpu: Annotated[str, typer.Option("--gpu", "-g", help="A GPU alias (t4, l4, a100, h100, ...) or none.")] = "none",
-    name: Annotated[Optional[str], typer.Option("--name", help="The stack's name (default: from the directory).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The stack's name (default: from the directory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing mlinfra.toml and Makefile.")] = False,
     as_json: JsonOpt = False,
 ):
@@ -66,8 +66,12 @@ app.add_typer(ci_app, name="ci")
 
 @ci_app.command()
 def github(
-    file: Annotated[str, typer.Option("--file", "-f", help="The stack file, relative to the repository root.")] = "mlinfra.toml",
-    schedule: Annotated[str, typer.Option("--schedule", help="Cron schedule (UTC) of the nightly rebuild.")] = "0 3 * * *",
+    file: Annotated[
+        str, typer.Option("--file", "-f", help="The stack file, relative to the repository root.")
+    ] = "mlinfra.toml",
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Cron schedule (UTC) of the nightly rebuild.")
+    ] = "0 3 * * *",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing workflow.")] = False,
     as_json: JsonOpt = False,
 ):
@@ -79,18 +83,14 @@ def github(
 
 @app.command()
 def gpus(
-    region: Annotated[Optional[str], typer.Option("--region", "-r", help="Only zones in this region.")] = None,
-    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="Only this GPU (alias or accelerator name).")] = None,
+    region: Annotated[str | None, typer.Option("--region", "-r", help="Only zones in this region.")] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", "-g", help="Only this GPU (alias or accelerator name).")] = None,
     as_json: JsonOpt = False,
 ):
     """The GPU catalog: types, memory, machine types, zones, $/hour on-demand and spot."""
-    from mlinfra.clouds.gcp import catalog
-    from mlinfra.errors import UsageError
+    from mlinfra.clouds.gcp import prices
 
-    try:
-        rows = catalog.gpu_rows(region, gpu)
-    except ValueError as exc:  # an unknown GPU or region is bad input
-        raise UsageError(str(exc)) from None
+    rows = prices.gpu_rows(region, gpu)  # an unknown GPU is UnknownGpu: bad input, exit 2
     from mlinfra.console import gpu_table, out, print_json
 
     if as_json:
@@ -101,13 +101,17 @@ def gpus(
 @app.command()
 def check(
     file: Annotated[Path, typer.Option("--file", "-f", help="The stack file.")] = Path("mlinfra.toml"),
-    schema: Annotated[Optional[Path], typer.Option("--schema", help="A `terraform providers schema -json` file: "
-                                                   "check the rendered module against it, offline.")] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--schema", help="A `terraform providers schema -json` file: check the rendered module against it, offline."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ):
     """Preflight: the stack, the engine, rendering, credentials, the state bucket (and a schema)."""
-    from mlinfra.ops import preflight
     from mlinfra.cli.common import load
+    from mlinfra.ops import preflight
 
     items = preflight.check(load(file), schema)
     from mlinfra.console import out, print_json
@@ -116,7 +120,10 @@ def check(
         print_json(items)
     else:
         for item in items:
-            out.print(f"{'ok  ' if item.ok else 'FAIL'}  {item.name:<13} {item.detail}", markup=False,
-                      style=None if item.ok else "red")
+            out.print(
+                f"{'ok  ' if item.ok else 'FAIL'}  {item.name:<13} {item.detail}",
+                markup=False,
+                style=None if item.ok else "red",
+            )
     if not all(item.ok for item in items):
         raise typer.Exit(1)

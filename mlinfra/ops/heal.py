@@ -17,6 +17,7 @@ from typing import Literal
 from mlinfra.errors import MlinfraError
 from mlinfra.jsondata import Result
 from mlinfra.timeutil import utc_now
+from mlinfra.verify.result import CheckResult
 
 DETECT_S = 10.0  # how long a node may take to answer before it counts as failing
 
@@ -53,21 +54,28 @@ class HealReport(Result):
         return not self.unrecoverable
 
 
-def _failures(stack, nodes, health_deadline_s: float) -> dict[str, object]:
+def _failures(stack, nodes, health_deadline_s: float) -> dict[str, CheckResult]:
     """Node name → its first failed check result (health before gpu)."""
     from mlinfra import verify
 
     report = verify.run(stack, nodes, checks=["health", "gpu"], health_deadline_s=health_deadline_s)
-    failed: dict[str, object] = {}
+    failed: dict[str, CheckResult] = {}
     for result in report.results:
         if result.status == "fail":
             failed.setdefault(result.node, result)
     return failed
 
 
-def heal(stack, *, watch: bool = False, interval_s: float = 60.0, rounds: int | None = None,
-         on_round: Callable[[HealReport], None] | None = None, sleep: Callable[[float], None] = time.sleep,
-         **options) -> HealReport:
+def heal(
+    stack,
+    *,
+    watch: bool = False,
+    interval_s: float = 60.0,
+    rounds: int | None = None,
+    on_round: Callable[[HealReport], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    **options,
+) -> HealReport:
     """Verify every node; replace the failing ones (only those) until healthy or out of attempts.
 
     ``watch``: go on, a round every ``interval_s``, until ``rounds`` rounds (None: until
@@ -90,9 +98,16 @@ def heal(stack, *, watch: bool = False, interval_s: float = 60.0, rounds: int | 
             return report
 
 
-def heal_once(stack, *, attempts: int = 3, backoff_s: float = 2.0, detect_s: float = DETECT_S,
-              on_event=None, on_replacement: Callable[[Replacement], None] | None = None,
-              sleep: Callable[[float], None] = time.sleep) -> HealReport:
+def heal_once(
+    stack,
+    *,
+    attempts: int = 3,
+    backoff_s: float = 2.0,
+    detect_s: float = DETECT_S,
+    on_event=None,
+    on_replacement: Callable[[Replacement], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> HealReport:
     """One round: verify every node, replace the failing ones until healthy or out of attempts."""
     nodes = stack.status().nodes
     if not nodes:
@@ -118,16 +133,27 @@ def heal_once(stack, *, attempts: int = 3, backoff_s: float = 2.0, detect_s: flo
             outcome: Outcome = "unrecoverable" if node.name in still else "healed"
             reason = still[node.name].message if node.name in still else first_failure.message
             replacement = Replacement(
-                node=node.name, failed_check=first_failure.check, reason=reason or first_failure.summary,
-                attempts=attempt, outcome=outcome, at=utc_now(), elapsed_s=time.monotonic() - started[node.key])
+                node=node.name,
+                failed_check=first_failure.check,
+                reason=reason or first_failure.summary,
+                attempts=attempt,
+                outcome=outcome,
+                at=utc_now(),
+                elapsed_s=time.monotonic() - started[node.key],
+            )
             report.replacements.append(replacement)
             notify(replacement)
             del pending[node.key]
     for original, first_failure in pending.values():  # replaced, yet gone from the outputs
-        replacement = Replacement(node=original.name, failed_check=first_failure.check,
-                                  reason="the node is missing after its replacement", attempts=attempts,
-                                  outcome="unrecoverable", at=utc_now(), elapsed_s=time.monotonic() - started[original.key])
+        replacement = Replacement(
+            node=original.name,
+            failed_check=first_failure.check,
+            reason="the node is missing after its replacement",
+            attempts=attempts,
+            outcome="unrecoverable",
+            at=utc_now(),
+            elapsed_s=time.monotonic() - started[original.key],
+        )
         report.replacements.append(replacement)
         notify(replacement)
     return report
-

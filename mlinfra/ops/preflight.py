@@ -26,13 +26,20 @@ def _credentials() -> Item:
         return Item("credentials", True, "GOOGLE_OAUTH_ACCESS_TOKEN is set")
     path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if path:
-        return Item("credentials", Path(path).is_file(), f"GOOGLE_APPLICATION_CREDENTIALS={path}"
-                    + ("" if Path(path).is_file() else " (no such file)"))
+        return Item(
+            "credentials",
+            Path(path).is_file(),
+            f"GOOGLE_APPLICATION_CREDENTIALS={path}" + ("" if Path(path).is_file() else " (no such file)"),
+        )
     adc = Path.home() / ".config" / "gcloud" / "application_default_credentials.json"
     if adc.is_file():
         return Item("credentials", True, f"application default credentials in {adc}")
-    return Item("credentials", False, "none found: run `gcloud auth application-default login`, "
-                "or use workload identity (CI), or set GOOGLE_OAUTH_ACCESS_TOKEN")
+    return Item(
+        "credentials",
+        False,
+        "none found: run `gcloud auth application-default login`, "
+        "or use workload identity (CI), or set GOOGLE_OAUTH_ACCESS_TOKEN",
+    )
 
 
 def check(stack, schema: Path | None = None) -> list[Item]:
@@ -68,7 +75,8 @@ def _bucket(stack) -> Item:
     try:
         with gcs.errors(stack.state, "checking the state bucket"):
             bucket = gcs.client(stack.state, stack.gcp.project).lookup_bucket(
-                stack.state.bucket, retry=gcs.retry(), timeout=gcs.DEADLINE_S)
+                stack.state.bucket, retry=gcs.retry(), timeout=gcs.DEADLINE_S
+            )
     except MlinfraError as exc:
         return Item("state bucket", False, exc.message)
     if bucket is None:
@@ -87,6 +95,9 @@ def _schema(workdir: Path | None, schema: Path) -> Item:
     except MlinfraError as exc:
         return Item("schema", False, exc.message)
     if problems:
-        return Item("schema", False, "; ".join(str(p) for p in problems[:5])
-                    + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        return Item(
+            "schema",
+            False,
+            "; ".join(str(p) for p in problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
+        )
     return Item("schema", True, f"the rendered module conforms to {schema}")

@@ -82,8 +82,16 @@ def _nodes(stack) -> list[dict]:
     return [{"name": n.name, "endpoint": n.endpoint, "pid": n.pid, "ready": n.ready} for n in stack.status().nodes]
 
 
-def rebuild(stack, *, budget_s: float | None = None, force: bool = False, cleanup_on_failure: bool = False,
-            confirm: Callable[[str], bool] | None = None, on_event=None, on_phase=None) -> RebuildReport:
+def rebuild(
+    stack,
+    *,
+    budget_s: float | None = None,
+    force: bool = False,
+    cleanup_on_failure: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+    on_event=None,
+    on_phase=None,
+) -> RebuildReport:
     """Destroy the stack, bring it up again, verify it; never prints.
 
     ``confirm(question)`` is asked once, before anything is destroyed; a no raises ``Aborted``.
@@ -111,9 +119,14 @@ def rebuild(stack, *, budget_s: float | None = None, force: bool = False, cleanu
             notify(result)
             raise _PhaseFailed(name) from exc
         elapsed = time.monotonic() - begun
-        result = PhaseResult(name, detail is None or detail[0], elapsed,
-                             terraform_s=elapsed if name in ("destroy", "apply") else 0.0,
-                             wait_s=elapsed if name == "ready" else 0.0, detail="" if detail is None else detail[1])
+        result = PhaseResult(
+            name,
+            detail is None or detail[0],
+            elapsed,
+            terraform_s=elapsed if name in ("destroy", "apply") else 0.0,
+            wait_s=elapsed if name == "ready" else 0.0,
+            detail="" if detail is None else detail[1],
+        )
         report.phases.append(result)
         notify(result)
         if not result.ok:
@@ -162,13 +175,22 @@ def markdown(report: RebuildReport) -> str:
     """The rebuild as a step summary: phases, then the verify table."""
     from mlinfra.verify import report as verify_report
 
-    lines = [f"### mlinfra rebuild `{report.stack}`: {report.verdict}", "",
-             "| phase | result | seconds | Terraform s | waiting s | detail |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"### mlinfra rebuild `{report.stack}`: {report.verdict}",
+        "",
+        "| phase | result | seconds | Terraform s | waiting s | detail |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for p in report.phases:
         detail = p.detail.replace("|", "\\|")[:200]
-        lines.append(f"| {p.name} | {'✅' if p.ok else '❌'} | {p.elapsed_s:.1f} | {p.terraform_s:.1f} | {p.wait_s:.1f} | {detail} |")
+        lines.append(
+            f"| {p.name} | {'✅' if p.ok else '❌'} | {p.elapsed_s:.1f} | {p.terraform_s:.1f} | {p.wait_s:.1f} | {detail} |"
+        )
     if report.failed_phase and not report.cleaned_up:
-        lines += ["", f"Left running: {', '.join(report.left_running) or 'nothing'}. Clean up: `{report.cleanup_command}`"]
+        lines += [
+            "",
+            f"Left running: {', '.join(report.left_running) or 'nothing'}. Clean up: `{report.cleanup_command}`",
+        ]
     text = "\n".join(lines) + "\n"
     if report.checks:
         text += "\n" + verify_report.markdown(report.stack, report.checks)
@@ -177,6 +199,10 @@ def markdown(report: RebuildReport) -> str:
 
 def junit_results(report: RebuildReport) -> list[CheckResult]:
     """Phases and checks as JUnit rows: a phase is a check of the stack as a whole."""
-    phases = [CheckResult(report.stack, f"rebuild-{p.name}", p.ok, f"{p.elapsed_s:.1f}s", message=p.detail,
-                          elapsed_s=p.elapsed_s) for p in report.phases]
+    phases = [
+        CheckResult(
+            report.stack, f"rebuild-{p.name}", p.ok, f"{p.elapsed_s:.1f}s", message=p.detail, elapsed_s=p.elapsed_s
+        )
+        for p in report.phases
+    ]
     return phases + report.checks

@@ -47,8 +47,11 @@ def lock_object(prefix: str) -> str:
 
 def terraform_env(state) -> dict[str, str]:
     """What Terraform's gcs backend needs from the environment to reach an emulator."""
-    if endpoint(state) and not os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN") \
-            and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+    if (
+        endpoint(state)
+        and not os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
+        and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    ):
         return {"GOOGLE_OAUTH_ACCESS_TOKEN": EMULATOR_TOKEN}
     return {}
 
@@ -63,8 +66,10 @@ def check_reachable(state) -> None:
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise BucketUnreachable(f"cannot reach the state bucket's endpoint {url}: {reason}",
-                                hint="is the endpoint up? check [state] endpoint / STORAGE_EMULATOR_HOST") from None
+        raise BucketUnreachable(
+            f"cannot reach the state bucket's endpoint {url}: {reason}",
+            hint="is the endpoint up? check [state] endpoint / STORAGE_EMULATOR_HOST",
+        ) from None
 
 
 def client(state, project: str = ""):
@@ -77,8 +82,11 @@ def client(state, project: str = ""):
     if url:
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=project or "mlinfra", credentials=AnonymousCredentials(),
-                              client_options=ClientOptions(api_endpoint=url))
+        return storage.Client(
+            project=project or "mlinfra",
+            credentials=AnonymousCredentials(),
+            client_options=ClientOptions(api_endpoint=url),
+        )
     token = os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
     if token:
         from google.oauth2.credentials import Credentials
@@ -103,8 +111,9 @@ def errors(state, what: str):
     try:
         yield
     except gexc.NotFound as exc:
-        raise MlinfraError(f"{what}: not found in {where} ({_short(exc)})",
-                           hint="create the bucket with `mlinfra state bootstrap`") from None
+        raise MlinfraError(
+            f"{what}: not found in {where} ({_short(exc)})", hint="create the bucket with `mlinfra state bootstrap`"
+        ) from None
     except gexc.Forbidden as exc:
         raise MlinfraError(f"{what}: permission denied on {where} ({_short(exc)})") from None
     except gexc.GoogleAPIError as exc:

@@ -23,11 +23,11 @@ import json
 import os
 import socket
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlinfra.errors import LockHeld, MlinfraError  # noqa: F401 (LockHeld re-exported)
+from mlinfra.workspace import LOCK, workdir_mutex  # noqa: F401 (workdir_mutex re-exported)
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,28 @@ class LockInfo:
     Info: str = ""
 
     @classmethod
-    def new(cls, operation: str, path: str = "") -> "LockInfo":
+    def new(cls, operation: str, path: str = "") -> LockInfo:
         from mlinfra import __version__
-
         from mlinfra.timeutil import utc_now
 
         created = utc_now(precise=True)
-        return cls(ID=uuid.uuid4().hex, Operation=operation, Who=f"{getpass.getuser()}@{socket.gethostname()}",
-                   Version=f"mlinfra {__version__}", Created=created, Path=path, Info=f"pid {os.getpid()}")
+        return cls(
+            ID=uuid.uuid4().hex,
+            Operation=operation,
+            Who=f"{getpass.getuser()}@{socket.gethostname()}",
+            Version=f"mlinfra {__version__}",
+            Created=created,
+            Path=path,
+            Info=f"pid {os.getpid()}",
+        )
 
     @classmethod
-    def unknown(cls, who: str = "unknown") -> "LockInfo":
+    def unknown(cls, who: str = "unknown") -> LockInfo:
         """A holder that left no readable record (only that the lock is held is known)."""
         return cls("?", "unknown operation", who, "", "")
 
     @classmethod
-    def from_json(cls, text: str) -> "LockInfo":
+    def from_json(cls, text: str) -> LockInfo:
         data = json.loads(text)
         return cls(**{name: str(data.get(name) or "") for name in cls.__dataclass_fields__})
 
@@ -70,7 +76,7 @@ class LockInfo:
             created = dt.datetime.fromisoformat(self.Created.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return (dt.datetime.now(dt.timezone.utc) - created).total_seconds()
+        return (dt.datetime.now(dt.UTC) - created).total_seconds()
 
     def describe(self) -> str:
         age = self.age_s()
@@ -78,28 +84,11 @@ class LockInfo:
         return f"{self.Operation} by {self.Who} since {self.Created}{held} (lock ID {self.ID})"
 
 
-@contextmanager
-def workdir_mutex(workdir: Path):
-    """Serialise rendering and ``terraform init`` in one work dir (a short wait, never an error).
-
-    Two commands on one stack at once must not write the same files or run two inits side by
-    side; the stack lock, taken after this, then decides which of them may change state.
-    """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(workdir / ".render.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the flock
-
-
 class LocalLock:
     """An exclusive ``flock`` on ``<workdir>/.lock``; non-blocking: a held lock is an error at once."""
 
     def __init__(self, workdir: Path):
-        self.path = Path(workdir) / ".lock"
+        self.path = Path(workdir) / LOCK
         self._fd: int | None = None
 
     def acquire(self, operation: str) -> LockInfo:
@@ -172,8 +161,13 @@ class GcsLock:
         blob = self._blob()
         with gcs.errors(self.state, "taking the state lock"):
             try:
-                blob.upload_from_string(info.to_json(), content_type="application/json",
-                                        if_generation_match=0, retry=gcs.retry(), timeout=gcs.DEADLINE_S)
+                blob.upload_from_string(
+                    info.to_json(),
+                    content_type="application/json",
+                    if_generation_match=0,
+                    retry=gcs.retry(),
+                    timeout=gcs.DEADLINE_S,
+                )
             except PreconditionFailed:
                 raise LockHeld(self.holder() or LockInfo.unknown()) from None
         self._generation = blob.generation

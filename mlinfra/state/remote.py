@@ -12,8 +12,8 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
-from mlinfra.state import gcs
 from mlinfra.errors import MlinfraError, UsageError
+from mlinfra.state import gcs
 from mlinfra.timeutil import iso
 
 
@@ -48,7 +48,7 @@ def _prefix(stack) -> str:
 
 def _require_gcs(stack) -> None:
     if stack.state.backend != "gcs":
-        raise UsageError(f"stack {stack.name!r} keeps its state locally; set [state] backend = \"gcs\" and a bucket")
+        raise UsageError(f'stack {stack.name!r} keeps its state locally; set [state] backend = "gcs" and a bucket')
 
 
 def bootstrap(stack) -> BootstrapResult:
@@ -72,8 +72,10 @@ def bootstrap(stack) -> BootstrapResult:
         else:
             public = _publicly_readable(bucket)
             if public:
-                raise MlinfraError(f"bucket gs://{state.bucket} is publicly readable (allUsers or "
-                                   "allAuthenticatedUsers in its IAM policy); refusing to keep state in it")
+                raise MlinfraError(
+                    f"bucket gs://{state.bucket} is publicly readable (allUsers or "
+                    "allAuthenticatedUsers in its IAM policy); refusing to keep state in it"
+                )
             _apply_settings(bucket, {**(bucket.labels or {}), **labels})
             bucket.patch(retry=gcs.retry(), timeout=gcs.DEADLINE_S)
         bucket.reload(retry=gcs.retry(), timeout=gcs.DEADLINE_S)
@@ -85,10 +87,16 @@ def bootstrap(stack) -> BootstrapResult:
         "labels": dict(bucket.labels or {}),
     }
     wanted = {"versioning": True, "uniform_bucket_level_access": True, "public_access_prevention": "enforced"}
-    mismatches = [f"{key}: asked {value!r}, bucket has {settings[key]!r}" for key, value in wanted.items()
-                  if settings[key] != value]
-    mismatches += [f"labels.{k}: asked {v!r}, bucket has {settings['labels'].get(k)!r}"
-                   for k, v in labels.items() if settings["labels"].get(k) != v]
+    mismatches = [
+        f"{key}: asked {value!r}, bucket has {settings[key]!r}"
+        for key, value in wanted.items()
+        if settings[key] != value
+    ]
+    mismatches += [
+        f"labels.{k}: asked {v!r}, bucket has {settings['labels'].get(k)!r}"
+        for k, v in labels.items()
+        if settings["labels"].get(k) != v
+    ]
     if not created and public is None:
         mismatches.append("public access: the server has no IAM policy to check (an emulator?)")
     return BootstrapResult(state.bucket, created, settings, mismatches)
@@ -123,12 +131,19 @@ def history(stack) -> list[Generation]:
         client = gcs.client(state, stack.gcp.project)
         # versions="true", not True: the library would send "True", which fake-gcs-server (unlike
         # GCS) does not take as true, and the history would silently shrink to one entry.
-        blobs = [b for b in client.list_blobs(state.bucket, prefix=name, versions="true",
-                                               retry=gcs.retry(), timeout=gcs.DEADLINE_S) if b.name == name]
+        blobs = [
+            b
+            for b in client.list_blobs(
+                state.bucket, prefix=name, versions="true", retry=gcs.retry(), timeout=gcs.DEADLINE_S
+            )
+            if b.name == name
+        ]
         live = client.bucket(state.bucket).get_blob(name, retry=gcs.retry(), timeout=gcs.DEADLINE_S)
     current = live.generation if live is not None else None
-    rows = [Generation(b.generation, _iso(b.updated or b.time_created), int(b.size or 0), b.generation == current)
-            for b in blobs]
+    rows = [
+        Generation(b.generation, _iso(b.updated or b.time_created), int(b.size or 0), b.generation == current)
+        for b in blobs
+    ]
     return sorted(rows, key=lambda g: g.generation, reverse=True)
 
 
@@ -148,8 +163,9 @@ def plan_restore(stack, generation: int, current: dict) -> RestorePlan:
         raise UsageError(f"no state generation {generation}; `mlinfra state history` lists them")
     old = read_generation(stack, generation)
     now, then = _addresses(current), _addresses(old)
-    return RestorePlan(generation, sorted(now - then), sorted(then - now), int(old.get("serial", 0)),
-                       int(current.get("serial", 0)))
+    return RestorePlan(
+        generation, sorted(now - then), sorted(then - now), int(old.get("serial", 0)), int(current.get("serial", 0))
+    )
 
 
 def restored_state(stack, generation: int, current: dict) -> dict:

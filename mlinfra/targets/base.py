@@ -82,7 +82,7 @@ class Driver:
         return []
 
     def cost(self, spec: StackSpec, placement: Placement) -> Any:
-        """The estimated price (``catalog.Cost``), or None where the target costs nothing."""
+        """The estimated price (``prices.Cost``), or None where the target costs nothing."""
         return None
 
     # -- rendering ---------------------------------------------------------------------------
@@ -116,8 +116,15 @@ class Driver:
 
     # -- failures ----------------------------------------------------------------------------
 
-    def recover(self, spec: StackSpec, placement: Placement, workspace: Workspace, error: EngineError,
-                tried: dict[str, list[str]], allowed: bool) -> list[Move]:
+    def recover(
+        self,
+        spec: StackSpec,
+        placement: Placement,
+        workspace: Workspace,
+        error: EngineError,
+        tried: dict[str, list[str]],
+        allowed: bool,
+    ) -> list[Move]:
         """After a failed apply: moves that may let a second apply succeed (recorded by the
         target, so the next render uses them), or raise the error that explains the failure."""
         raise error

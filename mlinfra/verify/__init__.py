@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from mlinfra.errors import UsageError
 from mlinfra.jsondata import Result
@@ -50,9 +50,15 @@ def parse_checks(names: Iterable[str] | None) -> tuple[str, ...]:
     return chosen
 
 
-def run(stack, nodes: list, *, checks: Iterable[str] | None = None, rate: float | None = None,
-        on_result: Callable[[CheckResult], None] | None = None,
-        health_deadline_s: float | None = None) -> VerifyReport:
+def run(
+    stack,
+    nodes: list,
+    *,
+    checks: Iterable[str] | None = None,
+    rate: float | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
+    health_deadline_s: float | None = None,
+) -> VerifyReport:
     """Run the chosen checks on ``nodes`` (from ``stack.status()``); never prints.
 
     ``health_deadline_s`` overrides ``[verify] health_timeout_s`` (heal detects with a short one).
@@ -98,7 +104,9 @@ def _gpu(stack, node) -> CheckResult:
     from mlinfra.verify import gpu
 
     # How the check reaches the node is the target's business (this machine, or SSH).
-    return gpu.check_gpu(node.name, expected, stack.spec.compute.gpu_count, stack.driver.gpu_runner(node, stack.workspace))
+    return gpu.check_gpu(
+        node.name, expected, stack.spec.compute.gpu_count, stack.driver.gpu_runner(node, stack.workspace)
+    )
 
 
 def _latency(stack, node, rate: float | None) -> CheckResult:
@@ -107,8 +115,13 @@ def _latency(stack, node, rate: float | None) -> CheckResult:
     verify = stack.spec.verify
     payload = verify.payload if verify.payload is not None else latency.default_payload()
     result = latency.run_load(
-        node.endpoint + verify.path, method="POST", body=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"}, requests=verify.requests,
-        concurrency=verify.concurrency, warmup=verify.warmup, rate=verify.rate if rate is None else rate,
+        node.endpoint + verify.path,
+        method="POST",
+        body=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        requests=verify.requests,
+        concurrency=verify.concurrency,
+        warmup=verify.warmup,
+        rate=verify.rate if rate is None else rate,
     )
     return latency.check_latency(node.name, result, verify)

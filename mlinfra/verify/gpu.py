@@ -13,22 +13,29 @@ driver makes nvidia-smi hang instead of fail (kubernetes/node-problem-detector#8
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from mlinfra.errors import CommandTimedOut, MlinfraError, ParseError, RunnerError  # noqa: F401 (re-exported)
 from mlinfra.verify.result import CheckResult
+from mlinfra.verify.runners import LocalRunner, Runner, RunResult, run_argv  # noqa: F401 (re-exported)
 
 # Field names as `nvidia-smi --help-query-gpu` spells them (reference C1).
 QUERY_FIELDS = (
-    "index", "name", "uuid", "driver_version", "memory.total", "memory.used",
-    "temperature.gpu", "utilization.gpu", "ecc.errors.uncorrected.volatile.total", "pstate",
+    "index",
+    "name",
+    "uuid",
+    "driver_version",
+    "memory.total",
+    "memory.used",
+    "temperature.gpu",
+    "utilization.gpu",
+    "ecc.errors.uncorrected.volatile.total",
+    "pstate",
 )
 COMMAND = ("nvidia-smi", f"--query-gpu={','.join(QUERY_FIELDS)}", "--format=csv,noheader,nounits")
 
@@ -74,6 +81,7 @@ def model_matches(gcp_name: str, smi_name: str | None) -> bool:
 
 # --- parsing ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GpuInfo:
     """One GPU as nvidia-smi reported it; None means nvidia-smi did not know the value."""
@@ -98,12 +106,19 @@ def _number(text: str) -> int:
 
 
 # query field -> (GpuInfo attribute, converter); fields outside this table are read and ignored.
-_FIELDS = {
-    "index": ("index", _number), "name": ("name", str), "gpu_name": ("name", str),
-    "uuid": ("uuid", str), "gpu_uuid": ("uuid", str), "driver_version": ("driver_version", str),
-    "memory.total": ("memory_total_mib", _number), "memory.used": ("memory_used_mib", _number),
-    "temperature.gpu": ("temperature_c", _number), "utilization.gpu": ("utilization_pct", _number),
-    "ecc.errors.uncorrected.volatile.total": ("ecc_uncorrected", _number), "pstate": ("pstate", str),
+_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "index": ("index", _number),
+    "name": ("name", str),
+    "gpu_name": ("name", str),
+    "uuid": ("uuid", str),
+    "gpu_uuid": ("uuid", str),
+    "driver_version": ("driver_version", str),
+    "memory.total": ("memory_total_mib", _number),
+    "memory.used": ("memory_used_mib", _number),
+    "temperature.gpu": ("temperature_c", _number),
+    "utilization.gpu": ("utilization_pct", _number),
+    "ecc.errors.uncorrected.volatile.total": ("ecc_uncorrected", _number),
+    "pstate": ("pstate", str),
 }
 
 
@@ -118,10 +133,12 @@ def parse(stdout: str, fields: tuple[str, ...] = QUERY_FIELDS) -> list[GpuInfo]:
         # gpu-utils#83); no product name in the driver's table holds a comma.
         values = [value.strip() for value in line.split(",")]
         if len(values) != len(fields):
-            raise ParseError(f"line {number} of nvidia-smi output has {len(values)} values, "
-                             f"expected {len(fields)}: {line.strip()[:200]!r}")
+            raise ParseError(
+                f"line {number} of nvidia-smi output has {len(values)} values, "
+                f"expected {len(fields)}: {line.strip()[:200]!r}"
+            )
         row = {}
-        for field_name, value in zip(fields, values):
+        for field_name, value in zip(fields, values, strict=True):
             if field_name not in _FIELDS or value in UNAVAILABLE:
                 continue
             attribute, convert = _FIELDS[field_name]
@@ -134,6 +151,7 @@ def parse(stdout: str, fields: tuple[str, ...] = QUERY_FIELDS) -> list[GpuInfo]:
 
 
 # --- diagnosis -------------------------------------------------------------------------------
+
 
 class Diagnosis(NamedTuple):
     label: str  # a few words for the report table
@@ -148,40 +166,80 @@ class Diagnosis(NamedTuple):
 # real ones from the reference (C3, C4); return codes from nvidia-smi(1) (C1). First match wins,
 # so text matches (specific) come before code-only ones.
 _KNOWN_FAILURES = (
-    ("driver not loaded", ("couldn't communicate with the nvidia driver",), (9,),
-     "the NVIDIA driver is not loaded: nvidia-smi could not talk to the kernel module",
-     "usually a kernel upgrade without a driver module built for it: reinstall the driver for "
-     "the running kernel (DKMS) or boot the kernel it was built for, then reboot"),
-    ("driver/library mismatch", ("driver/library version mismatch",), (),
-     "the NVIDIA user-space library and the loaded kernel module are different versions "
-     "(typically unattended-upgrades replaced the driver packages under a running module)",
-     "reboot the node (or unload and reload the nvidia modules), and pin the driver packages"),
-    ("no devices", ("no devices were found",), (6,),
-     "the driver is loaded but found no GPU",
-     "check the VM really has a GPU attached (`lspci | grep -i nvidia`) and look for "
-     "`RmInitAdapter failed` in `dmesg`; replace the node if the GPU is gone"),
-    ("fallen off the bus", ("fallen off the bus",), (15,),
-     "the GPU has fallen off the bus or become inaccessible (Xid 79)",
-     "reset the GPU or reboot; if it recurs, replace the node (`mlinfra heal`)"),
-    ("nvidia-smi missing", ("nvidia-smi: command not found", "nvidia-smi: not found"), (127,),
-     "nvidia-smi is not installed on the node, so no NVIDIA driver is installed",
-     "use an image with the NVIDIA driver (a Deep Learning VM image on GCP) or install the driver"),
-    ("NVML library missing", ("libnvidia-ml.so",), (12,),
-     "the NVML library (libnvidia-ml.so) was not found: the driver's user-space part is missing",
-     "reinstall the NVIDIA driver packages"),
-    ("query field unknown", ("is not a valid field to query",), (),
-     "this driver's nvidia-smi does not know one of the queried fields (driver too old)",
-     "update the NVIDIA driver; the query was: " + ",".join(QUERY_FIELDS)),
-    ("infoROM corrupted", ("inforom is corrupted",), (14,),
-     "the GPU's infoROM is corrupted", "replace the node (`mlinfra heal`) and report the GPU"),
-    ("no permission", ("insufficient permissions",), (4,),
-     "nvidia-smi was denied access to the GPU", "run the check as a user that may open /dev/nvidia*"),
+    (
+        "driver not loaded",
+        ("couldn't communicate with the nvidia driver",),
+        (9,),
+        "the NVIDIA driver is not loaded: nvidia-smi could not talk to the kernel module",
+        "usually a kernel upgrade without a driver module built for it: reinstall the driver for "
+        "the running kernel (DKMS) or boot the kernel it was built for, then reboot",
+    ),
+    (
+        "driver/library mismatch",
+        ("driver/library version mismatch",),
+        (),
+        "the NVIDIA user-space library and the loaded kernel module are different versions "
+        "(typically unattended-upgrades replaced the driver packages under a running module)",
+        "reboot the node (or unload and reload the nvidia modules), and pin the driver packages",
+    ),
+    (
+        "no devices",
+        ("no devices were found",),
+        (6,),
+        "the driver is loaded but found no GPU",
+        "check the VM really has a GPU attached (`lspci | grep -i nvidia`) and look for "
+        "`RmInitAdapter failed` in `dmesg`; replace the node if the GPU is gone",
+    ),
+    (
+        "fallen off the bus",
+        ("fallen off the bus",),
+        (15,),
+        "the GPU has fallen off the bus or become inaccessible (Xid 79)",
+        "reset the GPU or reboot; if it recurs, replace the node (`mlinfra heal`)",
+    ),
+    (
+        "nvidia-smi missing",
+        ("nvidia-smi: command not found", "nvidia-smi: not found"),
+        (127,),
+        "nvidia-smi is not installed on the node, so no NVIDIA driver is installed",
+        "use an image with the NVIDIA driver (a Deep Learning VM image on GCP) or install the driver",
+    ),
+    (
+        "NVML library missing",
+        ("libnvidia-ml.so",),
+        (12,),
+        "the NVML library (libnvidia-ml.so) was not found: the driver's user-space part is missing",
+        "reinstall the NVIDIA driver packages",
+    ),
+    (
+        "query field unknown",
+        ("is not a valid field to query",),
+        (),
+        "this driver's nvidia-smi does not know one of the queried fields (driver too old)",
+        "update the NVIDIA driver; the query was: " + ",".join(QUERY_FIELDS),
+    ),
+    (
+        "infoROM corrupted",
+        ("inforom is corrupted",),
+        (14,),
+        "the GPU's infoROM is corrupted",
+        "replace the node (`mlinfra heal`) and report the GPU",
+    ),
+    (
+        "no permission",
+        ("insufficient permissions",),
+        (4,),
+        "nvidia-smi was denied access to the GPU",
+        "run the check as a user that may open /dev/nvidia*",
+    ),
 )
 
 
 _HANG_CAUSE = "a wedged driver or a GPU that fell off the bus makes it hang"
-_HANG_FIX = ("look for Xid errors (`dmesg | grep -i xid`), then reset the GPU or reboot; "
-             "replace the node if it recurs (`mlinfra heal`)")
+_HANG_FIX = (
+    "look for Xid errors (`dmesg | grep -i xid`), then reset the GPU or reboot; "
+    "replace the node if it recurs (`mlinfra heal`)"
+)
 
 
 def diagnose(returncode: int | None, stdout: str, stderr: str, timeout_s: float | None = None) -> Diagnosis | None:
@@ -193,68 +251,18 @@ def diagnose(returncode: int | None, stdout: str, stderr: str, timeout_s: float 
         within = f" within {timeout_s:g} s" if timeout_s else ""
         return Diagnosis("timed out", f"nvidia-smi did not answer{within}: {_HANG_CAUSE}", _HANG_FIX)
     text = f"{stdout}\n{stderr}".casefold()
-    for label, texts, codes, cause, fix in _KNOWN_FAILURES:
+    for label, texts, _codes, cause, fix in _KNOWN_FAILURES:
         if any(t in text for t in texts):
             return Diagnosis(label, cause, fix)
     if returncode != 0:
-        for label, texts, codes, cause, fix in _KNOWN_FAILURES:
+        for label, _texts, codes, cause, fix in _KNOWN_FAILURES:
             if returncode in codes:
                 return Diagnosis(label, cause, fix)
     return None
 
 
-# --- runners ---------------------------------------------------------------------------------
-
-class RunResult(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class Runner(Protocol):
-    def run(self, argv: list[str], timeout_s: float) -> RunResult: ...
-
-
-# After a timeout we kill the process group and wait this long at most: a process stuck in the
-# driver (uninterruptible sleep) ignores even SIGKILL, and the check must still return.
-_REAP_S = 2.0
-
-
-def run_argv(argv: list[str], timeout_s: float) -> RunResult:
-    """Run ``argv`` (no shell) with a hard timeout; raise CommandTimedOut when it is exceeded."""
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               encoding="utf-8", errors="replace", start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        # Its own session: killing the group also stops children that hold the pipes open.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            stdout, stderr = process.communicate(timeout=_REAP_S)
-        except subprocess.TimeoutExpired:
-            stdout, stderr = "", ""
-        raise CommandTimedOut(f"{argv[0]} did not finish within {timeout_s:g} s",
-                              timeout_s=timeout_s, stdout=stdout or "", stderr=stderr or "") from None
-    return RunResult(process.returncode, stdout, stderr)
-
-
-class LocalRunner:
-    """Runs the command on this machine (the local target)."""
-
-    def run(self, argv: list[str], timeout_s: float) -> RunResult:
-        try:
-            return run_argv(argv, timeout_s)
-        except FileNotFoundError:
-            # What a shell would say, so a missing binary is diagnosed the same way locally and over SSH.
-            return RunResult(127, "", f"{argv[0]}: command not found\n")
-        except PermissionError as exc:
-            return RunResult(126, "", f"{argv[0]}: {exc.strerror}\n")
-
-
 # --- the check -------------------------------------------------------------------------------
+
 
 def _count_names(gpus: list[GpuInfo]) -> str:
     if not gpus:
@@ -280,10 +288,12 @@ def summarize(gpus: list[GpuInfo]) -> str:
         ecc = "n/a"
     else:
         ecc = str(sum(ecc_known)) + (f" (n/a on {unknown})" if unknown else "")
-    return (f"{_count_names(gpus)}, driver {'/'.join(drivers)}, "
-            f"{_same_or_range([g.memory_total_mib for g in gpus], ' MiB')}, "
-            f"{_same_or_range([g.temperature_c for g in gpus], '°C')}, "
-            f"util {_same_or_range([g.utilization_pct for g in gpus], '%')}, ECC uncorrected {ecc}")
+    return (
+        f"{_count_names(gpus)}, driver {'/'.join(drivers)}, "
+        f"{_same_or_range([g.memory_total_mib for g in gpus], ' MiB')}, "
+        f"{_same_or_range([g.temperature_c for g in gpus], '°C')}, "
+        f"util {_same_or_range([g.utilization_pct for g in gpus], '%')}, ECC uncorrected {ecc}"
+    )
 
 
 def check_gpu(node: str, expected, expected_count: int, runner: Runner, timeout_s: float = 20) -> CheckResult:
@@ -295,13 +305,16 @@ def check_gpu(node: str, expected, expected_count: int, runner: Runner, timeout_
     if expected is None:
         return CheckResult(node, "gpu", True, "no GPU requested", message='skipped: gpu = "none"', skipped=True)
     names = NVIDIA_SMI_NAMES.get(expected.name, ())
-    details: dict = {"command": list(COMMAND),
-                     "expected": {"gpu": expected.name, "count": expected_count, "nvidia_smi_names": list(names)}}
+    details: dict = {
+        "command": list(COMMAND),
+        "expected": {"gpu": expected.name, "count": expected_count, "nvidia_smi_names": list(names)},
+    }
     started = time.monotonic()
 
     def result(passed: bool, summary: str, message: str = "") -> CheckResult:
-        return CheckResult(node, "gpu", passed, summary, message=message,
-                           elapsed_s=time.monotonic() - started, details=details)
+        return CheckResult(
+            node, "gpu", passed, summary, message=message, elapsed_s=time.monotonic() - started, details=details
+        )
 
     try:
         returncode, stdout, stderr = runner.run(list(COMMAND), timeout_s)
@@ -315,8 +328,11 @@ def check_gpu(node: str, expected, expected_count: int, runner: Runner, timeout_
     found = diagnose(returncode, stdout, stderr)
     if found is None and returncode != 0:
         last = (stderr.strip() or stdout.strip()).splitlines()[-1:] or ["no output"]
-        found = Diagnosis(f"exit {returncode}", f"nvidia-smi failed with exit status {returncode}: {last[0][:300]}",
-                          "run `nvidia-smi` on the node to see the full error")
+        found = Diagnosis(
+            f"exit {returncode}",
+            f"nvidia-smi failed with exit status {returncode}: {last[0][:300]}",
+            "run `nvidia-smi` on the node to see the full error",
+        )
     if found is not None:
         details["diagnosis"] = found.label
         details["output"] = (stdout + stderr)[-2000:]
@@ -336,7 +352,9 @@ def check_gpu(node: str, expected, expected_count: int, runner: Runner, timeout_
         problems.append(f"expected {expected_count}× {expected.name} ({want}), found {_count_names(gpus)}")
     for gpu in gpus:
         if gpu.ecc_uncorrected:
-            problems.append(f"GPU {gpu.index} ({gpu.uuid or gpu.name}) has {gpu.ecc_uncorrected} uncorrected ECC "
-                            "errors since the driver loaded: its memory is failing; drain the node and replace it "
-                            "(`mlinfra heal`), or reset the GPU if it was a one-off")
+            problems.append(
+                f"GPU {gpu.index} ({gpu.uuid or gpu.name}) has {gpu.ecc_uncorrected} uncorrected ECC "
+                "errors since the driver loaded: its memory is failing; drain the node and replace it "
+                "(`mlinfra heal`), or reset the GPU if it was a one-off"
+            )
     return result(not problems, summary, "; ".join(problems))

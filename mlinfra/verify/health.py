@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import http.client
 import random
-import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import urlsplit
 
 from mlinfra.verify.result import CheckResult
 
 NOT_LISTENING, TIMEOUT, NOT_READY, READY, MISCONFIGURED = (
-    "not listening", "timeout", "not ready", "ready", "misconfigured")
+    "not listening",
+    "timeout",
+    "not ready",
+    "ready",
+    "misconfigured",
+)
 # Readiness endpoints that answer 4xx while loading (Triton 400, Open Inference Protocol 4xx).
 _READINESS_PATHS = ("/v2/health/ready", "/readyz", "/v2/health/live")
 
@@ -43,7 +47,7 @@ def probe(url: str, timeout_s: float) -> Attempt:
     """One GET, classified. Never raises for network trouble: that is an outcome."""
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(parts.hostname, parts.port, timeout=timeout_s)
+    conn = conn_cls(parts.hostname or "", parts.port, timeout=timeout_s)
     path = parts.path or "/"
     try:
         conn.request("GET", path + (f"?{parts.query}" if parts.query else ""))
@@ -52,7 +56,7 @@ def probe(url: str, timeout_s: float) -> Attempt:
         return Attempt(classify_status(path, response.status), response.status, body)
     except ssl.SSLError as exc:
         return Attempt(MISCONFIGURED, error=f"TLS error: {exc}")
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return Attempt(TIMEOUT, error=f"no answer within {timeout_s:g}s")
     except (ConnectionError, OSError) as exc:
         return Attempt(NOT_LISTENING, error=str(exc) or type(exc).__name__)
@@ -102,18 +106,29 @@ def check_health(
         if last.outcome == READY:
             streak += 1
             if streak >= successes:
-                return CheckResult(node, "health", True, f"ready after {elapsed:.1f}s ({attempts} attempts)",
-                                   elapsed_s=elapsed, details=figures)
+                return CheckResult(
+                    node,
+                    "health",
+                    True,
+                    f"ready after {elapsed:.1f}s ({attempts} attempts)",
+                    elapsed_s=elapsed,
+                    details=figures,
+                )
             continue  # confirm at once: a second success right away is the cheapest proof
         streak = 0
         if last.outcome == MISCONFIGURED:
             return _failed(node, url, last, elapsed, figures, "misconfigured, not retried")
         reason = exited() if exited else None
         if reason is not None:
-            return CheckResult(node, "health", False, "exited", message=f"the node's process exited: {reason}",
-                               elapsed_s=clock() - started,
-                               details=figures | {"last_outcome": "exited", "probe_outcome": last.outcome,
-                                                  "exit_reason": reason})
+            return CheckResult(
+                node,
+                "health",
+                False,
+                "exited",
+                message=f"the node's process exited: {reason}",
+                elapsed_s=clock() - started,
+                details=figures | {"last_outcome": "exited", "probe_outcome": last.outcome, "exit_reason": reason},
+            )
         if clock() >= deadline:
             return _failed(node, url, last, elapsed, figures, f"not ready after {deadline_s:g}s")
         # Full jitter: sleep a random time up to the capped exponential step.
@@ -125,5 +140,12 @@ def _failed(node: str, url: str, last: Attempt, elapsed: float, figures: dict, w
     status = f" (HTTP {last.status})" if last.status else ""
     said = f": {last.error}" if last.error else (f": {' '.join(last.body.split())[:120]!r}" if last.body else "")
     message = f"{why}: {last.outcome}{status} at {url}{said}"
-    return CheckResult(node, "health", False, f"{last.outcome}{status}", message=message, elapsed_s=elapsed,
-                       details=figures | {"body": last.body[:500]})
+    return CheckResult(
+        node,
+        "health",
+        False,
+        f"{last.outcome}{status}",
+        message=message,
+        elapsed_s=elapsed,
+        details=figures | {"body": last.body[:500]},
+    )

@@ -32,14 +32,29 @@ def verdict(results: list[CheckResult]) -> str:
 def junit_xml(stack: str, results: list[CheckResult], elapsed_s: float) -> str:
     failures = sum(1 for r in results if r.status == "fail")
     skipped = sum(1 for r in results if r.status == "skip")
-    suites = ET.Element("testsuites", name="mlinfra verify", tests=str(len(results)),
-                        failures=str(failures), time=f"{elapsed_s:.3f}")
-    suite = ET.SubElement(suites, "testsuite", name=f"mlinfra.verify.{stack}", tests=str(len(results)),
-                          failures=str(failures), errors="0", skipped=str(skipped), time=f"{elapsed_s:.3f}",
-                          timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), hostname=socket.gethostname())
+    suites = ET.Element(
+        "testsuites", name="mlinfra verify", tests=str(len(results)), failures=str(failures), time=f"{elapsed_s:.3f}"
+    )
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=f"mlinfra.verify.{stack}",
+        tests=str(len(results)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{elapsed_s:.3f}",
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+        hostname=socket.gethostname(),
+    )
     for result in results:
-        case = ET.SubElement(suite, "testcase", classname=f"mlinfra.verify.{result.check}",
-                             name=result.node, time=f"{result.elapsed_s:.3f}")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"mlinfra.verify.{result.check}",
+            name=result.node,
+            time=f"{result.elapsed_s:.3f}",
+        )
         if result.status == "fail":
             failure = ET.SubElement(case, "failure", message=result.message or result.summary, type=result.check)
             failure.text = f"{result.node} {result.check}: {result.message or result.summary}"
@@ -68,15 +83,26 @@ def histogram_lines(buckets: list, width: int = 24) -> list[str]:
 
 def markdown(stack: str, results: list[CheckResult]) -> str:
     icon = {"pass": "✅", "fail": "❌", "skip": "⏭️"}
-    lines = [f"### mlinfra verify `{stack}`: {verdict(results)}", "", "| node | check | result | figures |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"### mlinfra verify `{stack}`: {verdict(results)}",
+        "",
+        "| node | check | result | figures |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in results:
         figures = (r.summary if r.status == "pass" else (r.message or r.summary)).replace("|", "\\|")
         lines.append(f"| {r.node} | {r.check} | {icon[r.status]} {r.status} | {figures} |")
     for r in results:
         if r.check == "latency" and r.details.get("histogram"):
-            lines += ["", f"<details><summary>{r.node} latency histogram</summary>", "", "```",
-                      *histogram_lines(r.details["histogram"]), "```", "</details>"]
+            lines += [
+                "",
+                f"<details><summary>{r.node} latency histogram</summary>",
+                "",
+                "```",
+                *histogram_lines(r.details["histogram"]),
+                "```",
+                "</details>",
+            ]
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > SUMMARY_LIMIT:
         text = text.encode()[: SUMMARY_LIMIT - 64].decode("utf-8", "ignore") + "\n\n…(truncated)\n"

@@ -21,8 +21,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mlinfra.errors import CommandTimedOut, RunnerError, SshError
-from mlinfra.verify.gpu import RunResult, run_argv
+from mlinfra.errors import CommandTimedOut, SshError
+from mlinfra.verify.runners import RunResult, run_argv
 
 # ssh exits 255 for its own errors; anything else is the remote command's status.
 SSH_FAILED = 255
@@ -32,32 +32,62 @@ SSH_FAILED = 255
 # wins, so "host key changed" (printed with a banner, then "Host key verification failed.")
 # comes before the generic verification failure.
 _SSH_FAILURES = (
-    ("host key changed", r"REMOTE HOST IDENTIFICATION HAS CHANGED",
-     "the host key of {where} changed since it was first recorded in {known_hosts}: either the node "
-     "was rebuilt at the same address or someone is intercepting the connection. If the node was "
-     "rebuilt, remove the old key: ssh-keygen -R '{key_host}' -f {known_hosts}"),
-    ("host key unknown", r"Host key verification failed",
-     "ssh refused the host key of {where} (not trusted per {known_hosts}); if the node was rebuilt, "
-     "remove its old entry: ssh-keygen -R '{key_host}' -f {known_hosts}"),
-    ("auth failed", r"Permission denied \(",
-     "{where} refused the stack's SSH key {key}: the node does not have it in its authorized keys "
-     "(wrong key, wrong user {user!r}, or the VM metadata has not been applied yet)"),
-    ("key unusable", r"UNPROTECTED PRIVATE KEY FILE|bad permissions",
-     "ssh will not use the key {key} because other users can read it: chmod 600 {key}"),
-    ("key unusable", r"(Load key|Identity file) .*(No such file|not accessible|invalid format)",
-     "the stack's SSH key {key} is missing or unreadable; `mlinfra up` creates it"),
-    ("connection refused", r"Connection refused",
-     "{where} refused the connection: sshd is not running there yet (the VM may still be booting) "
-     "or the port is wrong"),
-    ("connect timeout", r"Connection timed out|Operation timed out|timed out during banner exchange",
-     "no answer from {where} within {connect_timeout:g} s: the VM is down, or a firewall rule does "
-     "not allow SSH from this machine (serve.ssh_cidrs)"),
-    ("unreachable", r"No route to host|Network is unreachable",
-     "{where} is unreachable from this machine (no route): check the address and the network"),
-    ("unknown host", r"Could not resolve hostname|Name or service not known",
-     "the node's host name does not resolve: {where}"),
-    ("connection closed", r"Connection closed by|Connection reset by|kex_exchange_identification",
-     "{where} closed the connection before login: sshd is still starting, or it refuses this client"),
+    (
+        "host key changed",
+        r"REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "the host key of {where} changed since it was first recorded in {known_hosts}: either the node "
+        "was rebuilt at the same address or someone is intercepting the connection. If the node was "
+        "rebuilt, remove the old key: ssh-keygen -R '{key_host}' -f {known_hosts}",
+    ),
+    (
+        "host key unknown",
+        r"Host key verification failed",
+        "ssh refused the host key of {where} (not trusted per {known_hosts}); if the node was rebuilt, "
+        "remove its old entry: ssh-keygen -R '{key_host}' -f {known_hosts}",
+    ),
+    (
+        "auth failed",
+        r"Permission denied \(",
+        "{where} refused the stack's SSH key {key}: the node does not have it in its authorized keys "
+        "(wrong key, wrong user {user!r}, or the VM metadata has not been applied yet)",
+    ),
+    (
+        "key unusable",
+        r"UNPROTECTED PRIVATE KEY FILE|bad permissions",
+        "ssh will not use the key {key} because other users can read it: chmod 600 {key}",
+    ),
+    (
+        "key unusable",
+        r"(Load key|Identity file) .*(No such file|not accessible|invalid format)",
+        "the stack's SSH key {key} is missing or unreadable; `mlinfra up` creates it",
+    ),
+    (
+        "connection refused",
+        r"Connection refused",
+        "{where} refused the connection: sshd is not running there yet (the VM may still be booting) "
+        "or the port is wrong",
+    ),
+    (
+        "connect timeout",
+        r"Connection timed out|Operation timed out|timed out during banner exchange",
+        "no answer from {where} within {connect_timeout:g} s: the VM is down, or a firewall rule does "
+        "not allow SSH from this machine (serve.ssh_cidrs)",
+    ),
+    (
+        "unreachable",
+        r"No route to host|Network is unreachable",
+        "{where} is unreachable from this machine (no route): check the address and the network",
+    ),
+    (
+        "unknown host",
+        r"Could not resolve hostname|Name or service not known",
+        "the node's host name does not resolve: {where}",
+    ),
+    (
+        "connection closed",
+        r"Connection closed by|Connection reset by|kex_exchange_identification",
+        "{where} closed the connection before login: sshd is still starting, or it refuses this client",
+    ),
 )
 
 
@@ -77,8 +107,15 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_.:\[\]%@+][A-Za-z0-9_.:\[\]%@+-]*$")
 class SshRunner:
     """Runs a command on ``user@host:port`` with ``key_path``, trusting hosts per ``known_hosts_path``."""
 
-    def __init__(self, host: str, port: int, user: str, key_path: str | Path, known_hosts_path: str | Path,
-                 connect_timeout_s: float = 10):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        key_path: str | Path,
+        known_hosts_path: str | Path,
+        connect_timeout_s: float = 10,
+    ):
         for what, value in (("host", host), ("user", user)):
             if not isinstance(value, str) or not _TOKEN.match(value):
                 raise ValueError(f"invalid SSH {what}: {value!r}")
@@ -96,15 +133,38 @@ class SshRunner:
         """The ssh argv for ``remote_argv``: what ``run`` executes (shown in --debug output and tests)."""
         connect = max(1, round(connect_timeout_s if connect_timeout_s is not None else self.connect_timeout_s))
         return [
-            "ssh", "-F", "none", "-T",
-            "-i", str(self.key_path),
-            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-            "-o", f"UserKnownHostsFile={self.known_hosts_path}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no",
-            "-o", "BatchMode=yes", "-o", "PasswordAuthentication=no",
-            "-o", f"ConnectTimeout={connect}", "-o", "LogLevel=ERROR",
-            "-p", str(self.port), "-l", self.user,
-            "--", self.host,
+            "ssh",
+            "-F",
+            "none",
+            "-T",
+            "-i",
+            str(self.key_path),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts_path}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "HashKnownHosts=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            f"ConnectTimeout={connect}",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            str(self.port),
+            "-l",
+            self.user,
+            "--",
+            self.host,
             shlex.join(remote_argv),
         ]
 
@@ -116,19 +176,31 @@ class SshRunner:
         try:
             result = run_argv(self.argv(argv, connect), timeout_s)
         except FileNotFoundError:
-            raise SshError("ssh missing", "the OpenSSH client `ssh` is not installed on this machine "
-                           "(Debian/Ubuntu: apt-get install openssh-client)") from None
+            raise SshError(
+                "ssh missing",
+                "the OpenSSH client `ssh` is not installed on this machine "
+                "(Debian/Ubuntu: apt-get install openssh-client)",
+            ) from None
         except CommandTimedOut as exc:
-            raise CommandTimedOut(f"{argv[0]} on {self.where} did not finish within {timeout_s:g} s",
-                                  timeout_s=timeout_s, stdout=exc.stdout, stderr=exc.stderr) from None
+            raise CommandTimedOut(
+                f"{argv[0]} on {self.where} did not finish within {timeout_s:g} s",
+                timeout_s=timeout_s,
+                stdout=exc.stdout,
+                stderr=exc.stderr,
+            ) from None
         if result.returncode == SSH_FAILED:
             known = classify_ssh_failure(result.stderr)
             if known is not None:
                 label, template = known
                 key_host = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-                message = template.format(where=self.where, key=self.key_path, user=self.user,
-                                          known_hosts=self.known_hosts_path, key_host=key_host,
-                                          connect_timeout=connect)
+                message = template.format(
+                    where=self.where,
+                    key=self.key_path,
+                    user=self.user,
+                    known_hosts=self.known_hosts_path,
+                    key_host=key_host,
+                    connect_timeout=connect,
+                )
                 raise SshError(label, f"ssh: {message}", result.stderr)
         return result
 
@@ -145,5 +217,6 @@ def forget_hosts(known_hosts: Path, hosts: list[str] | None = None) -> None:
     keygen = shutil.which("ssh-keygen")
     for host in hosts:
         if host and keygen:
-            subprocess.run([keygen, "-R", host, "-f", str(known_hosts)], stdin=subprocess.DEVNULL,
-                           capture_output=True, check=False)
+            subprocess.run(
+                [keygen, "-R", host, "-f", str(known_hosts)], stdin=subprocess.DEVNULL, capture_output=True, check=False
+            )

@@ -121,10 +121,11 @@ def test_up_status_down_through_the_cli(tmp_path, monkeypatch):
     finally:
         result = runner.invoke(app, ["down", "--yes"])
     assert result.exit_code == 0
+    # --yes: one Terraform run plans and destroys; its progress, then the plan it carried out.
     assert re.fullmatch(
+        r"(  terraform_data\.node\[\"[ab]-0\"\]: delete(…| done \(\d+s\))\n){4}"
         r'  - terraform_data\.node\["a-0"\] \(delete\)\n  - terraform_data\.node\["b-0"\] \(delete\)\n'
         r"Plan: 0 to add, 0 to change, 2 to destroy\.\n"
-        r"(  terraform_data\.node\[\"[ab]-0\"\]: delete(…| done \(\d+s\))\n){4}"
         r"Destroyed 2 resource\(s\) in \d+\.\ds\.\n", result.stderr)
 
 

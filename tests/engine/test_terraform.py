@@ -85,7 +85,14 @@ def test_user_terraform_binary_is_used(tmp_path, monkeypatch, deployed):
     stack = Stack.load(write_stack(tmp_path, f'name = "userbin"\n[serve]\ncommand = "{HTTP_SERVER}"\nhealth_path = "/"\n'))
     deployed(stack)
     assert stack.up(verify=False).applied
-    assert log.read_text().split() == ["init", "plan", "apply"]
+    # Nobody reviews the plan: one Terraform run plans and applies.
+    assert log.read_text().split() == ["init", "apply"]
+    stack.down()
+    assert log.read_text().split() == ["init", "apply", "apply"]  # destroy = apply -destroy -auto-approve
+    shown = []
+    assert stack.up(verify=False, confirm=lambda summary: shown.append(summary) or True).applied
+    # A reviewed plan is saved, shown, then applied exactly: two runs.
+    assert log.read_text().split()[3:] == ["plan", "apply"] and shown[0].add == 1
 
 
 def test_missing_user_binary_is_bad_input(monkeypatch, tmp_path):

@@ -49,6 +49,7 @@ class Resolved:
 
 # -- validation -----------------------------------------------------------------------------------
 
+
 def resolve(stack) -> Resolved:
     """Refuse what GCP would reject (GPU, machine type, count, zone, Spot rules), as SpecError;
     otherwise the machine type and zones every node may use."""
@@ -59,17 +60,37 @@ def resolve(stack) -> Resolved:
     if gpu is not None and machine is not None and not machine.on_demand and not compute.spot:
         alternatives = [m.name for m in catalog.machine_types_for(gpu) if m.on_demand]
         other = f", or use an on-demand machine type: {', '.join(alternatives)}" if alternatives else ""
-        raise SpecError("compute.spot", f"{name} ({machine.gpus}× {gpu.name}) has no on-demand capacity on Google Cloud "
-                        f"(Spot, Flex-start or reservations only): set compute.spot = true{other}")
+        raise SpecError(
+            "compute.spot",
+            f"{name} ({machine.gpus}× {gpu.name}) has no on-demand capacity on Google Cloud "
+            f"(Spot, Flex-start or reservations only): set compute.spot = true{other}",
+        )
     if stack.gcp.spot_termination != "STOP" and not compute.spot:
-        raise SpecError("gcp.spot_termination", f"{stack.gcp.spot_termination!r} applies only to Spot VMs: set compute.spot = true or remove it")
+        raise SpecError(
+            "gcp.spot_termination",
+            f"{stack.gcp.spot_termination!r} applies only to Spot VMs: set compute.spot = true or remove it",
+        )
     if gpu is not None and not stack.gcp.image and compute.disk_gb < DLVM_MIN_DISK_GB:
-        raise SpecError("compute.disk_gb", f"{compute.disk_gb} GB is smaller than the Deep Learning VM image: use at least {DLVM_MIN_DISK_GB}")
+        raise SpecError(
+            "compute.disk_gb",
+            f"{compute.disk_gb} GB is smaller than the Deep Learning VM image: use at least {DLVM_MIN_DISK_GB}",
+        )
     if not stack.serve.public and not stack.serve.allow_cidrs:
-        raise SpecError("serve.allow_cidrs", "is empty, so nobody could reach the port: list who may (CIDR ranges), or set serve.public = true")
+        raise SpecError(
+            "serve.allow_cidrs",
+            "is empty, so nobody could reach the port: list who may (CIDR ranges), or set serve.public = true",
+        )
     zones, listed = _zones(stack, gpu, machine)
-    return Resolved(gpu, machine, name, compute.gpu_count if gpu else 0, tuple(stack.gcp.regions), compute.replicas,
-                    {r: tuple(z) for r, z in zones.items()}, {r: tuple(z) for r, z in listed.items()})
+    return Resolved(
+        gpu,
+        machine,
+        name,
+        compute.gpu_count if gpu else 0,
+        tuple(stack.gcp.regions),
+        compute.replicas,
+        {r: tuple(z) for r, z in zones.items()},
+        {r: tuple(z) for r, z in listed.items()},
+    )
 
 
 def _machine(compute, gpu: Gpu | None) -> MachineType | None:
@@ -81,8 +102,11 @@ def _machine(compute, gpu: Gpu | None) -> MachineType | None:
     if gpu is None:
         if bundled:
             short = catalog.gpus()[bundled.gpu].short
-            raise SpecError("compute.machine_type", f"{name} comes with {bundled.gpus}× {bundled.gpu}, but compute.gpu is 'none': "
-                            f"set compute.gpu = {short!r} (and gpu_count = {bundled.gpus})")
+            raise SpecError(
+                "compute.machine_type",
+                f"{name} comes with {bundled.gpus}× {bundled.gpu}, but compute.gpu is 'none': "
+                f"set compute.gpu = {short!r} (and gpu_count = {bundled.gpus})",
+            )
         return catalog.machine_type(name) if name else catalog.default_machine_type(None, 0)
     counts = catalog.counts_for(gpu)
     if gpu.attached:
@@ -91,16 +115,23 @@ def _machine(compute, gpu: Gpu | None) -> MachineType | None:
         if bundled is None or bundled.gpu != gpu.name:
             valid = ", ".join(m.name for m in catalog.machine_types_for(gpu))
             what = f"comes with {bundled.gpu}, not {gpu.name}" if bundled else f"cannot carry {gpu.name}"
-            raise SpecError("compute.machine_type", f"{name!r} {what}; {gpu.name} comes with its own machine types: {valid}")
+            raise SpecError(
+                "compute.machine_type", f"{name!r} {what}; {gpu.name} comes with its own machine types: {valid}"
+            )
         if bundled.gpus != compute.gpu_count:
             same = [m.name for m in catalog.machine_types_for(gpu, compute.gpu_count)]
             other = f", or use {' / '.join(same)} for {compute.gpu_count}" if same else ""
-            raise SpecError("compute.gpu_count", f"{name} comes with {bundled.gpus}× {gpu.name}, not {compute.gpu_count}: "
-                            f"set gpu_count = {bundled.gpus}{other}")
+            raise SpecError(
+                "compute.gpu_count",
+                f"{name} comes with {bundled.gpus}× {gpu.name}, not {compute.gpu_count}: "
+                f"set gpu_count = {bundled.gpus}{other}",
+            )
         return bundled
     if compute.gpu_count not in counts:
         offered = ", ".join(f"{m.gpus} ({m.name})" for m in _first_per_count(gpu))
-        raise SpecError("compute.gpu_count", f"{compute.gpu_count}× {gpu.name} is not offered: machine types carry {offered}")
+        raise SpecError(
+            "compute.gpu_count", f"{compute.gpu_count}× {gpu.name} is not offered: machine types carry {offered}"
+        )
     return catalog.default_machine_type(gpu, compute.gpu_count)
 
 
@@ -111,22 +142,42 @@ def _n1_host(compute, gpu: Gpu, counts: list[int], bundled: MachineType | None) 
     if not name:
         return catalog.default_machine_type(gpu, compute.gpu_count)
     if catalog.is_shared_core(name):
-        raise SpecError("compute.machine_type", f"{name!r} is a shared-core type, which cannot take GPUs: use an N1 type such as n1-standard-4")
+        raise SpecError(
+            "compute.machine_type",
+            f"{name!r} is a shared-core type, which cannot take GPUs: use an N1 type such as n1-standard-4",
+        )
     if bundled is not None:
-        raise SpecError("compute.machine_type", f"{name!r} comes with its own {bundled.gpu}; {gpu.name} attaches only to "
-                        "N1 machine types (n1-standard-*, n1-highmem-*, n1-highcpu-*)")
+        raise SpecError(
+            "compute.machine_type",
+            f"{name!r} comes with its own {bundled.gpu}; {gpu.name} attaches only to "
+            "N1 machine types (n1-standard-*, n1-highmem-*, n1-highcpu-*)",
+        )
     shape = catalog.n1_shape(name)
     if shape is None:
         if name.startswith("n1-"):
-            raise SpecError("compute.machine_type", f"{name!r} is not an N1 machine type" + catalog.did_you_mean(name, catalog.n1_predefined_names()))
-        raise SpecError("compute.machine_type", f"{name!r} cannot take {gpu.name}: attached GPUs need an N1 machine type "
-                        "(n1-standard-*, n1-highmem-*, n1-highcpu-*), such as n1-standard-4")
+            raise SpecError(
+                "compute.machine_type",
+                f"{name!r} is not an N1 machine type" + catalog.did_you_mean(name, catalog.n1_predefined_names()),
+            )
+        raise SpecError(
+            "compute.machine_type",
+            f"{name!r} cannot take {gpu.name}: attached GPUs need an N1 machine type "
+            "(n1-standard-*, n1-highmem-*, n1-highcpu-*), such as n1-standard-4",
+        )
     max_vcpus, max_gb = catalog.n1_limit(gpu, compute.gpu_count)
     if shape.vcpus > max_vcpus or shape.memory_gb > max_gb:
-        fitting = [n for n in catalog.n1_predefined_names() if n.startswith("n1-standard-")
-                   and catalog.n1_shape(n).vcpus <= max_vcpus and catalog.n1_shape(n).memory_gb <= max_gb]
-        raise SpecError("compute.machine_type", f"{name} has {shape.vcpus} vCPUs and {shape.memory_gb:g} GB; {compute.gpu_count}× "
-                        f"{gpu.short} allows at most {max_vcpus} vCPUs and {max_gb:g} GB: use {fitting[-1]} or smaller")
+        fitting = [
+            n
+            for n in catalog.n1_predefined_names()
+            if n.startswith("n1-standard-")
+            and catalog.n1_shape(n).vcpus <= max_vcpus
+            and catalog.n1_shape(n).memory_gb <= max_gb
+        ]
+        raise SpecError(
+            "compute.machine_type",
+            f"{name} has {shape.vcpus} vCPUs and {shape.memory_gb:g} GB; {compute.gpu_count}× "
+            f"{gpu.short} allows at most {max_vcpus} vCPUs and {max_gb:g} GB: use {fitting[-1]} or smaller",
+        )
     return shape
 
 
@@ -154,14 +205,22 @@ def _zones(stack, gpu: Gpu | None, machine: MachineType | None) -> tuple[dict, d
             for zone in mine:
                 if zone not in offered:
                     index = listed_all.index(zone)
-                    raise SpecError(f"gcp.zones[{index}]", f"{zone} does not offer {what}; zones in {region} that do: {', '.join(offered)}")
+                    raise SpecError(
+                        f"gcp.zones[{index}]",
+                        f"{zone} does not offer {what}; zones in {region} that do: {', '.join(offered)}",
+                    )
         elif gpu is not None and not mine:
             # Zones not verified (RTX PRO 6000): only the user can say where it is offered.
-            raise SpecError("gcp.zones", f"mlinfra's catalog has no verified zones for {gpu.name}: list the zones to use in "
-                            f"{region} (see `gcloud compute accelerator-types list --filter=name={gpu.name}`)")
+            raise SpecError(
+                "gcp.zones",
+                f"mlinfra's catalog has no verified zones for {gpu.name}: list the zones to use in "
+                f"{region} (see `gcloud compute accelerator-types list --filter=name={gpu.name}`)",
+            )
         elif gpu is None and not mine:
             # CPU-only: the zones the catalog knows in the region exist; the first is as good as any.
-            offered = sorted({z for g in catalog.gpus().values() for z in (g.zones or ()) if catalog.region_of(z) == region})
+            offered = sorted(
+                {z for g in catalog.gpus().values() for z in (g.zones or ()) if catalog.region_of(z) == region}
+            )
         zones[region] = mine or list(offered)
         listed[region] = mine
     return zones, listed
@@ -181,6 +240,7 @@ def _or(values: list) -> str:
 
 
 # -- placement ------------------------------------------------------------------------------------
+
 
 def candidate_zones(resolved: Resolved, region: str) -> list[str]:
     """The zones a node in ``region`` may use, in the order zone fallback tries them."""
@@ -210,14 +270,20 @@ def choices(stack, resolved: Resolved) -> list[str]:
         if gpu is None:
             why = "the smallest n1-standard with 4 vCPUs"
         elif gpu.attached:
-            why = f"the smallest n1-standard with 4 vCPUs; {stack.compute.gpu_count}× {gpu.short} allows up to " \
-                  f"{catalog.n1_limit(gpu, stack.compute.gpu_count)[0]} vCPUs"
+            why = (
+                f"the smallest n1-standard with 4 vCPUs; {stack.compute.gpu_count}× {gpu.short} allows up to "
+                f"{catalog.n1_limit(gpu, stack.compute.gpu_count)[0]} vCPUs"
+            )
         else:
             why = f"the smallest type with {stack.compute.gpu_count}× {gpu.short}"
         lines.append(f"compute.machine_type: chose {machine.name} ({why})")
     for region in stack.gcp.regions:
         if not resolved.listed[region]:
-            offered = f"offers {gpu.short}" + (f" on {machine.name}" if machine and machine.bundled else "") if gpu else "is known"
+            offered = (
+                f"offers {gpu.short}" + (f" on {machine.name}" if machine and machine.bundled else "")
+                if gpu
+                else "is known"
+            )
             lines.append(f"gcp.zones: chose {resolved.zones[region][0]} for {region} (the first zone that {offered})")
     if gpu is not None and not stack.gcp.image:
         lines.append(f"gcp.image: chose {catalog.default_image(gpu)} (driver new enough for {gpu.short})")

@@ -45,7 +45,11 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = f"{self.filename}:{self.line}: " if self.filename and self.line else (f"{self.filename}: " if self.filename else "")
+        where = (
+            f"{self.filename}:{self.line}: "
+            if self.filename and self.line
+            else (f"{self.filename}: " if self.filename else "")
+        )
         what = ".".join(part for part in (self.address, self.path) if part)
         return f"{where}{what}: {self.message}" if what else f"{where}{self.message}"
 
@@ -60,8 +64,11 @@ def check_module(module_dir: str | Path, schema_path: str | Path) -> list[Proble
         module, diagnostics = TerraformConfig.load_config_dir(str(module_dir))
     except LibTerraformError as exc:
         return [Problem("", "", f"Terraform cannot load the module: {exc}")]
-    problems = [Problem("", "", f"{d.get('Summary', '')}: {d.get('Detail', '')}".strip(": "))
-                for d in (diagnostics or []) if d.get("Severity") == 1]  # hcl.DiagError
+    problems = [
+        Problem("", "", f"{d.get('Summary', '')}: {d.get('Detail', '')}".strip(": "))
+        for d in (diagnostics or [])
+        if d.get("Severity") == 1
+    ]  # hcl.DiagError
     for kind, table in (("ManagedResources", "resource_schemas"), ("DataResources", "data_source_schemas")):
         for address, resource in sorted((module.get(kind) or {}).items()):
             problems += _check_resource(address, resource, table, providers, Path(module_dir))
@@ -84,7 +91,9 @@ def _load(path: str, _stamp: int) -> dict[str, dict]:
         data = json.loads(Path(path).read_text())
         providers = data["provider_schemas"]
     except (ValueError, KeyError, TypeError):
-        raise MlinfraError(f"{path}: not a provider schema (expected the output of `terraform providers schema -json`)") from None
+        raise MlinfraError(
+            f"{path}: not a provider schema (expected the output of `terraform providers schema -json`)"
+        ) from None
     return {_normalize(name): schema for name, schema in providers.items()}
 
 
@@ -103,12 +112,21 @@ def _check_resource(address: str, resource: dict, table: str, providers: dict, m
         return [Problem(address, "", f"the schema file has no provider {provider}", *where)]
     types = providers[provider].get(table) or {}
     if kind not in types:
-        return [Problem(address, "", f"{provider} has no {'resource' if table == 'resource_schemas' else 'data source'} "
-                        f"type {kind!r}" + did_you_mean(kind, list(types)), *where)]
+        return [
+            Problem(
+                address,
+                "",
+                f"{provider} has no {'resource' if table == 'resource_schemas' else 'data source'} "
+                f"type {kind!r}" + did_you_mean(kind, list(types)),
+                *where,
+            )
+        ]
     return _check_body(address, "", resource.get("Config") or {}, types[kind]["block"], module_dir, top=True)
 
 
-def _check_body(address: str, path: str, body: dict, block: dict, module_dir: Path, *, top: bool = False) -> list[Problem]:
+def _check_body(
+    address: str, path: str, body: dict, block: dict, module_dir: Path, *, top: bool = False
+) -> list[Problem]:
     problems: list[Problem] = []
     attributes = block.get("attributes") or {}
     nested = block.get("block_types") or {}
@@ -125,7 +143,9 @@ def _check_body(address: str, path: str, body: dict, block: dict, module_dir: Pa
             problem(name, f"is a block: write `{name} {{ ... }}`, not `{name} = ...`", rng)
         elif name not in attributes:
             problem(name, "is not an argument of this block" + did_you_mean(name, list(attributes) + list(nested)), rng)
-        elif attributes[name].get("computed") and not (attributes[name].get("optional") or attributes[name].get("required")):
+        elif attributes[name].get("computed") and not (
+            attributes[name].get("optional") or attributes[name].get("required")
+        ):
             problem(name, "is read-only (computed by the provider) and cannot be set", rng)
     end = body.get("EndRange") or body.get("SrcRange")
     for name, attribute in sorted(attributes.items()):
@@ -139,15 +159,20 @@ def _check_body(address: str, path: str, body: dict, block: dict, module_dir: Pa
         if top and kind in _META_BLOCKS:
             continue
         if kind == "dynamic" and labels:
-            content = next((b for b in (child.get("Body") or {}).get("Blocks") or [] if b.get("Type") == "content"), None)
+            content = next(
+                (b for b in (child.get("Body") or {}).get("Blocks") or [] if b.get("Type") == "content"), None
+            )
             dynamic.setdefault(labels[0], []).append({**child, "Body": (content or {}).get("Body") or {}, "Labels": []})
         else:
             static.setdefault(kind, []).append(child)
     for name, children in sorted({**dynamic, **static}.items()):
         if name not in nested:
             hint = f": write `{name} = ...`" if name in attributes else did_you_mean(name, list(nested))
-            problem(name, ("is an argument, not a block" if name in attributes else "is not a block of this resource") + hint,
-                    _block_range(children[0]))
+            problem(
+                name,
+                ("is an argument, not a block" if name in attributes else "is not a block of this resource") + hint,
+                _block_range(children[0]),
+            )
     for name, spec in sorted(nested.items()):
         plain, generated = static.get(name, []), dynamic.get(name, [])
         mode, low, high = spec.get("nesting_mode"), spec.get("min_items") or 0, spec.get("max_items") or 0
@@ -163,8 +188,13 @@ def _check_body(address: str, path: str, body: dict, block: dict, module_dir: Pa
                 problem(name, "takes no labels", _block_range(child))
             if mode == "map" and not child.get("Labels"):
                 problem(name, "needs a label (it is a map of blocks)", _block_range(child))
-            problems += _check_body(address, f"{path}.{name}" if path else name, child.get("Body") or {},
-                                    spec.get("block") or {}, module_dir)
+            problems += _check_body(
+                address,
+                f"{path}.{name}" if path else name,
+                child.get("Body") or {},
+                spec.get("block") or {},
+                module_dir,
+            )
     return problems
 
 

@@ -15,8 +15,8 @@ values out. Recording a move is the GCP target's job.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from mlinfra.clouds.gcp import catalog
@@ -25,18 +25,27 @@ from mlinfra.targets.base import Move
 
 _ZONE = catalog.ZONE_PATTERN
 _STOCKOUT_CODE = re.compile(r"\b(ZONE_RESOURCE_POOL_EXHAUSTED(?:_WITH_DETAILS)?)\b")
-_STOCKOUT_TEXT = re.compile(r"does not have enough resources available to fulfill the request"
-                            r"|is currently unavailable in the \S+ zone|state:STOCKOUT", re.IGNORECASE)
+_STOCKOUT_TEXT = re.compile(
+    r"does not have enough resources available to fulfill the request"
+    r"|is currently unavailable in the \S+ zone|state:STOCKOUT",
+    re.IGNORECASE,
+)
 _QUOTA = [
     # Compute API: "Quota 'NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1."
-    re.compile(r"Quota '(?P<metric>[A-Za-z0-9_]+)' exceeded\.?\s*(?:Limit:\s*(?P<limit>[\d.]+)\s*"
-               rf"(?:in region (?P<region>{catalog.REGION_PATTERN})|(?P<global>globally))?)?"),
+    re.compile(
+        r"Quota '(?P<metric>[A-Za-z0-9_]+)' exceeded\.?\s*(?:Limit:\s*(?P<limit>[\d.]+)\s*"
+        rf"(?:in region (?P<region>{catalog.REGION_PATTERN})|(?P<global>globally))?)?"
+    ),
     # "Quota limit 'X' has been exceeded. Limit: 0 in region us-central1."
-    re.compile(r"Quota limit '(?P<metric>[A-Za-z0-9_]+)' has been exceeded\.?\s*(?:Limit:\s*(?P<limit>[\d.]+)\s*"
-               rf"(?:in region (?P<region>{catalog.REGION_PATTERN}))?)?"),
+    re.compile(
+        r"Quota limit '(?P<metric>[A-Za-z0-9_]+)' has been exceeded\.?\s*(?:Limit:\s*(?P<limit>[\d.]+)\s*"
+        rf"(?:in region (?P<region>{catalog.REGION_PATTERN}))?)?"
+    ),
     # 'insufficient regional quota to satisfy request: resource "CPUS"' / 'Insufficient project quota ...'
-    re.compile(r"[Ii]nsufficient (?:regional|project) quota to satisfy request: resource \"(?P<metric>[A-Z0-9_]+)\""
-               r"(?:.*?project has a quota of '(?P<limit>[\d.]+)')?"),
+    re.compile(
+        r"[Ii]nsufficient (?:regional|project) quota to satisfy request: resource \"(?P<metric>[A-Z0-9_]+)\""
+        r"(?:.*?project has a quota of '(?P<limit>[\d.]+)')?"
+    ),
 ]
 _QUOTA_CODE = re.compile(r"\bQUOTA_EXCEEDED\b|\bquotaExceeded\b")
 _ZONE_IN_PATH = re.compile(rf"zones/({_ZONE})\b")
@@ -84,7 +93,11 @@ class Capacity:
         subject = f"quota {self.metric}" if self.metric else "a quota"
         if self.gpu:
             subject += f" ({self.gpu}, {'Spot' if self.spot else 'on-demand'})"
-        scope = f" in {self.region}" if self.region else (" across all regions" if self.metric and "ALL_REGIONS" in self.metric else "")
+        scope = (
+            f" in {self.region}"
+            if self.region
+            else (" across all regions" if self.metric and "ALL_REGIONS" in self.metric else "")
+        )
         limit = f" (limit {self.limit:g})" if self.limit is not None else ""
         return f"{subject} exceeded{scope}{limit}: request more in the console (IAM & Admin > Quotas); another zone will not help"
 
@@ -106,9 +119,15 @@ def classify(error_text: str) -> Capacity | None:
     elif (match := _GPU_WORDS.search(error_text)) is not None:
         gpu, count = match.group(2), int(match.group(1))
     return Capacity(
-        kind="stockout", code=code.group(1) if code else "ZONE_RESOURCE_POOL_EXHAUSTED", zone=zone,
-        region=catalog.region_of(zone) if zone else None, gpu=gpu, gpu_count=count,
-        machine_type=_first(error_text, _MACHINE_FIELD, _MACHINE_WORDS), zones_available=_suggested(error_text))
+        kind="stockout",
+        code=code.group(1) if code else "ZONE_RESOURCE_POOL_EXHAUSTED",
+        zone=zone,
+        region=catalog.region_of(zone) if zone else None,
+        gpu=gpu,
+        gpu_count=count,
+        machine_type=_first(error_text, _MACHINE_FIELD, _MACHINE_WORDS),
+        zones_available=_suggested(error_text),
+    )
 
 
 def _quota(text: str) -> Capacity | None:
@@ -123,9 +142,15 @@ def _quota(text: str) -> Capacity | None:
         region = groups.get("region")
         zone = _first(text, _ZONE_FIELD, _ZONE_IN_PATH)
         return Capacity(
-            kind="quota", code="QUOTA_EXCEEDED", zone=zone, region=region or (catalog.region_of(zone) if zone else None),
-            gpu=gpu, metric=metric, limit=float(groups["limit"]) if groups.get("limit") else None,
-            spot=spot if gpu else None)
+            kind="quota",
+            code="QUOTA_EXCEEDED",
+            zone=zone,
+            region=region or (catalog.region_of(zone) if zone else None),
+            gpu=gpu,
+            metric=metric,
+            limit=float(groups["limit"]) if groups.get("limit") else None,
+            spot=spot if gpu else None,
+        )
     if _QUOTA_CODE.search(text):
         return Capacity(kind="quota", code="QUOTA_EXCEEDED")
     return None
@@ -161,8 +186,10 @@ def node_key_from_address(address: str) -> str | None:
 
 # -- zone fallback ---------------------------------------------------------------------------------
 
-def next_zone(resolved: Resolved, node_key: str, failed_zone: str, *, tried: Iterable[str] = (),
-              prefer: Iterable[str] = ()) -> str | None:
+
+def next_zone(
+    resolved: Resolved, node_key: str, failed_zone: str, *, tried: Iterable[str] = (), prefer: Iterable[str] = ()
+) -> str | None:
     """The next zone for a stocked-out node: in its own region, offering its GPU and machine type,
     not tried yet. GCP's own suggestions (``prefer``) go first, then the stack's order after the
     failed zone. None when every zone was tried."""
@@ -174,8 +201,9 @@ def next_zone(resolved: Resolved, node_key: str, failed_zone: str, *, tried: Ite
     return next((z for z in ordered if z not in skip), None)
 
 
-def plan_moves(resolved: Resolved, failures: Iterable[tuple[str, str, Capacity]],
-               tried: Mapping[str, Iterable[str]] | None = None) -> list[Move]:
+def plan_moves(
+    resolved: Resolved, failures: Iterable[tuple[str, str, Capacity]], tried: Mapping[str, Iterable[str]] | None = None
+) -> list[Move]:
     """Moves for the failed nodes that another zone may help: ``failures`` are (node key, zone it
     failed in, what classify said); ``tried`` maps node keys to zones already tried."""
     moves = []

@@ -18,8 +18,12 @@ from mlinfra.targets.gcp import module
 
 # Summaries Terraform's `init` gives when it cannot get a provider (recorded with the bundled
 # Terraform 1.15 offline: tests/data/gcp/init-*.json).
-_PROVIDER_INSTALL_FAILURES = ("Failed to query available provider packages", "Failed to install provider",
-                              "Failed to install provider from shared cache", "Invalid provider registry host")
+_PROVIDER_INSTALL_FAILURES = (
+    "Failed to query available provider packages",
+    "Failed to install provider",
+    "Failed to install provider from shared cache",
+    "Invalid provider registry host",
+)
 PLACEHOLDER_PROJECT = "your-gcp-project"  # what `mlinfra new --target gcp` writes for gcp.project
 
 
@@ -44,9 +48,9 @@ class GcpDriver(Driver):
         return rules.choices(spec, placement.resolved) + ([f"warning: {warning}"] if warning else [])
 
     def cost(self, spec, placement: Placement) -> Any:
-        from mlinfra.clouds.gcp import catalog
+        from mlinfra.clouds.gcp import prices
 
-        return catalog.estimate_cost(spec)
+        return prices.estimate_cost(spec)
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         return module.tfvars(spec, placement.resolved, workspace)
@@ -63,8 +67,9 @@ class GcpDriver(Driver):
 
         forget_hosts(workspace.known_hosts, hosts)
 
-    def recover(self, spec, placement: Placement, workspace, error: EngineError,
-                tried: dict[str, list[str]], allowed: bool) -> list[Move]:
+    def recover(
+        self, spec, placement: Placement, workspace, error: EngineError, tried: dict[str, list[str]], allowed: bool
+    ) -> list[Move]:
         """A stockout moves the failed nodes to the next zone of their region that offers their
         GPU and machine type; a quota error, or a stockout with nowhere left to go, fails with
         one line that names the cause."""
@@ -81,11 +86,14 @@ class GcpDriver(Driver):
         zones = {node.key: node.zone for node in rules.placement(placement.resolved, module.zone_overrides(workspace))}
         for key, capacity in failures:
             tried.setdefault(key, []).append(zones.get(key, capacity.zone or ""))
-        found = stockout.plan_moves(placement.resolved, [(k, zones.get(k, c.zone or ""), c) for k, c in failures], tried)
+        found = stockout.plan_moves(
+            placement.resolved, [(k, zones.get(k, c.zone or ""), c) for k, c in failures], tried
+        )
         if not allowed or len(found) < len(failures):
             hint = None if allowed else "zone fallback is off (--no-zone-fallback)"
-            raise EngineError("; ".join(f"node {k}: {c.describe()}" for k, c in failures),
-                              diagnostics=error.diagnostics, hint=hint) from None
+            raise EngineError(
+                "; ".join(f"node {k}: {c.describe()}" for k, c in failures), diagnostics=error.diagnostics, hint=hint
+            ) from None
         for move in found:
             module.record_zone_move(workspace, move.node, move.from_zone, move.to_zone, move.reason)
         return found
@@ -101,8 +109,10 @@ class GcpDriver(Driver):
 
     def ci_notes(self, spec, stack_file: str) -> list[str]:
         if spec.state.backend != "gcs":
-            return [f"{stack_file} keeps its state locally: use [state] backend = 'gcs' so a run "
-                    "that dies halfway can be cleaned up by the next one"]
+            return [
+                f"{stack_file} keeps its state locally: use [state] backend = 'gcs' so a run "
+                "that dies halfway can be cleaned up by the next one"
+            ]
         return []
 
 
@@ -130,9 +140,11 @@ def explain_init_failure(diagnostics) -> str | None:
         else:
             summary, detail = getattr(diag, "summary", ""), getattr(diag, "detail", "")
         if any(summary.startswith(known) for known in _PROVIDER_INSTALL_FAILURES) and "provider" in (summary + detail):
-            return ("the hashicorp/google provider could not be installed (no route to the Terraform registry?): "
-                    "`mlinfra render` works offline and writes the module; to plan here, configure a provider mirror "
-                    "(provider_installation in your Terraform CLI configuration, TF_CLI_CONFIG_FILE)")
+            return (
+                "the hashicorp/google provider could not be installed (no route to the Terraform registry?): "
+                "`mlinfra render` works offline and writes the module; to plan here, configure a provider mirror "
+                "(provider_installation in your Terraform CLI configuration, TF_CLI_CONFIG_FILE)"
+            )
     return None
 
 

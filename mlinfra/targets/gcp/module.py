@@ -29,22 +29,44 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
     nodes = {}
     for node in rules.placement(resolved, zone_overrides(workspace)):
         nodes[node.key] = {
-            "region": node.region, "replica": node.replica, "zone": node.zone, "machine_type": node.machine_type,
+            "region": node.region,
+            "replica": node.replica,
+            "zone": node.zone,
+            "machine_type": node.machine_type,
             "attached_gpus": [{"type": gpu.name, "count": count}] if gpu and gpu.attached else [],
-            "gpus": count, "has_gpu": count > 0, "spot": stack.compute.spot, "spot_termination": stack.gcp.spot_termination,
-            "image": image, "disk_gb": stack.compute.disk_gb, "disk_type": disk_type,
-            "node_config": {"stack": stack.name, "node": node.key, "command": stack.serve.command,
-                            "env": dict(stack.serve.env), "port": stack.serve.port,
-                            "health_path": stack.serve.health_path, "gpus": count},
+            "gpus": count,
+            "has_gpu": count > 0,
+            "spot": stack.compute.spot,
+            "spot_termination": stack.gcp.spot_termination,
+            "image": image,
+            "disk_gb": stack.compute.disk_gb,
+            "disk_type": disk_type,
+            "node_config": {
+                "stack": stack.name,
+                "node": node.key,
+                "command": stack.serve.command,
+                "env": dict(stack.serve.env),
+                "port": stack.serve.port,
+                "health_path": stack.serve.health_path,
+                "gpus": count,
+            },
         }
     uses_reference_server = stack.serve.command.split()[:1] == ["mlinfra"]
     return {
-        "project": stack.gcp.project, "stack": stack.name, "network": stack.gcp.network,
-        "port": stack.serve.port, "health_path": stack.serve.health_path,
+        "project": stack.gcp.project,
+        "stack": stack.name,
+        "network": stack.gcp.network,
+        "port": stack.serve.port,
+        "health_path": stack.serve.health_path,
         "serve_cidrs": ["0.0.0.0/0"] if stack.serve.public else list(stack.serve.allow_cidrs),
-        "ssh_cidrs": list(stack.serve.ssh_cidrs), "ssh_user": SSH_USER, "ssh_public_key": public_key,
-        "ssh_private_key_file": str(private_key), "service_account": stack.gcp.service_account,
-        "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text() if uses_reference_server else "",
+        "ssh_cidrs": list(stack.serve.ssh_cidrs),
+        "ssh_user": SSH_USER,
+        "ssh_public_key": public_key,
+        "ssh_private_key_file": str(private_key),
+        "service_account": stack.gcp.service_account,
+        "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text()
+        if uses_reference_server
+        else "",
         "nodes": nodes,
     }
 
@@ -73,13 +95,18 @@ def ssh_key(workspace: Workspace, stack_name: str) -> tuple[Path, str]:
         private.parent.mkdir(parents=True, exist_ok=True)
         private.unlink(missing_ok=True)
         public.unlink(missing_ok=True)
-        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"mlinfra-{stack_name}", "-f", str(private)],
-                       check=True, stdin=subprocess.DEVNULL, capture_output=True)
+        subprocess.run(
+            [keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"mlinfra-{stack_name}", "-f", str(private)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
     private.chmod(0o600)
     return private, public.read_text().strip()
 
 
 # -- zone fallback's record -----------------------------------------------------------------------
+
 
 def zone_moves(workspace: Workspace) -> list[dict]:
     """Recorded moves, oldest first: {"node", "from", "to", "reason", "at"}."""

@@ -31,7 +31,7 @@ class LocalDriver(Driver):
         return spec.local.regions
 
     def cost(self, spec, placement: Placement) -> Any:
-        from mlinfra.clouds.gcp.catalog import Cost
+        from mlinfra.clouds.gcp.prices import Cost
 
         return Cost(spec.compute.spot, (), 0.0, 0.0, notes=("the local target costs nothing in the cloud",))
 
@@ -67,13 +67,15 @@ class LocalDriver(Driver):
         return lambda: process.exit_reason(workspace.nodes_dir, node.key)
 
     def gpu_runner(self, node, workspace) -> Any:
-        from mlinfra.verify.gpu import LocalRunner
+        from mlinfra.verify.runners import LocalRunner
 
         return LocalRunner()
 
     def ci_notes(self, spec, stack_file: str) -> list[str]:
-        return [f"{stack_file} has target = 'local': the job rebuilds it on the runner, and its Google Cloud "
-                "authentication step fails until the GCP variables are set (delete that step if you never will)"]
+        return [
+            f"{stack_file} has target = 'local': the job rebuilds it on the runner, and its Google Cloud "
+            "authentication step fails until the GCP variables are set (delete that step if you never will)"
+        ]
 
 
 DRIVER = LocalDriver()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mlinfra import Stack
-from mlinfra.clouds.gcp import catalog
+from mlinfra.clouds.gcp import catalog, prices
 
 # us-central1 prices from the reference (§6) and the whole-VM list prices it quotes ([S21]).
 GPU_PRICE = {"nvidia-tesla-t4": (0.35, 0.14), "nvidia-tesla-p4": (0.60, 0.24), "nvidia-tesla-p100": (1.46, 0.584),
@@ -24,7 +24,7 @@ def gcp_stack(**sections) -> Stack:
 
 
 def test_every_price_names_its_source_and_date():
-    data = catalog._data()
+    data = catalog.data()
     for region, table in data["prices"].items():
         for kind in ("gpu", "host", "vm"):
             for name, row in table.get(kind, {}).items():
@@ -35,7 +35,7 @@ def test_every_price_names_its_source_and_date():
 
 
 def test_gpu_prices_are_the_reference_values():
-    table = catalog._data()["prices"]["us-central1"]["gpu"]
+    table = catalog.data()["prices"]["us-central1"]["gpu"]
     for gpu, (on_demand, spot) in GPU_PRICE.items():
         assert (table[gpu]["on_demand"], table[gpu]["spot"]) == (on_demand, spot)
     # Flagged in the reference as wrong or unverified: unknown, not guessed.
@@ -48,7 +48,7 @@ def test_gpu_prices_are_the_reference_values():
 def test_host_plus_gpu_matches_the_list_price(machine):
     """Two sources agree: SkyPilot's host + GPU rows and the third-party whole-VM list price."""
     m = catalog.bundled_machine_types()[machine]
-    price = catalog.vm_price(m, catalog.gpus()[m.gpu], m.gpus, "us-central1", spot=False)
+    price = prices.vm_price(m, catalog.gpus()[m.gpu], m.gpus, "us-central1", spot=False)
     assert price.usd_per_hour == pytest.approx(VM_LIST_PRICE[machine], abs=0.01)
 
 
@@ -57,12 +57,12 @@ def test_n1_host_rates_reproduce_the_source_rows():
     for name, on_demand, spot in [("n1-standard-64", 3.03998, 0.7704), ("n1-standard-96", 4.55998, 1.1556),
                                   ("n1-highmem-64", 3.7857, 0.95379)]:
         shape = catalog.n1_shape(name)
-        assert catalog.vm_price(shape, None, 0, "us-central1", False).usd_per_hour == pytest.approx(on_demand, abs=0.001)
-        assert catalog.vm_price(shape, None, 0, "us-central1", True).usd_per_hour == pytest.approx(spot, abs=0.001)
+        assert prices.vm_price(shape, None, 0, "us-central1", False).usd_per_hour == pytest.approx(on_demand, abs=0.001)
+        assert prices.vm_price(shape, None, 0, "us-central1", True).usd_per_hour == pytest.approx(spot, abs=0.001)
 
 
 def test_gpu_rows_cover_the_catalog_and_filter():
-    rows = catalog.gpu_rows()
+    rows = prices.gpu_rows()
     assert {r.gpu for r in rows} == set(catalog.gpus())
     t4 = [r for r in rows if r.alias == "t4"]
     assert [r.count for r in t4] == [1, 2, 4] and t4[0].machine_type == "n1-standard-4"
@@ -72,18 +72,18 @@ def test_gpu_rows_cover_the_catalog_and_filter():
     assert h100[8].on_demand_usd_per_hour == pytest.approx(88.494)
     json.dumps([r.as_dict() for r in rows])  # `mlinfra gpus --json`
 
-    in_region = catalog.gpu_rows(region="europe-west4")
+    in_region = prices.gpu_rows(region="europe-west4")
     aliases = {r.alias for r in in_region}
     assert aliases >= {"t4", "l4", "v100", "h200"} and "b200" not in aliases  # B200 has no europe-west4 zone
     assert all(z.startswith("europe-west4-") for r in in_region if r.zones for z in r.zones)
     assert all(r.on_demand_usd_per_hour is None for r in in_region)  # no price rows outside us-central1
-    assert [r.alias for r in catalog.gpu_rows(gpu="L4")] == ["l4"] * 4
+    assert [r.alias for r in prices.gpu_rows(gpu="L4")] == ["l4"] * 4
     with pytest.raises(catalog.UnknownGpu):
-        catalog.gpu_rows(gpu="h1000")
+        prices.gpu_rows(gpu="h1000")
 
 
 def test_seed_stack_cost():
-    cost = catalog.estimate_cost(gcp_stack(compute={"gpu": "t4", "machine_type": "n1-standard-4"}))
+    cost = prices.estimate_cost(gcp_stack(compute={"gpu": "t4", "machine_type": "n1-standard-4"}))
     # n1-standard-4 (4 × 0.031611 + 15 × 0.004237) + one T4 (0.35)
     assert cost.on_demand_usd_per_hour == pytest.approx(0.54, abs=0.001)
     assert cost.spot_usd_per_hour == pytest.approx(0.188, abs=0.001)
@@ -92,16 +92,16 @@ def test_seed_stack_cost():
 
 
 def test_cost_scales_with_nodes_and_follows_spot():
-    one = catalog.estimate_cost(gcp_stack(compute={"gpu": "l4", "spot": True}))
-    many = catalog.estimate_cost(gcp_stack(compute={"gpu": "l4", "spot": True, "replicas": 3}))
+    one = prices.estimate_cost(gcp_stack(compute={"gpu": "l4", "spot": True}))
+    many = prices.estimate_cost(gcp_stack(compute={"gpu": "l4", "spot": True, "replicas": 3}))
     assert many.spot_usd_per_hour == pytest.approx(3 * one.spot_usd_per_hour)
     assert many.usd_per_hour == many.spot_usd_per_hour and len(many.nodes) == 3
 
 
 def test_unknown_prices_make_the_total_unknown_not_zero():
-    outside = catalog.estimate_cost(gcp_stack(compute={"gpu": "t4"}, gcp={"regions": ["us-central1", "europe-west4"]}))
+    outside = prices.estimate_cost(gcp_stack(compute={"gpu": "t4"}, gcp={"regions": ["us-central1", "europe-west4"]}))
     assert outside.on_demand_usd_per_hour is None and outside.usd_per_month is None
     assert any("europe-west4" in reason for reason in outside.missing)
-    h200 = catalog.estimate_cost(gcp_stack(compute={"gpu": "h200", "gpu_count": 8, "spot": True}))
+    h200 = prices.estimate_cost(gcp_stack(compute={"gpu": "h200", "gpu_count": 8, "spot": True}))
     assert h200.spot_usd_per_hour is None and h200.missing
     assert Stack(name="local").cost().usd_per_hour == 0.0

@@ -2,7 +2,7 @@
 
 The expectations are the reference's own tables (../shared/reference/gcp-gpu-facts.md,
 §2.1 and §2.2 machine-readable block, §4, §5), written out here independently of
-mlinfra/data/gpus.toml, so a wrong row in the catalog fails a test.
+mlinfra/clouds/gcp/gpus.toml, so a wrong row in the catalog fails a test.
 """
 
 from __future__ import annotations

@@ -1,0 +1,264 @@
+"""Prices (reference §6): one VM's price from the catalog's rows, the `mlinfra gpus` table, and
+a stack's estimated cost. Every figure carries its source and date; an unknown price is None
+with the reason, never 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlinfra.clouds.gcp.catalog import (
+    Gpu,
+    MachineType,
+    counts_for,
+    data,
+    default_machine_type,
+    gpus,
+    lookup_gpu,
+    machine_type,
+    machine_types_for,
+    n1_limit,
+    zones_for,
+)
+
+# -- prices (reference §6): one VM's price from the data file's rows ------------------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    """One VM's price per hour, or None with the reasons it is unknown."""
+
+    usd_per_hour: float | None
+    missing: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+
+def vm_price(machine: MachineType, gpu: Gpu | None, count: int, region: str, spot: bool) -> Price:
+    """Host plus GPUs for one VM in ``region``: from whole-VM, host and per-GPU rows of the data file."""
+    model = "spot" if spot else "on_demand"
+    table = data().get("prices", {}).get(region)
+    if table is None:
+        return Price(None, (f"no price data for {region} (the catalog has us-central1 prices)",))
+    whole = table.get("vm", {}).get(machine.name, {})
+    if model in whole:
+        return Price(float(whole[model]), (), (_cite(whole),))
+    host = _host_price(table, machine, model)
+    parts, missing, sources = [], [], []
+    if host is None:
+        missing.append(f"{model.replace('_', '-')} price of the {machine.name} host in {region}")
+    else:
+        parts.append(host[0])
+        sources.append(host[1])
+    if gpu is not None and count:
+        row = table.get("gpu", {}).get(gpu.name, {})
+        if model in row:
+            parts.append(count * float(row[model]))
+            sources.append(_cite(row))
+        else:
+            missing.append(f"{model.replace('_', '-')} price of {gpu.name} in {region}")
+    if missing:
+        return Price(None, tuple(missing), tuple(dict.fromkeys(sources)))
+    return Price(round(sum(parts), 5), (), tuple(dict.fromkeys(sources)))
+
+
+def _host_price(table: dict, machine: MachineType, model: str) -> tuple[float, str] | None:
+    row = table.get("host", {}).get(machine.name, {})
+    if model in row:
+        return float(row[model]), _cite(row)
+    rates = table.get("rates", {}).get(machine.family)
+    if rates and machine.vcpus is not None and machine.memory_gb is not None:
+        value = machine.vcpus * rates[f"{model}_vcpu"] + machine.memory_gb * rates[f"{model}_gb"]
+        return value, _cite(rates)
+    return None
+
+
+def _cite(row: dict) -> str:
+    source = data()["sources"].get(row.get("source", ""), {})
+    return f"{row.get('source', '?')}: {source.get('title', 'unknown source')} ({row.get('date', source.get('date', 'undated'))})"
+
+
+# -- what the CLI shows: the GPU table and a stack's cost -----------------------------------------
+
+HOURS_PER_MONTH = 730  # Google's billing convention for a month of use
+PRICE_REGION = "us-central1"  # the only region with price rows
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    """One line of `mlinfra gpus`: a GPU at one count, on its default machine type."""
+
+    gpu: str
+    alias: str
+    display: str
+    memory_gb: int
+    count: int
+    machine_type: str  # the default for this count (N1: n1-standard-4)
+    machine_types: tuple[str, ...]  # bundled: every type with this count; N1: ("n1-*",)
+    host_limit: str  # N1: the vCPU/memory cap for this count; bundled: the shape
+    on_demand: bool  # plain on-demand capacity exists
+    zones: tuple[str, ...] | None  # in the region asked for; None: not verified
+    on_demand_usd_per_hour: float | None
+    spot_usd_per_hour: float | None
+    price_region: str
+    quota_metric: str | None
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def gpu_rows(region: str | None = None, gpu: str | None = None) -> list[GpuRow]:
+    """The catalog as rows: every GPU × allowed count, optionally only those offered in ``region``.
+
+    Prices are for the default machine type in ``region`` (us-central1 when no region is given).
+    Raises UnknownGpu for an unknown ``gpu``.
+    """
+    wanted = [lookup_gpu(gpu)] if gpu else list(gpus().values())
+    price_region = region or PRICE_REGION
+    rows = []
+    for item in wanted:
+        for count in counts_for(item):
+            default = default_machine_type(item, count)
+            zones = zones_for(item, default if not item.attached else None, region)
+            if region is not None and zones is not None and not zones:
+                continue
+            types: tuple[str, ...]
+            if item.attached:
+                limit = n1_limit(item, count)
+                types, host = ("n1-*",), f"up to {limit[0]} vCPUs, {limit[1]:g} GB"
+            else:
+                types = tuple(m.name for m in machine_types_for(item, count))
+                host = f"{default.vcpus or '?'} vCPUs, {default.memory_gb or '?'} GB"
+            rows.append(
+                GpuRow(
+                    gpu=item.name,
+                    alias=item.short,
+                    display=item.display,
+                    memory_gb=item.memory_gb,
+                    count=count,
+                    machine_type=default.name,
+                    machine_types=types,
+                    host_limit=host,
+                    on_demand=default.on_demand,
+                    zones=tuple(zones) if zones is not None else None,
+                    on_demand_usd_per_hour=vm_price(default, item, count, price_region, False).usd_per_hour
+                    if default.on_demand
+                    else None,
+                    spot_usd_per_hour=vm_price(default, item, count, price_region, True).usd_per_hour,
+                    price_region=price_region,
+                    quota_metric=item.quota,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    node: str
+    region: str
+    machine_type: str
+    gpu: str | None
+    gpu_count: int
+    on_demand: Price
+    spot: Price
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A stack's estimated price: both models, so a plan can say what Spot would save."""
+
+    spot: bool  # the model the stack uses
+    nodes: tuple[NodeCost, ...]
+    on_demand_usd_per_hour: float | None  # None: some part is unknown (see ``missing``)
+    spot_usd_per_hour: float | None
+    missing: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        return self.spot_usd_per_hour if self.spot else self.on_demand_usd_per_hour
+
+    @property
+    def usd_per_month(self) -> float | None:
+        return _month(self.usd_per_hour)
+
+    @property
+    def on_demand_usd_per_month(self) -> float | None:
+        return _month(self.on_demand_usd_per_hour)
+
+    @property
+    def spot_usd_per_month(self) -> float | None:
+        return _month(self.spot_usd_per_hour)
+
+    def as_dict(self) -> dict:
+        return {
+            "spot": self.spot,
+            "usd_per_hour": self.usd_per_hour,
+            "usd_per_month": self.usd_per_month,
+            "on_demand_usd_per_hour": self.on_demand_usd_per_hour,
+            "on_demand_usd_per_month": self.on_demand_usd_per_month,
+            "spot_usd_per_hour": self.spot_usd_per_hour,
+            "spot_usd_per_month": self.spot_usd_per_month,
+            "missing": list(self.missing),
+            "sources": list(self.sources),
+            "notes": list(self.notes),
+            "nodes": [
+                {
+                    "node": n.node,
+                    "region": n.region,
+                    "machine_type": n.machine_type,
+                    "gpu": n.gpu,
+                    "gpu_count": n.gpu_count,
+                    "on_demand_usd_per_hour": n.on_demand.usd_per_hour,
+                    "spot_usd_per_hour": n.spot.usd_per_hour,
+                }
+                for n in self.nodes
+            ],
+        }
+
+
+def _month(per_hour: float | None) -> float | None:
+    return None if per_hour is None else round(per_hour * HOURS_PER_MONTH, 2)
+
+
+def estimate_cost(stack) -> Cost:
+    """$/hour and $/month for every node of ``stack`` (a validated GCP StackSpec), Spot and on-demand.
+
+    Covers the VMs (host + GPUs); not the boot disk, network egress, or discounts. A price the
+    catalog does not have makes the total None, with the reason in ``missing``.
+    """
+    gpu = stack.compute.accelerator
+    count = stack.compute.gpu_count if gpu else 0
+    machine = (
+        machine_type(stack.compute.machine_type) if stack.compute.machine_type else default_machine_type(gpu, count)
+    )
+    nodes = []
+    for region in stack.gcp.regions:
+        for replica in range(stack.compute.replicas):
+            if machine is None:  # a CPU-only type mlinfra has no shape for
+                unknown = Price(None, (f"price of {stack.compute.machine_type}",))
+                prices = (unknown, unknown)
+            else:
+                prices = (vm_price(machine, gpu, count, region, False), vm_price(machine, gpu, count, region, True))
+            nodes.append(
+                NodeCost(
+                    f"{region}-{replica}",
+                    region,
+                    machine.name if machine else stack.compute.machine_type,
+                    gpu.name if gpu else None,
+                    count,
+                    *prices,
+                )
+            )
+
+    def total(pick) -> float | None:
+        values = [pick(n).usd_per_hour for n in nodes]
+        return None if any(v is None for v in values) else round(sum(values), 5)
+
+    missing = tuple(dict.fromkeys(m for n in nodes for p in (n.on_demand, n.spot) for m in p.missing))
+    sources = tuple(dict.fromkeys(s for n in nodes for p in (n.on_demand, n.spot) for s in p.sources))
+    notes = ("VM price only: boot disk, egress and discounts are not included", "Spot prices change as often as daily")
+    return Cost(
+        stack.compute.spot, tuple(nodes), total(lambda n: n.on_demand), total(lambda n: n.spot), missing, sources, notes
+    )

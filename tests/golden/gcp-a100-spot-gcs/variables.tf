@@ -1,0 +1,86 @@
+variable "project" {
+  description = "The GCP project ID."
+  type        = string
+}
+
+variable "stack" {
+  description = "The stack's name: the prefix of every resource name."
+  type        = string
+}
+
+variable "network" {
+  description = "The VPC network the nodes and firewall rules use."
+  type        = string
+}
+
+variable "port" {
+  description = "The model server's port (serve.port)."
+  type        = number
+}
+
+variable "health_path" {
+  description = "The model server's health path (serve.health_path)."
+  type        = string
+}
+
+variable "serve_cidrs" {
+  description = "Who may reach the port: serve.allow_cidrs, or 0.0.0.0/0 with serve.public = true."
+  type        = list(string)
+}
+
+variable "ssh_cidrs" {
+  description = "Who may reach SSH (serve.ssh_cidrs); empty: nobody."
+  type        = list(string)
+}
+
+variable "ssh_user" {
+  description = "The login user for the stack's SSH key."
+  type        = string
+}
+
+variable "ssh_public_key" {
+  description = "The stack's ed25519 public key (the private key stays in the work dir)."
+  type        = string
+}
+
+variable "ssh_private_key_file" {
+  description = "Where the stack's private key is, for the ssh outputs."
+  type        = string
+}
+
+variable "service_account" {
+  description = "Service account email for the nodes; empty: none (no Google API access)."
+  type        = string
+}
+
+variable "reference_server" {
+  description = "Source of the reference server, shipped when serve.command runs `mlinfra serve`."
+  type        = string
+}
+
+variable "nodes" {
+  description = "One entry per node (region x replica), keyed \"<region>-<replica>\"."
+  type = map(object({
+    region           = string
+    replica          = number
+    zone             = string
+    machine_type     = string
+    attached_gpus    = list(object({ type = string, count = number }))
+    gpus             = number
+    has_gpu          = bool
+    spot             = bool
+    spot_termination = string
+    image            = string
+    disk_gb          = number
+    disk_type        = string
+    node_config = object({
+      stack       = string
+      node        = string
+      command     = string
+      env         = map(string)
+      port        = number
+      health_path = string
+      gpus        = number
+    })
+  }))
+}
