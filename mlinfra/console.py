@@ -9,18 +9,49 @@ from __future__ import annotations
 import json
 import os
 import sys
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from mlinfra.engine.events import PlanSummary, Progress
 from mlinfra.jsondata import to_data  # noqa: F401 (the CLI's JSON goes through it)
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
-if not out.is_terminal and "COLUMNS" not in os.environ:
-    out.width = 200  # a pipe or a CI log: keep table rows whole instead of folding them at 80
+if TYPE_CHECKING:
+    from rich.table import Table
+
+
+class Stream:
+    """stdout or stderr, the way the CLI writes to it. Plain text goes straight to the stream;
+    rich (~35 ms to import) loads only for what needs it: tables, and colour on a terminal.
+    Most commands in a script or a CI log never import it."""
+
+    def __init__(self, stderr: bool):
+        self.stderr = stderr
+        self._rich: Any = None
+
+    @property
+    def stream(self):
+        return sys.stderr if self.stderr else sys.stdout
+
+    @property
+    def rich(self) -> Any:
+        if self._rich is None:
+            from rich.console import Console
+
+            self._rich = Console(stderr=self.stderr, soft_wrap=True, highlight=False)
+            if not self.stderr and not self._rich.is_terminal and "COLUMNS" not in os.environ:
+                self._rich.width = 200  # a pipe or a CI log: keep table rows whole instead of folding them at 80
+        return self._rich
+
+    def print(self, *objects: Any, style: str | None = None, markup: bool | None = None, end: str = "\n") -> None:
+        plain = markup is False and all(isinstance(o, str) for o in objects)
+        if plain and (style is None or not self.stream.isatty()):  # rich would print the same characters
+            self.stream.write(" ".join(objects) + end)
+            self.stream.flush()
+            return
+        self.rich.print(*objects, style=style, markup=markup, end=end)
+
+
+out = Stream(stderr=False)
+err = Stream(stderr=True)
 
 
 _ACTION_MARK = {"create": "+", "delete": "-", "update": "~", "replace": "-/+", "read": "<="}
@@ -32,7 +63,7 @@ def print_json(data) -> None:
     sys.stdout.flush()
 
 
-def print_plan(summary: PlanSummary, console: Console) -> None:
+def print_plan(summary: PlanSummary, console: Stream) -> None:
     for change in summary.changes:
         mark = _ACTION_MARK.get(change.action, "?")
         console.print(f"  {mark} {change.address} ({change.action})", markup=False)
@@ -72,7 +103,7 @@ def plan_markdown(result) -> str:
 class ProgressPrinter:
     """One line per resource as it starts and finishes; quiet about the rest."""
 
-    def __init__(self, console: Console = err):
+    def __init__(self, console: Stream = err):
         self.console = console
 
     def __call__(self, event: Progress) -> None:
@@ -94,25 +125,43 @@ class ProgressPrinter:
             )
 
 
-def nodes_table(nodes) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("node", "region", "endpoint", "pid", "state"):
-        table.add_column(column)
+_ANSI = {"green": "32", "red": "31", "yellow": "33"}
+
+
+def node_state(node) -> tuple[str, str]:
+    """What the nodes table says of a node, and its colour."""
+    if node.ready:
+        return "ready", "green"
+    if node.alive is False:
+        return "exited", "red"
+    if node.health_status:
+        return f"not ready ({node.health_status})", "yellow"
+    return "not listening", "red"
+
+
+def print_nodes(nodes, stream: Stream = out) -> None:
+    """The nodes as aligned columns (plain text: the table `up` and `status` print on every run
+    costs no rich import), the state coloured on a terminal unless NO_COLOR is set."""
+    rows = [("node", "region", "endpoint", "pid", "state")]
+    colours = [""]
     for node in nodes:
-        if node.ready:
-            state = "[green]ready[/]"
-        elif node.alive is False:
-            state = "[red]exited[/]"
-        elif node.health_status:
-            state = f"[yellow]not ready ({node.health_status})[/]"
-        else:
-            state = "[red]not listening[/]"
-        table.add_row(node.name, node.region, node.endpoint, str(node.pid or "-"), state)
-    return table
+        state, colour = node_state(node)
+        rows.append((node.name, node.region, node.endpoint, str(node.pid or "-"), state))
+        colours.append(colour)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    paint = stream.stream.isatty() and "NO_COLOR" not in os.environ
+    for row, colour in zip(rows, colours, strict=True):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        if paint and colour:
+            cells[-1] = f"\x1b[{_ANSI[colour]}m{row[-1]}\x1b[0m"
+        stream.print("  ".join(cells).rstrip(), markup=False)
 
 
-def print_verify(report, console: Console = out) -> None:
+def print_verify(report, console: Stream = out) -> None:
     """A row per node × check, each latency histogram, then the verdict line."""
+    from rich.markup import escape
+    from rich.table import Table
+
     from mlinfra.verify.report import histogram_lines
 
     table = Table(box=None, pad_edge=False, show_edge=False)
@@ -132,6 +181,8 @@ def print_verify(report, console: Console = out) -> None:
 
 
 def gpu_table(rows, region: str | None) -> Table:
+    from rich.table import Table
+
     def money(value):
         return f"${value:,.2f}" if value is not None else "?"
 

@@ -109,7 +109,7 @@ def up(
         migrate=confirm_migration(yes),
         zone_fallback=not no_zone_fallback,
     )
-    from mlinfra.console import err, nodes_table, out, print_json, print_plan
+    from mlinfra.console import err, out, print_json, print_nodes, print_plan
 
     if yes and result.applied:  # applied without a review: what changed, for the log
         print_plan(result.summary, err)
@@ -120,7 +120,7 @@ def up(
             err.print("No changes: the stack matches its file.", markup=False)
         else:
             err.print(f"Applied in {result.elapsed_s:.1f}s.", markup=False)
-        out.print(nodes_table(result.nodes))
+        print_nodes(result.nodes, out)
     if result.verify is not None:
         show_report(result.verify, as_json, junit)
     if not result.passed:
@@ -176,7 +176,7 @@ def down(
 def status(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
     """List the stack's nodes with their endpoints and whether they are ready."""
     result = load(file).status()
-    from mlinfra.console import nodes_table, out, print_json
+    from mlinfra.console import out, print_json, print_nodes
 
     if as_json:
         return print_json(result)
@@ -187,4 +187,4 @@ def status(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
         return
     ready = sum(1 for node in result.nodes if node.ready)
     out.print(f"Stack {result.stack!r} ({result.target}): {ready}/{len(result.nodes)} node(s) ready", markup=False)
-    out.print(nodes_table(result.nodes))
+    print_nodes(result.nodes, out)
