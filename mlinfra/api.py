@@ -119,6 +119,18 @@ class Stack:
         """
         started = time.monotonic()
         with self._operation("apply", on_event, migrate) as engine:  # plan, confirm, apply: nobody in between
+            # A copy of the stack that state lost track of would run beside the one about to start.
+            stray = self.driver.orphans(self.workspace)
+            swept = self.driver.sweep(self.workspace, stray) if stray else 0
+            if swept and on_event:
+                on_event(
+                    Progress(
+                        "",
+                        "sweep",
+                        "output",
+                        message=f"stopped {swept} process(es) of this stack that were running outside its state",
+                    )
+                )
             if confirm is None:  # nobody reviews the plan: one Terraform run plans and applies
                 summary, outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event, reviewed=False)
             else:
@@ -137,7 +149,9 @@ class Stack:
 
             report = verification.run(self, found, checks=None if verify else ["health"], on_result=on_result)
             found = [self._probe(node) for node in found]
-        return UpResult(self.name, summary, summary.has_changes, found, time.monotonic() - started, report, moves)
+        return UpResult(
+            self.name, summary, summary.has_changes, found, time.monotonic() - started, report, moves, swept
+        )
 
     def _apply_with_recovery(
         self, engine: Terraform, allowed: bool, on_event: OnEvent | None, reviewed: bool
@@ -195,30 +209,41 @@ class Stack:
         self.refuse_if_protected("destroy", force)
         started = time.monotonic()
         if not self.backend.may_have_state():
-            return DownResult(self.name, PlanSummary(), False)
+            # No state, yet the stack's processes may run (the work dir was deleted): stop them.
+            stray = self.driver.orphans(self.workspace)
+            swept = 0
+            if stray:
+                with self._locked("destroy"):
+                    swept = self.driver.sweep(self.workspace, stray)
+            return DownResult(self.name, PlanSummary(), False, time.monotonic() - started, swept)
         with self._operation("destroy", on_event) as engine:
             if confirm is None:  # nobody reviews: one Terraform run plans and destroys
                 summary, _ = engine.apply_now(destroy=True)
-                if not summary.has_changes:
-                    return DownResult(self.name, summary, False, time.monotonic() - started)
             else:
                 summary = engine.plan(destroy=True)
-                if not summary.has_changes:
-                    return DownResult(self.name, summary, False, time.monotonic() - started)
-                if not confirm(summary):
-                    raise Aborted("aborted: nothing was destroyed")
-                engine.apply()
-        self.driver.forget(self.workspace, None)  # the nodes are gone; new ones may reuse the addresses
-        return DownResult(self.name, summary, True, time.monotonic() - started)
+                if summary.has_changes:
+                    if not confirm(summary):
+                        raise Aborted("aborted: nothing was destroyed")
+                    engine.apply()
+            # Whatever state did not account for (a node whose create was interrupted, so
+            # Terraform skips its destroy-time stop) goes too, found by the stack's identity.
+            swept = self.driver.sweep(self.workspace)
+        if summary.has_changes:
+            self.driver.forget(self.workspace, None)  # the nodes are gone; new ones may reuse the addresses
+        return DownResult(self.name, summary, summary.has_changes, time.monotonic() - started, swept)
 
     def status(self) -> StatusResult:
         """The nodes in state, each with its endpoint and whether it is alive and ready."""
         if not self.backend.may_have_state():
-            return StatusResult(self.name, self.target, False, self.workdir)
+            return StatusResult(
+                self.name, self.target, False, self.workdir, orphans=self.driver.orphans(self.workspace)
+            )
         holder = self.lock().holder()
         outputs = self._outputs(None)
         found = [self._probe(node) for node in self.driver.discover(outputs, self.workspace)]
-        return StatusResult(self.name, self.target, bool(found), self.workdir, found, holder)
+        return StatusResult(
+            self.name, self.target, bool(found), self.workdir, found, holder, self.driver.orphans(self.workspace)
+        )
 
     def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:
         """Destroy and recreate exactly these nodes (``-replace`` + ``-target``); all nodes after."""
@@ -288,10 +313,15 @@ class Stack:
         """
         if self.backend.remote and self.workspace.backend_initialized() != self.backend.kind:
             self._engine(on_event, migrate)
-        lock = self.lock()
-        lock.acquire(name)
-        try:
+        with self._locked(name):
             yield self._engine(on_event, migrate)
+
+    @contextmanager
+    def _locked(self, operation: str) -> Iterator[None]:
+        lock = self.lock()
+        lock.acquire(operation)
+        try:
+            yield
         finally:
             lock.release()
 

@@ -119,6 +119,8 @@ class ProgressPrinter:
             self.console.print(f"  {event.address}: {event.action} failed", style="red", markup=False)
         elif event.status == "output" and event.action == "move":
             self.console.print(f"  {event.address}: {event.message}", style="yellow", markup=False)
+        elif event.status == "output" and event.action == "sweep":
+            self.console.print(f"  {event.message}", style="yellow", markup=False)
         elif event.status == "progress":
             self.console.print(
                 f"  {event.address}: still {event.action}ing ({event.elapsed_s or 0:.0f}s)", markup=False

@@ -36,6 +36,7 @@ class UpResult(Result):
     elapsed_s: float = 0.0
     verify: VerifyReport | None = None  # the verification gate's report (health only with verify=False)
     moves: list[Move] = field(default_factory=list)  # GCP zone fallback: nodes moved after a stockout
+    swept: int = 0  # orphaned processes of the stack (outside state) stopped before applying
 
     @property
     def passed(self) -> bool:
@@ -48,6 +49,7 @@ class DownResult(Result):
     summary: PlanSummary
     destroyed: bool
     elapsed_s: float = 0.0
+    swept: int = 0  # processes of the stack found running outside state, and stopped
 
 
 @dataclass
@@ -58,3 +60,4 @@ class StatusResult(Result):
     workdir: Path
     nodes: list[Node] = field(default_factory=list)
     lock: LockInfo | None = None  # who holds the stack's lock right now, if anyone
+    orphans: list[int] = field(default_factory=list)  # pids of the stack's processes outside state

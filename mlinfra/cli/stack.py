@@ -168,8 +168,12 @@ def down(
         return print_json(result)
     if result.destroyed:
         err.print(f"Destroyed {result.summary.destroy} resource(s) in {result.elapsed_s:.1f}s.", markup=False)
-    else:
+    elif not result.swept:
         err.print("Nothing to destroy.", markup=False)
+    if result.swept:
+        err.print(
+            f"Stopped {result.swept} process(es) of this stack that were running outside its state.", markup=False
+        )
 
 
 @app.command()
@@ -182,6 +186,14 @@ def status(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
         return print_json(result)
     if result.lock is not None:
         out.print(f"Locked: {result.lock.describe()}", style="yellow", markup=False)
+    if result.orphans:
+        pids = ", ".join(map(str, result.orphans))
+        out.print(
+            f"Orphans: {len(result.orphans)} process(es) of this stack run outside its state (pid {pids}); "
+            "`mlinfra down` stops them",
+            style="yellow",
+            markup=False,
+        )
     if not result.deployed:
         out.print(f"Stack {result.stack!r} is not deployed.", markup=False)
         return

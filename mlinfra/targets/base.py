@@ -67,6 +67,7 @@ class Driver:
     node_resource = ""  # the Terraform resource of a node (``type.name``), for -replace/-target
     rebuild_budget_s = 600.0  # what `rebuild` allows by default
     uses_google_cloud = False  # `check` looks for Google credentials
+    health_poll_cap_s = 1.0  # the longest pause between two health probes while a node starts
 
     # -- the stack file ----------------------------------------------------------------------
 
@@ -110,6 +111,15 @@ class Driver:
     def gpu_runner(self, node: Node, workspace: Workspace) -> Any:
         """How the GPU check reaches the node: a ``verify.gpu.Runner``."""
         raise NotImplementedError
+
+    def orphans(self, workspace: Workspace) -> list[int]:
+        """Processes of this stack that nothing in state or the work dir accounts for."""
+        return []
+
+    def sweep(self, workspace: Workspace, pids: list[int] | None = None) -> int:
+        """Stop the stack's processes left outside state (``pids``; None: every one still
+        running, as after a destroy); returns how many were stopped."""
+        return 0
 
     def forget(self, workspace: Workspace, hosts: list[str] | None) -> None:
         """Drop what pointed at destroyed nodes (SSH host keys); ``hosts`` None: all of them."""

@@ -76,7 +76,7 @@ def run(
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(nodes)))) as pool:
         if "health" in checks:
             deadline = stack.spec.verify.health_timeout_s if health_deadline_s is None else health_deadline_s
-            list(pool.map(lambda n: record(_health(n, deadline, stack.exited(n))), nodes))
+            list(pool.map(lambda n: record(_health(n, deadline, stack.exited(n), stack.driver.health_poll_cap_s)), nodes))
         if "gpu" in checks:
             list(pool.map(lambda n: record(_gpu(stack, n)), nodes))
     if "latency" in checks:
@@ -91,10 +91,10 @@ def run(
     return VerifyReport(stack.name, ordered, time.monotonic() - started)
 
 
-def _health(node, deadline_s: float, exited) -> CheckResult:
+def _health(node, deadline_s: float, exited, cap_s: float) -> CheckResult:
     from mlinfra.verify.health import check_health
 
-    return check_health(node.name, node.health_url, deadline_s=deadline_s, exited=exited)
+    return check_health(node.name, node.health_url, deadline_s=deadline_s, exited=exited, cap_s=cap_s)
 
 
 def _gpu(stack, node) -> CheckResult:

@@ -83,7 +83,7 @@ def check_health(
     deadline_s: float = 600.0,
     attempt_timeout_s: float = 3.0,
     successes: int = 2,
-    base_s: float = 0.05,
+    base_s: float = 0.005,  # from milliseconds: a local node is often ready within a few
     cap_s: float = 1.0,  # polling once a second costs nothing; a longer cap only delays "ready"
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,

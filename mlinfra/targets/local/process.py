@@ -5,10 +5,14 @@ the server's pid, and its supervisor writes ``<run_dir>/<key>.exit.json`` with
 the exit status once the server ends. A health wait against a dead node would
 otherwise poll a closed port until its deadline (600 s by default); with
 :func:`exit_reason` it can stop at once and say how the process ended.
+
+Every node process also carries the stack's run dir in its environment, so the stack's
+processes can be found (and stopped) when Terraform's state or the records lost track of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,3 +97,62 @@ def exit_reason(run_dir: Path, key: str) -> str | None:
     if tail:
         reason += "; last log lines: " + " | ".join(line[:_LINE_CHARS] for line in tail.splitlines())
     return reason
+
+
+# -- the stack's processes, found without Terraform's state ----------------------------------------
+
+HOME_VAR = "MLINFRA_NODE_HOME"  # the launcher puts the stack's nodes/ dir in every node process
+TOKEN_VAR = "MLINFRA_NODE_TOKEN"
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def stack_processes(run_dir: Path) -> dict[int, str]:
+    """Every live process of this stack's nodes → its node token: found by the stack's identity
+    (its run dir, an absolute path, carried in the environment of everything a node started),
+    never by a name, and whatever Terraform's state or the records say."""
+    marker = f"{HOME_VAR}={Path(run_dir).resolve()}".encode()
+    found = {}
+    for entry in os.listdir("/proc") if Path("/proc/self/environ").exists() else ():
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        environ = _environ(int(entry))
+        if marker in environ and pid_alive(int(entry)):
+            token = next((v[len(TOKEN_VAR) + 1 :] for v in environ if v.startswith(f"{TOKEN_VAR}=".encode())), b"")
+            found[int(entry)] = token.decode()
+    return found
+
+
+def orphans(run_dir: Path) -> list[int]:
+    """The stack's processes that no node record accounts for (an interrupted apply or destroy,
+    a deleted work dir): nothing else would ever stop them."""
+    run_dir = Path(run_dir)
+    known = {
+        read_record(run_dir, path.stem).get("token")
+        for path in run_dir.glob("*.json")
+        if not path.name.endswith(".exit.json")
+    }
+    return sorted(pid for pid, token in stack_processes(run_dir).items() if token not in known)
+
+
+def stop_processes(pids: list[int], grace_s: float = 10.0) -> int:
+    """SIGTERM, a grace period, then SIGKILL for what is left; returns how many there were."""
+    count = len(pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 2.0)
+        while True:
+            pids = [pid for pid in pids if pid_alive(pid)]
+            if not pids or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if not pids:
+            break
+    return count

@@ -148,3 +148,32 @@ def test_down_spares_a_process_that_reused_the_port(tmp_path, deployed):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_deleted_work_dir_leaves_no_orphan_behind(tmp_path, deployed):
+    """The work dir (state, records) deleted while nodes run: `status` reports the processes as
+    orphans, `up` stops them before starting a new copy, `down` stops what is left."""
+    import shutil
+
+    stack = Stack.load(write_stack(tmp_path, f"""
+        name = "e2e-orphan"
+        [local]
+        regions = ["a", "b"]
+        [serve]
+        command = "{HTTP_SERVER}"
+        health_path = "/"
+    """))
+    deployed(stack)
+    first = {n.pid for n in stack.up(verify=False).nodes}
+    assert set(stack_processes("e2e-orphan")) == first
+    shutil.rmtree(tmp_path / ".mlinfra")
+    status = stack.status()
+    # Each node is two processes: its supervisor and the server.
+    assert not status.deployed and first <= set(status.orphans) and len(status.orphans) == 4
+    again = stack.up(verify=False)
+    assert again.swept == 4 and again.applied
+    assert set(stack_processes("e2e-orphan")) == {n.pid for n in again.nodes}  # one copy, the new one
+    shutil.rmtree(tmp_path / ".mlinfra")
+    gone = stack.down()
+    assert (gone.destroyed, gone.swept) == (False, 4) and stack_processes("e2e-orphan") == []
+    assert stack.status().orphans == []

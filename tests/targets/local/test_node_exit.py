@@ -161,8 +161,7 @@ def test_start_over_an_orphan_record_stops_the_orphan_first(launcher):
 def test_start_fails_clearly_when_the_server_cannot_be_started(launcher, tmp_path):
     started = launcher.start("a-0", SERVER, cwd=str(tmp_path / "missing"))
     assert started.returncode == 1
-    assert "the supervisor exited with code 1 before starting the server" in started.stderr
-    assert "cannot start the server: [Errno 2] No such file or directory" in started.stderr  # from the log
+    assert "node a-0: cannot start the server: [Errno 2] No such file or directory" in started.stderr
     assert "cannot start the server" in log_tail(launcher.run_dir / "a-0.log")
     assert not (launcher.run_dir / "a-0.json").exists()
 
