@@ -140,6 +140,8 @@ class Stack:
                         raise Aborted("aborted: nothing was changed")
                     # What is applied is exactly the saved plan that was shown.
                     _, outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event, reviewed=True)
+                elif self.incomplete():  # resources without outputs: the saved plan writes them
+                    outputs, moves = engine.apply().outputs, []
                 else:
                     outputs, moves = self._outputs(engine), []
         found = self.driver.discover(outputs, self.workspace)
@@ -194,7 +196,7 @@ class Stack:
         chosen = verification.parse_checks(checks)  # bad names are bad input, before anything runs
         deployed = self.status()
         if not deployed.nodes:
-            raise MlinfraError(f"stack {self.name!r} is not deployed: run `mlinfra up` first")
+            raise self.not_deployed()
         return verification.run(self, deployed.nodes, checks=chosen, rate=rate, on_result=on_result)
 
     def run_verify(self, **options: Any) -> VerifyReport:
@@ -241,8 +243,9 @@ class Stack:
         holder = self.lock().holder()
         outputs = self._outputs(None)
         found = [self._probe(node) for node in self.driver.discover(outputs, self.workspace)]
+        orphans = self.driver.orphans(self.workspace)
         return StatusResult(
-            self.name, self.target, bool(found), self.workdir, found, holder, self.driver.orphans(self.workspace)
+            self.name, self.target, bool(found), self.workdir, found, holder, orphans, self.incomplete()
         )
 
     def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:
@@ -273,7 +276,12 @@ class Stack:
     def notes(self) -> list[str]:
         """What mlinfra chose or wants the user to know before a plan (GCP: machine types and
         zones it picked, and a warning when the stack is open to the internet)."""
-        return self.driver.notes(self.spec, self.placement)
+        notes = self.driver.notes(self.spec, self.placement)
+        if self.incomplete():
+            notes.append(
+                "warning: the state holds resources but no outputs (an interrupted operation); `mlinfra up` repairs it"
+            )
+        return notes
 
     def cost(self) -> Any:
         """Estimated $/hour and $/month, Spot and on-demand (``prices.Cost``)."""
@@ -286,6 +294,24 @@ class Stack:
     def exited(self, node: node_probe.Node) -> Callable[[], str | None] | None:
         """How health waiting learns that a node's process died (None: the target cannot tell)."""
         return self.driver.exited(node, self.workspace)
+
+    def incomplete(self) -> bool:
+        """Resources in (local) state but no node outputs: an operation was interrupted between
+        creating nodes and saving outputs. Nothing can be checked then; `up` repairs it."""
+        if self.backend.remote:
+            return False
+        from mlinfra.engine import local_outputs, local_resources
+
+        return local_resources(self.workdir) > 0 and not (local_outputs(self.workdir) or {}).get("nodes")
+
+    def not_deployed(self) -> MlinfraError:
+        """The error for an operation that needs deployed nodes and finds none."""
+        if self.incomplete():
+            return MlinfraError(
+                f"stack {self.name!r} has resources in state but no outputs (an operation was interrupted)",
+                hint="run `mlinfra up` to repair it",
+            )
+        return MlinfraError(f"stack {self.name!r} is not deployed: run `mlinfra up` first")
 
     def refuse_if_protected(self, action: str, force: bool) -> None:
         """A stack marked ``protected = true`` is not destroyed (down, rebuild) without --force."""

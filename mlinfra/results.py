@@ -61,3 +61,4 @@ class StatusResult(Result):
     nodes: list[Node] = field(default_factory=list)
     lock: LockInfo | None = None  # who holds the stack's lock right now, if anyone
     orphans: list[int] = field(default_factory=list)  # pids of the stack's processes outside state
+    incomplete: bool = False  # resources in state without outputs (an interrupted operation)

@@ -194,6 +194,13 @@ def status(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
             style="yellow",
             markup=False,
         )
+    if result.incomplete:
+        out.print(
+            "Incomplete: the state holds resources but no outputs (an operation was interrupted); "
+            "`mlinfra up` repairs it",
+            style="yellow",
+            markup=False,
+        )
     if not result.deployed:
         out.print(f"Stack {result.stack!r} is not deployed.", markup=False)
         return

@@ -281,14 +281,26 @@ def _binary_identity(command: list[str]) -> str:
     return " ".join([os.path.realpath(command[0]), *command[1:]])
 
 
-def local_outputs(workdir: Path) -> dict | None:
-    """Output values from a local state file, read directly (what ``terraform output -json``
-    would print, without starting Terraform); None when there is no readable local state."""
+def local_state(workdir: Path) -> dict | None:
+    """The local state document, read directly; None when there is none or it cannot be read."""
     try:
         state = json.loads((Path(workdir) / "terraform.tfstate").read_text())
     except (FileNotFoundError, ValueError):
         return None
-    outputs = state.get("outputs") if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def local_resources(workdir: Path) -> int:
+    """How many resource instances the local state holds (0 without local state)."""
+    state = local_state(workdir) or {}
+    return sum(len(r.get("instances") or []) for r in state.get("resources") or [] if r.get("mode") == "managed")
+
+
+def local_outputs(workdir: Path) -> dict | None:
+    """Output values from a local state file, read directly (what ``terraform output -json``
+    would print, without starting Terraform); None when there is no readable local state."""
+    state = local_state(workdir)
+    outputs = state.get("outputs") if state is not None else None
     if not isinstance(outputs, dict):
         return None
     return {name: (value or {}).get("value") for name, value in outputs.items()}

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlinfra.errors import MlinfraError
 from mlinfra.jsondata import Result
 from mlinfra.timeutil import utc_now
 from mlinfra.verify.result import CheckResult
@@ -111,7 +110,7 @@ def heal_once(
     """One round: verify every node, replace the failing ones until healthy or out of attempts."""
     nodes = stack.status().nodes
     if not nodes:
-        raise MlinfraError(f"stack {stack.name!r} is not deployed: nothing to heal")
+        raise stack.not_deployed()
     failing = _failures(stack, nodes, detect_s)
     report = HealReport(stack.name, len(nodes), [n.name for n in nodes if n.name not in failing])
     pending = {n.key: (n, failing[n.name]) for n in nodes if n.name in failing}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mlinfra.errors import UsageError
 from mlinfra.jsondata import Result
-from mlinfra.verify.report import verdict
+from mlinfra.verify.report import passed, verdict
 from mlinfra.verify.result import CheckResult
 
 CHECKS = ("health", "gpu", "latency")
@@ -33,7 +33,7 @@ class VerifyReport(Result):
 
     @property
     def passed(self) -> bool:
-        return all(r.status != "fail" for r in self.results)
+        return passed(self.results)
 
     @property
     def verdict(self) -> str:
@@ -76,7 +76,9 @@ def run(
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(nodes)))) as pool:
         if "health" in checks:
             deadline = stack.spec.verify.health_timeout_s if health_deadline_s is None else health_deadline_s
-            list(pool.map(lambda n: record(_health(n, deadline, stack.exited(n), stack.driver.health_poll_cap_s)), nodes))
+            list(
+                pool.map(lambda n: record(_health(n, deadline, stack.exited(n), stack.driver.health_poll_cap_s)), nodes)
+            )
         if "gpu" in checks:
             list(pool.map(lambda n: record(_gpu(stack, n)), nodes))
     if "latency" in checks:

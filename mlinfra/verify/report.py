@@ -24,12 +24,24 @@ def verdict(results: list[CheckResult]) -> str:
     failed = [r for r in results if r.status == "fail"]
     passed = sum(1 for r in results if r.status == "pass")
     skipped = sum(1 for r in results if r.status == "skip")
-    head = "FAILED" if failed else "PASSED"
     tail = f", {skipped} skipped" if skipped else ""
+    if not results:  # a check that checked nothing is no pass
+        return "FAILED: no nodes were checked"
+    if not passed and not failed:
+        return f"FAILED: nothing was checked{tail}"
+    head = "FAILED" if failed else "PASSED"
     return f"{head}: {passed} passed, {len(failed)} failed{tail}"
 
 
+def passed(results: list[CheckResult]) -> bool:
+    """No check failed, and at least one really ran: zero checks (no nodes, all skipped) is a failure."""
+    return any(r.status == "pass" for r in results) and not any(r.status == "fail" for r in results)
+
+
 def junit_xml(stack: str, results: list[CheckResult], elapsed_s: float) -> str:
+    if not passed(results) and not any(r.status == "fail" for r in results):
+        # Nothing ran: a CI reading the file must see a failure, not an empty (green) suite.
+        results = [*results, CheckResult(stack, "verify", False, "nothing checked", message=verdict(results))]
     failures = sum(1 for r in results if r.status == "fail")
     skipped = sum(1 for r in results if r.status == "skip")
     suites = ET.Element(

@@ -195,3 +195,15 @@ def test_markdown_summary_stays_small_with_many_nodes():
 def test_histogram_lines_scale_to_the_peak():
     lines = histogram_lines([[0.5, 0], [1.0, 10], [2.0, 5], [4.0, 0]], width=10)
     assert lines == ["≤     1.00 ms │██████████ 10", "≤     2.00 ms │█████      5"]
+
+
+def test_a_verification_that_checked_nothing_fails():
+    assert verdict([]) == "FAILED: no nodes were checked"
+    skipped = [CheckResult("n-0", "gpu", True, "no GPU requested", skipped=True)]
+    assert verdict(skipped) == "FAILED: nothing was checked, 1 skipped"
+    from mlinfra.verify import VerifyReport
+
+    assert not VerifyReport("s", []).passed and not VerifyReport("s", skipped).passed
+    assert VerifyReport("s", skipped + [CheckResult("n-0", "health", True, "ready")]).passed
+    junit = ET.fromstring(junit_xml("s", [], 0.0))
+    assert junit.get("failures") == "1" and junit.find(".//failure").get("message") == "FAILED: no nodes were checked"

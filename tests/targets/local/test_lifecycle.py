@@ -177,3 +177,36 @@ def test_a_deleted_work_dir_leaves_no_orphan_behind(tmp_path, deployed):
     gone = stack.down()
     assert (gone.destroyed, gone.swept) == (False, 4) and stack_processes("e2e-orphan") == []
     assert stack.status().orphans == []
+
+
+def test_resources_without_outputs_are_no_green_and_up_repairs_them(tmp_path, deployed):
+    """What a kill -9 just after apply (or Ctrl-C during down) leaves: node resources in state,
+    no outputs. Nothing may pass on that; `up` writes the outputs again."""
+    stack = Stack.load(write_stack(tmp_path, f"""
+        name = "e2e-wedged"
+        [local]
+        regions = ["a"]
+        [serve]
+        command = "{HTTP_SERVER}"
+        health_path = "/"
+    """))
+    deployed(stack)
+    stack.up(verify=False)
+    state_file = stack.workdir / "terraform.tfstate"
+    state = json.loads(state_file.read_text())
+    state["outputs"] = {}
+    state_file.write_text(json.dumps(state))
+    status = stack.status()
+    assert status.incomplete and not status.deployed
+    assert any("no outputs" in note for note in stack.notes())
+    import pytest
+
+    from mlinfra.errors import MlinfraError
+
+    with pytest.raises(MlinfraError) as info:
+        stack.verify()
+    assert "has resources in state but no outputs" in info.value.message and "mlinfra up" in info.value.hint
+    # The reviewed path: no resource changes, and its saved plan writes the outputs back.
+    repaired = stack.up(confirm=lambda summary: True, verify=False)
+    assert [n.key for n in repaired.nodes] == ["a-0"] and repaired.verify.passed  # the health wait
+    assert not stack.status().incomplete and stack.verify(checks=["health"]).passed
