@@ -132,10 +132,10 @@ _ANSI = {"green": "32", "red": "31", "yellow": "33"}
 
 def node_state(node) -> tuple[str, str]:
     """What the nodes table says of a node, and its colour."""
+    if node.alive is False:  # first: an answer on its port is not the node's when it is not alive
+        return ("squatter on its port" if "is held by" in node.problem else "exited"), "red"
     if node.ready:
         return "ready", "green"
-    if node.alive is False:
-        return "exited", "red"
     if node.health_status:
         return f"not ready ({node.health_status})", "yellow"
     return "not listening", "red"

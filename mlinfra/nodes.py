@@ -21,7 +21,8 @@ class Node:
     endpoint: str
     health_url: str
     pid: int | None = None
-    alive: bool | None = None  # the process exists (local target); None: cannot tell
+    alive: bool | None = None  # the node's process runs and owns its port (local target); None: cannot tell
+    problem: str = ""  # why it is not alive: how its process ended, or who holds its port
     ready: bool | None = None  # the health path answered 200
     health_status: int | None = None
     log: str = ""
@@ -64,9 +65,11 @@ def probe(node: Node, exited: Callable[[], str | None] | None = None) -> Node:
     from mlinfra.verify.health import probe as probe_url  # only verify talks to endpoints
 
     attempt = probe_url(node.health_url, timeout_s=2.0)
+    problem = exited() if exited is not None else None
     return replace(
         node,
-        alive=None if exited is None else exited() is None,
-        ready=attempt.outcome == READY,
+        alive=None if exited is None else problem is None,
+        problem=problem or "",
+        ready=attempt.outcome == READY and not problem,
         health_status=attempt.status,
     )

@@ -177,9 +177,22 @@ def down(
 
 
 @app.command()
-def status(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
+def status(
+    file: FileOpt = DEFAULT_FILE,
+    as_json: JsonOpt = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 unless the stack is deployed and every node is ready (for scripts).")
+    ] = False,
+):
     """List the stack's nodes with their endpoints and whether they are ready."""
     result = load(file).status()
+    _show_status(result, as_json)
+    healthy = result.deployed and all(n.ready for n in result.nodes) and not result.orphans and not result.incomplete
+    if check and not healthy:
+        raise typer.Exit(1)
+
+
+def _show_status(result, as_json: bool) -> None:
     from mlinfra.console import out, print_json, print_nodes
 
     if as_json:

@@ -104,8 +104,9 @@ class Driver:
         return from_outputs(outputs)
 
     def exited(self, node: Node, workspace: Workspace) -> Callable[[], str | None] | None:
-        """A cheap question "has this node's process died, and how?" for health waiting;
-        None where the target cannot tell (a remote VM: its health endpoint is all we see)."""
+        """A cheap question "is the node still itself, and if not, why?" (its process ended, or
+        another process holds its port) for health waiting and status; None where the target
+        cannot tell (a remote VM: its health endpoint is all we see)."""
         return None
 
     def gpu_runner(self, node: Node, workspace: Workspace) -> Any:

@@ -91,9 +91,10 @@ def check_health(
 ) -> CheckResult:
     """Poll ``url`` until ``successes`` consecutive ready answers, or the deadline.
 
-    ``exited``, when given, says why the node's process is gone (None while it runs). It is asked
-    after each attempt that did not succeed: a dead process will never answer, so waiting out the
-    deadline would only hide the reason.
+    ``exited``, when given, says why the node is not what answers (None: it is): its process is
+    gone, or its port is held by some other process. It is asked after each attempt that did not
+    succeed — a dead process will never answer, so waiting out the deadline would only hide the
+    reason — and once more before "ready".
     """
     started = clock()
     deadline = started + deadline_s
@@ -106,6 +107,19 @@ def check_health(
         if last.outcome == READY:
             streak += 1
             if streak >= successes:
+                # An answer proves the port is served, not that the node serves it: a squatter, or
+                # the server's orphan after the node's process died, must not pass as the node.
+                reason = exited() if exited else None
+                if reason is not None:
+                    return CheckResult(
+                        node,
+                        "health",
+                        False,
+                        "not the node",
+                        message=f"something answers at {url}, but not the node: {reason}",
+                        elapsed_s=elapsed,
+                        details=figures | {"last_outcome": "not the node", "exit_reason": reason},
+                    )
                 return CheckResult(
                     node,
                     "health",

@@ -51,6 +51,7 @@ def test_status_when_not_deployed(tmp_path, monkeypatch):
     stack_file(tmp_path)
     result = runner.invoke(app, ["status"])
     assert (result.exit_code, result.stdout, result.stderr) == (0, "Stack 'cli' is not deployed.\n", "")
+    assert runner.invoke(app, ["status", "--check"]).exit_code == 1  # not deployed: not a pass for scripts
     result = runner.invoke(app, ["status", "--json"])
     data = json.loads(result.stdout)
     assert (data["deployed"], data["nodes"], data["stack"]) == (False, [], "cli")
@@ -114,6 +115,7 @@ def test_up_status_down_through_the_cli(tmp_path, monkeypatch):
         assert re.fullmatch(rf"cli-life-a-0\s+a\s+http://127\.0\.0\.1:{ports[0]}\s+\d+\s+ready", lines[2])
         assert re.fullmatch(rf"cli-life-b-0\s+b\s+http://127\.0\.0\.1:{ports[1]}\s+\d+\s+ready", lines[3])
         assert len(lines) == 4
+        assert runner.invoke(app, ["status", "--check"]).exit_code == 0  # deployed, every node ready
 
         result = runner.invoke(app, ["up", "--yes", "--no-verify"])
         assert result.exit_code == 0

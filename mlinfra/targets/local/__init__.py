@@ -65,7 +65,7 @@ class LocalDriver(Driver):
     def exited(self, node, workspace) -> Callable[[], str | None] | None:
         if not node.pid:
             return None  # no record: nothing to ask (health alone decides)
-        return lambda: process.exit_reason(workspace.nodes_dir, node.key)
+        return lambda: process.identity_problem(workspace.nodes_dir, node.key)
 
     def orphans(self, workspace) -> list[int]:
         return process.orphans(workspace.nodes_dir)

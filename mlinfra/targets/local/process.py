@@ -156,3 +156,56 @@ def stop_processes(pids: list[int], grace_s: float = 10.0) -> int:
         if not pids:
             break
     return count
+
+
+# -- who holds a node's port -------------------------------------------------------------------------
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on ``port`` (IPv4 and IPv6), from the kernel's tables."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])  # state 0A = LISTEN; field 9 = inode
+    return found
+
+
+def _holders(inodes: set[str], pids) -> list[int]:
+    """Which of ``pids`` have one of the sockets open."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    found = []
+    for pid in pids:
+        try:
+            links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+            if any(link in wanted for link in links):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def identity_problem(run_dir: Path, key: str) -> str | None:
+    """Why the node is not what answers on its port: its process ended (``exit_reason``), or the
+    port is held by a process outside the node's process tree. None when the node is itself, or
+    nothing listens yet (still starting). Linux only; elsewhere only the exit is known."""
+    reason = exit_reason(run_dir, key)
+    if reason is not None:
+        return reason
+    record = read_record(run_dir, key)
+    port, token = record.get("port"), record.get("token")
+    inodes = _listening_inodes(int(port)) if port and Path("/proc/net/tcp").exists() else set()
+    if not inodes:
+        return None
+    ours = [pid for pid, node_token in stack_processes(run_dir).items() if node_token == token]
+    if _holders(inodes, ours):
+        return None
+    others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in ours]
+    squatters = _holders(inodes, others)
+    who = f"pid {', '.join(map(str, squatters))}" if squatters else "a process this user cannot see"
+    return f"port {port} is held by {who}, not by the node's processes"

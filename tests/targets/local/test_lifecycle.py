@@ -210,3 +210,48 @@ def test_resources_without_outputs_are_no_green_and_up_repairs_them(tmp_path, de
     repaired = stack.up(confirm=lambda summary: True, verify=False)
     assert [n.key for n in repaired.nodes] == ["a-0"] and repaired.verify.passed  # the health wait
     assert not stack.status().incomplete and stack.verify(checks=["health"]).passed
+
+
+def test_a_squatter_on_a_node_port_is_not_the_node(tmp_path, deployed):
+    """The node's process runs but never listens; another program serves its port. Health
+    answers 200, yet status, verify and `status --check` must not call that node ready."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from mlinfra.cli import app
+
+    path = write_stack(tmp_path, """
+        name = "e2e-squat"
+        [local]
+        regions = ["a"]
+        [serve]
+        command = "exec sleep 600"
+        health_path = "/"
+        [verify]
+        health_timeout_s = 5
+    """)
+    stack = Stack.load(path)
+    deployed(stack)
+    node = stack.up(verify=False, wait_ready=False).nodes[0]
+    port = int(node.endpoint.rsplit(":", 1)[1])
+    squatter = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [seen] = stack.status().nodes
+        assert (seen.alive, seen.ready, seen.health_status) == (False, False, 200)
+        assert seen.problem == f"port {port} is held by pid {squatter.pid}, not by the node's processes"
+        [health] = stack.verify(checks=["health"]).results
+        assert not health.passed and health.summary == "not the node"
+        assert health.message.endswith(f"but not the node: {seen.problem}")
+        shown = CliRunner().invoke(app, ["status", "--check", "-f", str(path)])
+        assert shown.exit_code == 1 and "squatter on its port" in shown.stdout
+        listed = CliRunner().invoke(app, ["status", "--json", "-f", str(path)])
+        assert json.loads(listed.stdout)["nodes"][0]["alive"] is False  # the table and the JSON agree
+    finally:
+        squatter.kill()
+        squatter.wait()
