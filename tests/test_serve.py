@@ -18,14 +18,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlinfra import serve
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT  # noqa: E402
 
 INSTANCE = {"hour": 14, "day_of_week": 2, "price": 9.99, "promo": 1, "temperature": 21.5}
 
@@ -62,10 +61,11 @@ def poll(condition, timeout: float, interval: float = 0.02):
 
 
 class Server:
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **(env or {})}
         self.log = ""
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -106,8 +106,8 @@ def start_server():
     """Factory: start_server(*args) -> a ready-to-use Server; all are stopped at teardown."""
     servers: list[Server] = []
 
-    def start(*args: str) -> Server:
-        server = Server(*args)
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(*args, env=env)
         servers.append(server)
         return server
 
@@ -189,7 +189,7 @@ def test_fit_generalises_to_held_out_data():
     r2 = 1.0 - residual.var() / target.var()
     assert r2 > 0.8, r2
     # The fitted effects have the signs the synthetic world was built with.
-    coef = dict(zip(serve.FEATURE_NAMES, model.coef))
+    coef = dict(zip(serve.FEATURE_NAMES, model.coef, strict=True))
     assert coef["promo"] > 15 and coef["price"] < 0
 
 
@@ -334,3 +334,130 @@ def test_port_in_use_exits_1(server):
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=10)
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+def random_instances(n: int, seed: int = 3) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"hour": float(rng.uniform(0, 24)), "day_of_week": int(rng.integers(0, 7)),
+             "price": float(rng.uniform(0, 50)), "promo": int(rng.integers(0, 2)),
+             "temperature": float(rng.uniform(-60, 60))} for _ in range(n)]
+
+
+def test_python_predictions_match_numpys():
+    weights = serve.load_weights()
+    model = serve.fit_demand_model()
+    np.testing.assert_allclose(weights.coef, model.coef, rtol=0, atol=0)  # the cache holds the fit itself
+    for n in (1, serve.NUMPY_MIN_BATCH - 1, serve.NUMPY_MIN_BATCH, serve.MAX_INSTANCES):
+        body = {"instances": random_instances(n, seed=n)}
+        expected = model.predict(serve.parse_instances(body))
+        got = weights.predict(*serve._columns(body))
+        assert len(got) == n and all(type(p) is float for p in got)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-9)
+    assert weights.predict([0], [0], [1e6], [0], [60]) == [0.0]  # clipped at zero, like numpy's path
+
+
+def test_fast_validation_takes_only_what_the_rules_take():
+    accepted = [{"day_of_week": 2.0}, {"promo": True}, {"promo": False}, {"promo": 1.0}, {"hour": 23.999},
+                {"price": 0}, {"temperature": -60}, {"temperature": 60}, {"hour": 0, "price": 1e6}]
+    for instance in accepted:
+        columns = serve._columns({"instances": [instance]})
+        assert columns[1] == [int(instance.get("day_of_week", 2))]  # always an int: it indexes weights
+        np.testing.assert_array_equal(serve.parse_instances({"instances": [instance]}),
+                                      serve.build_features(*columns))
+    bad = [
+        ({"instances": [{"price": 10**400}]}, "instances[0].price must be in"),  # not an OverflowError
+        ({"instances": [{"hour": float("inf")}]}, "instances[0].hour must be a finite number"),
+        ({"instances": [{"promo": 0.5}]}, "instances[0].promo must be a whole number"),
+        ({"instances": [{"day_of_week": True}]}, "instances[0].day_of_week must be a number"),
+        ({"instances": [{"hour": None}]}, "instances[0].hour must be a number, got null"),
+        ({"instances": [{}, 3]}, "instances[1] must be a JSON object"),
+        ({"instances": None}, '"instances" must be a non-empty list'),
+        ([{}], 'body must be a JSON object'),
+        # Every instance's fields are checked before any value, as before the fast path.
+        ({"instances": [{"price": "cheap"}, {"temprature": 1}]}, "instances[1].temprature is not a known field"),
+    ]
+    for body, message in bad:
+        with pytest.raises(serve.InputError, match=re.escape(message)):
+            serve._columns(body)
+
+
+def test_json_fast_path_is_json_loads():
+    for raw in [b'{"instances": [{}]}', b' {"a": 1}', b'{"a": 1} ', b'{"a": NaN}', "\ufeff{}".encode(),
+                '{"k": "\u00e9"}'.encode(), b"[1, 2.5e300, -0.0]", b'"x"']:
+        assert repr(serve._loads(raw)) == repr(json.loads(raw)), raw
+    for raw in [b"{}x", b"{} {}", b"", b"{", b"\xff\xfe", b"[1,]"]:
+        with pytest.raises(ValueError):
+            serve._loads(raw)
+
+
+def test_weights_are_cached_and_a_damaged_cache_is_refitted(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert serve.cached_weights() is None
+    fitted = serve.load_weights()
+    (path,) = (tmp_path / "mlinfra").glob("demand-ridge-v1-*.json")
+    cached = serve.cached_weights()
+    assert cached is not None and (cached.coef, cached.intercept) == (fitted.coef, fitted.intercept)
+    assert serve.cached_weights(seed=7) is None  # another fit, another key
+    for damage in ("{not json", '{"coef": [1, 2], "intercept": 0}', '{"coef": null}'):
+        path.write_text(damage)
+        assert serve.cached_weights() is None
+        assert serve.load_weights().coef == fitted.coef
+        assert serve.cached_weights().coef == fitted.coef  # rewritten whole
+
+
+def test_a_cache_hit_needs_no_numpy_and_a_server_process_no_aiohttp_client(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", "from mlinfra import serve; serve.load_weights()"], env=env, check=True)
+    code = ("import sys; from mlinfra import serve; web = serve._import_web(bare=True); "
+            "w = serve.cached_weights(); cols = serve._columns({'instances': [{}]}); "
+            "print(w.predict(*cols)[0] > 0, sorted(m for m in sys.modules if m.split('.')[0] == 'numpy' or "
+            "m in ('aiohttp.client', 'aiohttp.connector')), web.Response.__module__)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "[]", "aiohttp.web_response"]
+
+
+def test_second_server_starts_from_the_cache_with_the_same_model(start_server, tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    first = start_server(env=env)
+    first.wait_ready()
+    assert list((tmp_path / "mlinfra").glob("*.json"))
+    second = start_server(env=env)
+    second.wait_ready()
+    body = {"instances": random_instances(5) + random_instances(serve.NUMPY_MIN_BATCH)}
+    assert predict(first, body) == predict(second, body)
+    assert predict(first, body)[0] == 200
+
+
+def test_unknown_routes_and_methods_are_counted_as_unmatched(server):
+    before = metrics(server)
+    status, headers, raw = http("GET", server.url + "/nope?x=1")
+    assert (status, raw) == (404, b"404: Not Found")
+    status, headers, raw = http("POST", server.url + "/health", {})
+    assert (status, headers["Allow"]) == (405, "GET,HEAD")
+    assert http("GET", server.url + "/predict")[0] == 405
+    assert http("HEAD", server.url + "/health") == (200, http("HEAD", server.url + "/health")[1], b"")
+    status, headers, raw = http("GET", server.url + "/health?verbose=1")
+    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
+    after = metrics(server)
+    assert requests_total(after, "unmatched", "404") == requests_total(before, "unmatched", "404") + 1
+    assert requests_total(after, "unmatched", "405") == requests_total(before, "unmatched", "405") + 2
+    assert requests_total(after, "/health", "200") == requests_total(before, "/health", "200") + 3
+
+
+def test_expect_100_continue_is_answered_before_the_body(server):
+    payload = json.dumps({"instances": [INSTANCE] * 50}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload))
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(payload)
+        response = b""
+        while b"demand-ridge" not in response:
+            response += sock.recv(65536)
+    assert response.startswith(b"HTTP/1.1 200 OK")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: magic\r\nContent-Length: 2\r\n\r\n{}")
+        assert sock.recv(64).startswith(b"HTTP/1.1 417")

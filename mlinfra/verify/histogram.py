@@ -132,3 +132,13 @@ def _round3(value: float, up: bool = False) -> float:
     if up:
         return math.ceil(value * 10**digits) / 10**digits
     return round(value, digits)
+
+
+def fold_counts(counts: list[int], hist: Histogram) -> None:
+    """Add per-microsecond ``counts`` (index = value) to ``hist`` as ``record`` would, one by one."""
+    for value in [value for value, count in enumerate(counts) if count]:
+        index, count = bucket_index(value), counts[value]
+        hist.counts.extend([0] * (index + 1 - len(hist.counts)))  # nothing when long enough
+        hist.counts[index] += count
+        hist.min = value if not hist.total else min(hist.min, value)
+        hist.max, hist.total, hist.sum = max(hist.max, value), hist.total + count, hist.sum + value * count

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from mlinfra.verify import latency
 from mlinfra.verify.histogram import RELATIVE_ERROR, Histogram, bucket_bounds, bucket_index
 from mlinfra.verify.latency import LoadResult, check_latency, default_payload, run_load
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT  # noqa: E402
 BODY = json.dumps(default_payload()).encode()
 
 # Each path is one behaviour; counters are per path and live as long as the process.
@@ -57,6 +56,8 @@ async def handle(reader, writer):
                 if n % 200 == 0:
                     time.sleep(0.3)
                 writer.write(response(200, OK))
+            elif path == "/shrink":       # a different head of the same size each time
+                writer.write(response(200, b"x" * (200 - n)))
             elif path == "/slow":
                 await asyncio.sleep(0.05)
                 writer.write(response(200, OK))
@@ -234,6 +235,42 @@ def test_nothing_listening_is_one_clear_failure():
 def test_response_framings(edge, path):
     result = run_load(edge + path, method="GET", requests=30, concurrency=3, warmup=3)
     assert (result.ok, result.errors) == (30, {})
+
+
+def test_a_changing_head_is_parsed_anew_each_time(edge):
+    result = run_load(edge + "/shrink", method="GET", requests=60, concurrency=1, warmup=0, timeout_s=2)
+    assert (result.ok, result.errors) == (60, {})
+
+
+def test_event_loop_choice():
+    from mlinfra.errors import UsageError
+
+    with pytest.raises(UsageError, match="event_loop must be"):
+        run_load("http://127.0.0.1:1/", requests=1, concurrency=1, warmup=0, event_loop="trio")
+
+
+def test_closed_loop_runs_on_uvloop_when_installed_open_loop_on_asyncio(edge):
+    closed = run_load(edge + "/", body=BODY, requests=50, concurrency=2, warmup=0)
+    opened = run_load(edge + "/", body=BODY, requests=20, concurrency=2, warmup=0, rate=200)
+    forced = run_load(edge + "/", body=BODY, requests=50, concurrency=2, warmup=0, event_loop="asyncio")
+    assert closed.ok == forced.ok == 50 and opened.ok == 20
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        assert closed.event_loop == "asyncio"
+    else:
+        assert closed.event_loop == "uvloop"
+        assert run_load(edge + "/", body=BODY, requests=5, concurrency=1, warmup=0, event_loop="uvloop").ok == 5
+    assert opened.event_loop == forced.event_loop == "asyncio"
+    assert closed.to_dict()["generator"]["event_loop"] == closed.event_loop
+
+
+@pytest.mark.parametrize("event_loop", ["auto", "asyncio"])
+def test_responses_timed_at_wake_up_are_never_early(edge, event_loop):
+    """Responses handled in one loop wake-up share its time: none may look faster than the
+    server made it (50 ms), however many arrive together."""
+    result = run_load(edge + "/slow", body=BODY, requests=40, concurrency=8, warmup=0, event_loop=event_loop)
+    assert result.ok == 40 and result.latency.min >= 50_000
 
 
 def test_bad_input_is_a_usage_error():

@@ -1,0 +1,61 @@
+"""The latency check's verdict: a load run's figures against the stack's ``[verify]`` budget."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlinfra.verify.result import CheckResult
+
+if TYPE_CHECKING:
+    from mlinfra.verify.latency import LoadResult
+
+
+def check_latency(node: str, result: LoadResult, verify) -> CheckResult:
+    """Judge ``result`` against the stack's ``[verify]`` budget (p95_ms, p99_ms, max_error_rate,
+    min_rps; 0 means no budget for p99 and rps). Messages carry figure and budget."""
+    figures = result.percentiles_ms()
+    problems = []
+    if result.aborted:
+        problems.append(result.aborted)
+    elif not result.ok:
+        problems.append(f"no successful response in {result.requests} requests ({_describe(result.errors)})")
+    else:
+        if figures["p95_ms"] > verify.p95_ms:
+            problems.append(f"p95 {figures['p95_ms']:.1f} ms > budget {verify.p95_ms:g} ms")
+        if verify.p99_ms and figures["p99_ms"] > verify.p99_ms:
+            problems.append(f"p99 {figures['p99_ms']:.1f} ms > budget {verify.p99_ms:g} ms")
+    if result.ok and result.error_rate > verify.max_error_rate:
+        problems.append(
+            f"error rate {result.error_rate:.1%} > max {verify.max_error_rate:.1%} ({_describe(result.errors)})"
+        )
+    if result.ok and verify.min_rps and result.rps < verify.min_rps:
+        problems.append(f"throughput {result.rps:.1f} req/s < min {verify.min_rps:g} req/s")
+    if result.ok:
+        summary = (
+            f"p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
+            f"p99 {figures['p99_ms']:.1f} ms, {result.rps:.0f} req/s, errors {result.error_rate:.1%}"
+        )
+    else:
+        summary = "no successful response"
+    if result.mode == "open":
+        summary += f", open loop {result.rate:g} req/s, {result.late_sends} late"
+    if result.saturated:
+        note = "load generator saturated (" + "; ".join(result.saturation) + "): figures may be the generator's"
+        summary += " [generator saturated]"
+        if problems:
+            problems.append(note)
+    details = result.to_dict()
+    details["budget"] = {
+        "p95_ms": verify.p95_ms,
+        "p99_ms": verify.p99_ms,
+        "max_error_rate": verify.max_error_rate,
+        "min_rps": verify.min_rps,
+    }
+    return CheckResult(
+        node, "latency", not problems, summary, message="; ".join(problems), elapsed_s=result.elapsed_s, details=details
+    )
+
+
+def _describe(errors: dict[str, int]) -> str:
+    """'12 x http_500, 3 x timeout', most frequent first."""
+    return ", ".join(f"{count} x {kind}" for kind, count in sorted(errors.items(), key=lambda kv: -kv[1]))
