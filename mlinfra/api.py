@@ -340,7 +340,12 @@ class Stack:
         if self.backend.remote and self.workspace.backend_initialized() != self.backend.kind:
             self._engine(on_event, migrate)
         with self._locked(name):
-            yield self._engine(on_event, migrate)
+            try:
+                yield self._engine(on_event, migrate)
+            finally:  # a saved plan holds every value of the stack: never leave one behind
+                from mlinfra.engine import PLAN_FILE
+
+                (self.workdir / PLAN_FILE).unlink(missing_ok=True)
 
     @contextmanager
     def _locked(self, operation: str) -> Iterator[None]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
-from mlinfra.workspace import BACKEND_CONFIG, RENDER_STAMP, TFVARS, Workspace
+from mlinfra.workspace import BACKEND_CONFIG, RENDER_STAMP, TFVARS, Workspace, private_dir
 
 
 @dataclass
@@ -87,10 +87,18 @@ def render(stack, out: Path | None = None) -> RenderResult:
             files[template.name] = template.read_text()
     files.update(values)
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        private_dir(workdir)
+    else:
+        _writable_dir(workdir)
     changed = False
-    for name, text in files.items():
-        changed |= write_if_changed(workdir / name, text)
+    try:
+        for name, text in files.items():
+            changed |= write_if_changed(workdir / name, text)
+    except OSError as exc:
+        from mlinfra.errors import UsageError
+
+        raise UsageError(f"cannot write the module to {workdir}: {exc.strerror or exc}") from None
     # A file this renderer wrote before but no longer produces would still be loaded by Terraform.
     for stale in workdir.glob("*.tf"):
         if stale.name not in files:
@@ -133,8 +141,21 @@ def write_if_changed(path: Path, text: str) -> bool:
             return False
     except FileNotFoundError:
         pass
-    # A name of its own: two `up`s render before either holds the stack lock.
+    # A name of its own: two `up`s render before either holds the stack lock. 0600: a module's
+    # values can carry the stack's environment.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
     os.replace(tmp, path)
     return True
+
+
+def _writable_dir(path: Path) -> None:
+    """An eject target: made if missing; one that cannot be written is bad input, in one line."""
+    from mlinfra.errors import UsageError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the module to {path}: {exc.strerror or exc}") from None

@@ -115,10 +115,26 @@ def workdir_mutex(workdir: Path) -> Iterator[None]:
     side; the stack lock, taken after this, then decides which of them may change state.
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
     fd = os.open(workdir / RENDER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (and missing parents) and keep it 0700: the work dir holds state, values and
+    keys that may carry secrets, so nobody but its owner may list or read it. A location that
+    cannot be written is bad input, said in one line."""
+    from mlinfra.errors import UsageError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError as exc:
+        raise UsageError(f"cannot use {path} as a work dir: {exc.strerror or exc}") from None
+    return path

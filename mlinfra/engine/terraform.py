@@ -129,6 +129,7 @@ class Terraform:
         self._check(self.run(args, json_events="-json" in args), "terraform init failed")
         stamp_path.parent.mkdir(exist_ok=True)
         stamp_path.write_text(stamp)
+        stamp_path.chmod(0o600)  # the work dir's files are its owner's only
         self.on_event(Progress(address="", action="init", status="done"))
         return True
 
@@ -217,6 +218,7 @@ class Terraform:
             stderr=subprocess.PIPE,
             text=True,
             process_group=0,  # our own group: Ctrl-C reaches Terraform only through us
+            umask=0o077,  # state, plans and the local nodes' records and logs: readable by their owner only
         )
         stdout, stderr = proc.stdout, proc.stderr
         assert stdout is not None and stderr is not None  # both are pipes

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlinfra.errors import LockHeld, MlinfraError  # noqa: F401 (LockHeld re-exported)
-from mlinfra.workspace import LOCK, workdir_mutex  # noqa: F401 (workdir_mutex re-exported)
+from mlinfra.workspace import LOCK, private_dir, workdir_mutex  # noqa: F401 (workdir_mutex re-exported)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class LocalLock:
         self._fd: int | None = None
 
     def acquire(self, operation: str) -> LockInfo:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -89,15 +89,20 @@ def start(key: str) -> int:
     # `stop` (and mlinfra's sweep, by the stack's run dir) can still find what it started.
     _write_json(record_path, {"pid": None, "token": token, "port": port, "started_at": time.time(),
                               "log": str(run_dir / f"{key}.log")})
-    env = _node_env(token) | {"MLINFRA_COMMAND": os.environ["MLINFRA_COMMAND"],
-                              "MLINFRA_EXIT_FILE": str(_exit_path(run_dir, key))}
+    try:
+        env = _node_env(token) | {"MLINFRA_COMMAND": os.environ["MLINFRA_COMMAND"],
+                                  "MLINFRA_EXIT_FILE": str(_exit_path(run_dir, key))}
+    except SecretMissing as exc:
+        record_path.unlink(missing_ok=True)
+        print(f"node {key}: {exc}", file=sys.stderr)
+        return 1
     log_path = run_dir / f"{key}.log"
     # stdin and stdout/stderr away from Terraform's pipes: local-exec waits until they close.
     with open(log_path, "ab") as log:
         try:
             supervisor = subprocess.Popen(["/bin/sh", "-c", SUPERVISOR], cwd=os.environ.get("MLINFRA_CWD") or None,
                                           env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                                          start_new_session=True, umask=0o022)  # the server's own files: as usual
         except OSError as exc:
             print(f"node {key}: cannot start the server: {exc}", file=sys.stderr)
             log.write(f"node {key}: cannot start the server: {exc}\n".encode())
@@ -132,19 +137,35 @@ def _server_pid(supervisor: subprocess.Popen) -> int:
     return supervisor.pid
 
 
+# What a node inherits from the operator's environment: the basics a program needs, nothing else
+# (no cloud tokens, no keys); everything more comes from the stack's serve.env and serve.secrets.
+KEPT_VARS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+IDENTITY_VARS = ("MLINFRA_NODE", "MLINFRA_PORT")
+
+
+class SecretMissing(Exception):
+    pass
+
+
 def _node_env(token: str) -> dict:
-    """The server's environment: the launcher's own less mlinfra's plumbing, plus the stack's."""
-    env = dict(os.environ)
-    for name in ("MLINFRA_COMMAND", "MLINFRA_ENV", "MLINFRA_RUN_DIR", "MLINFRA_CWD"):
-        env.pop(name, None)
+    """The server's environment, built from nothing: the kept basics, the node's identity, BLAS
+    threads, the stack's env, its secrets (read here, from this process's environment, and put
+    nowhere else), PORT and the token."""
+    env = {name: os.environ[name] for name in KEPT_VARS + IDENTITY_VARS if name in os.environ}
     # The supervisor carries the token (so `stop` kills it) but not MLINFRA_STACK, which marks the
     # processes running a stack's command; it hands the value on to the server.
-    if STACK_VAR in env:
-        env[HELD_STACK_VAR] = env.pop(STACK_VAR)
+    if STACK_VAR in os.environ:
+        env[HELD_STACK_VAR] = os.environ[STACK_VAR]
     env.update(dict.fromkeys(BLAS_THREAD_VARS, "1"))
     env.update(json.loads(os.environ.get("MLINFRA_ENV") or "{}"))
+    for name, ref in json.loads(os.environ.get("MLINFRA_SECRETS") or "{}").items():
+        source = ref.removeprefix("env:")
+        if source not in os.environ:
+            raise SecretMissing(f"secret {name}: the environment variable {source} is not set where mlinfra runs "
+                                f"(serve.secrets.{name} = {ref!r})")
+        env[name] = os.environ[source]
     # The interpreter's own bin directory first, so `mlinfra serve` resolves in a venv.
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", os.defpath)
     # The run dir names the stack's work dir: with the token, the node's identity (never its name).
     env.update({"PORT": os.environ["MLINFRA_PORT"], TOKEN_VAR: token, HOME_VAR: os.environ["MLINFRA_RUN_DIR"],
                 "PYTHONUNBUFFERED": "1"})

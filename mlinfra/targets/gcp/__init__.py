@@ -40,6 +40,11 @@ class GcpDriver(Driver):
     def validate(self, spec) -> Placement:
         if not spec.gcp.project:
             raise SpecError("gcp.project", "is required when target = 'gcp'")
+        if spec.serve.secrets:
+            # Reading Secret Manager on the node is not built yet: refuse rather than start a node without them.
+            raise SpecError(
+                "serve.secrets", "is not supported on target 'gcp' yet: only the local target reads secrets"
+            )
         resolved = rules.resolve(spec)  # GPU, machine type and zone rules: before any cloud call
         return Placement(node_specs(spec.gcp.regions, spec.compute.replicas), resolved)
 

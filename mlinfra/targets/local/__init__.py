@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mlinfra.errors import SpecError
 from mlinfra.targets.base import Driver, Placement
 from mlinfra.targets.local import ports, process
 
@@ -30,6 +31,16 @@ class LocalDriver(Driver):
         # Names only: a "region" is a group of local processes, so a multi-region stack can be
         # rehearsed on one machine.
         return spec.local.regions
+
+    def validate(self, spec) -> Placement:
+        for name, ref in spec.serve.secrets.items():
+            if not ref.startswith("env:"):
+                raise SpecError(
+                    f"serve.secrets.{name}",
+                    f"{ref!r}: the local target reads secrets from this machine's "
+                    "environment when a node starts: use 'env:NAME'",
+                )
+        return super().validate(spec)
 
     def cost(self, spec, placement: Placement) -> Any:
         from mlinfra.clouds.gcp.prices import Cost
@@ -52,6 +63,7 @@ class LocalDriver(Driver):
                     "health_path": spec.serve.health_path,
                     "cwd": cwd,
                     "env": dict(spec.serve.env),
+                    "secrets": dict(spec.serve.secrets),  # references only: the launcher reads the values
                 }
                 for node in placement.nodes
             },

@@ -15,6 +15,7 @@ resource "terraform_data" "node" {
     port    = each.value.port
     cwd     = each.value.cwd
     env     = each.value.env
+    secrets = each.value.secrets
   }
 
   # What the destroy-time provisioner needs: it may only read self.
@@ -35,6 +36,7 @@ resource "terraform_data" "node" {
       MLINFRA_PORT    = tostring(each.value.port)
       MLINFRA_CWD     = each.value.cwd
       MLINFRA_ENV     = jsonencode(each.value.env)
+      MLINFRA_SECRETS = jsonencode(each.value.secrets)
       MLINFRA_RUN_DIR = local.run_dir
     }
   }

@@ -18,5 +18,6 @@ variable "nodes" {
     health_path = string
     cwd         = string
     env         = map(string)
+    secrets     = map(string)
   }))
 }
