@@ -29,6 +29,8 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(rf"^{catalog.REGION_PATTERN}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_ENV = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_SM = re.compile(r"^sm:projects/[a-z0-9][a-z0-9-]{4,61}/secrets/[A-Za-z0-9_-]{1,255}/versions/(latest|[0-9]+)$")
 _ZONE = re.compile(rf"^{catalog.ZONE_PATTERN}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,254}[a-z0-9]$")
 _SERVICE_ACCOUNT = re.compile(
@@ -172,6 +174,10 @@ class Serve(Section):
     ssh_cidrs: tuple[str, ...] = ()
     public: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    # Environment variable for the server → where its value comes from, never the value itself:
+    # "env:NAME" (the operator's environment when the node starts; local target) or
+    # "sm:projects/P/secrets/S/versions/V" (Secret Manager, read on the node; GCP).
+    secrets: dict[str, str] = field(default_factory=dict)
 
     def _check(self) -> None:
         if not self.command.strip():
@@ -193,6 +199,17 @@ class Serve(Section):
         for name in self.env:
             if not _ENV_NAME.match(name):
                 raise SpecError(f"serve.env.{name}", "is not a valid environment variable name")
+        for name, ref in self.secrets.items():
+            if not _ENV_NAME.match(name):
+                raise SpecError(f"serve.secrets.{name}", "is not a valid environment variable name")
+            if name in self.env:
+                raise SpecError(f"serve.secrets.{name}", "is also in serve.env: keep one of them")
+            if not (_SECRET_ENV.match(ref) or _SECRET_SM.match(ref)):
+                raise SpecError(
+                    f"serve.secrets.{name}",
+                    f"{ref!r} is not a secret reference: use 'env:NAME' or "
+                    "'sm:projects/PROJECT/secrets/SECRET/versions/VERSION'",
+                )
 
 
 @dataclass(frozen=True)
