@@ -1,3 +1,18 @@
-from mlinfra.cli import main
+"""`mlinfra` and `python -m mlinfra`. Ctrl-C at any moment — even while the CLI's modules are
+still importing — is an interrupt (exit 130, one line), never a traceback."""
 
-main()
+import sys
+
+
+def main() -> None:
+    try:
+        from mlinfra.cli import app
+
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,10 @@ def render(stack, out: Path | None = None) -> RenderResult:
     source = templates_dir(stack.driver.templates)
     if not source.is_dir():
         raise MlinfraError(f"no templates for target {stack.spec.target!r} in {source}")
+    if out is None:  # first: the target's values read what the last render left there
+        private_dir(workspace.root)
+    else:
+        _writable_dir(workspace.root)
     templates = sorted(t for t in source.iterdir() if t.name.endswith(".tf.j2") or t.suffix in (".py", ".sh"))
     context = template_context(stack)
     values = {
@@ -87,10 +91,6 @@ def render(stack, out: Path | None = None) -> RenderResult:
             files[template.name] = template.read_text()
     files.update(values)
 
-    if out is None:
-        private_dir(workdir)
-    else:
-        _writable_dir(workdir)
     changed = False
     try:
         for name, text in files.items():

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -283,8 +284,7 @@ class StackSpec(Section):
 
     def _check(self) -> None:
         if not _GCP_NAME.match(self.name):
-            suggestion = re.sub(r"[^a-z0-9-]+", "-", self.name.lower()).strip("-")
-            suggestion = re.sub(r"^[^a-z]+", "", suggestion)
+            suggestion = suggest_name(self.name)
             hint = f" — did you mean {suggestion!r}?" if suggestion and _GCP_NAME.match(suggestion) else ""
             raise SpecError(
                 "name",
@@ -330,10 +330,21 @@ class StackSpec(Section):
             raise SpecError("", "is not UTF-8 text", source=source) from None
         except tomllib.TOMLDecodeError as exc:
             raise SpecError("", f"invalid TOML: {exc}", source=source) from None
+        except OSError as exc:  # a symlink loop, a permission, an I/O error: still one line
+            raise SpecError("", f"cannot read the stack file: {exc.strerror or exc}", source=source) from None
         try:
             return _build(cls, data, "", path=path)
         except SpecError as exc:
             raise exc.with_source(source) from None
+
+
+def suggest_name(text: str) -> str:
+    """Fold to GCP naming rules (lowercase, digits, hyphens, a letter first, at most NAME_MAX);
+    accents become their letters ('rel-ünï' → 'rel-uni'). May be ''."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower())
+    name = re.sub(r"^[^a-z]+", "", name)  # a letter first: drops leading digits and hyphens
+    return name[:NAME_MAX].rstrip("-")
 
 
 def _build(cls, data: dict, key: str, **extra):

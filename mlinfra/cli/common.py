@@ -63,7 +63,12 @@ def ask(question: str, yes: bool) -> bool:
         return True
     if not sys.stdin.isatty():
         raise UsageError(f"refusing to {question} without confirmation: stdin is not a terminal; pass --yes")
-    return typer.confirm(f"Do you want to {question}?", default=False, err=True)
+    try:
+        return typer.confirm(f"Do you want to {question}?", default=False, err=True)
+    except typer.Abort:  # Ctrl-C (or end of input) at the prompt: an interrupt, and nothing changed
+        from mlinfra.errors import Interrupted
+
+        raise Interrupted("interrupted at the prompt: nothing was changed") from None
 
 
 def confirm_plan(question: str, yes: bool):

@@ -263,7 +263,15 @@ class Terraform:
                 message += f" (and {len(errors) - 3} more)"
         else:
             message = _last_lines(result.stderr or result.stdout) or f"exit code {result.returncode}"
-        raise EngineError(f"{what}: {message}", diagnostics=errors)
+        hint = None
+        if any("state file" in d.summary.lower() or d.summary.startswith("Failed to load state") for d in errors):
+            backup = self.workdir / "terraform.tfstate.backup"
+            if backup.is_file():
+                hint = (
+                    f"the state file is damaged; Terraform's previous copy is {backup}: check it, then copy it "
+                    "over terraform.tfstate"
+                )
+        raise EngineError(f"{what}: {message}", diagnostics=errors, hint=hint)
 
     def _init_fingerprint(self, backend_config: Path | None) -> str:
         digest = hashlib.sha256(_binary_identity(self.command).encode())
@@ -287,7 +295,7 @@ def local_state(workdir: Path) -> dict | None:
     """The local state document, read directly; None when there is none or it cannot be read."""
     try:
         state = json.loads((Path(workdir) / "terraform.tfstate").read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
 

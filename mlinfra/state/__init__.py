@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from mlinfra.workspace import Workspace
 
 
+def base_url(endpoint: str) -> str:
+    from mlinfra.state.gcs import base_url as gcs_base_url
+
+    return gcs_base_url(endpoint)
+
+
 class LocalState:
     """State in ``<workdir>/terraform.tfstate``, guarded by an ``flock``."""
 
@@ -63,7 +69,7 @@ class GcsState(LocalState):
     def config(self) -> dict[str, str]:
         config = {"bucket": self.spec.state.bucket, "prefix": self.prefix}
         if self.spec.state.endpoint:
-            config["storage_custom_endpoint"] = self.spec.state.endpoint.rstrip("/") + "/storage/v1/"
+            config["storage_custom_endpoint"] = base_url(self.spec.state.endpoint) + "/storage/v1/"
         return config
 
     def terraform_env(self) -> dict[str, str]:

@@ -34,7 +34,15 @@ def endpoint(state) -> str | None:
     value = state.endpoint or os.environ.get("STORAGE_EMULATOR_HOST", "")
     if not value:
         return None
+    # Accept it the way Terraform's storage_custom_endpoint is written, too: ".../storage/v1/".
+    value = base_url(value)
     return value if "://" in value else f"http://{value}"
+
+
+def base_url(endpoint: str) -> str:
+    """``http://host:port`` from ``http://host:port`` or ``http://host:port/storage/v1/``."""
+    value = endpoint.rstrip("/")
+    return value[: -len("/storage/v1")] if value.endswith("/storage/v1") else value
 
 
 def state_object(prefix: str) -> str:
@@ -112,7 +120,9 @@ def errors(state, what: str):
         yield
     except gexc.NotFound as exc:
         raise MlinfraError(
-            f"{what}: not found in {where} ({_short(exc)})", hint="create the bucket with `mlinfra state bootstrap`"
+            f"{what}: not found in {where} ({_short(exc)})",
+            # Never the hint to run the very command that just failed.
+            hint=None if "bootstrap" in what else "create the bucket with `mlinfra state bootstrap`",
         ) from None
     except gexc.Forbidden as exc:
         raise MlinfraError(f"{what}: permission denied on {where} ({_short(exc)})") from None

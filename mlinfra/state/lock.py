@@ -84,6 +84,22 @@ class LockInfo:
         return f"{self.Operation} by {self.Who} since {self.Created}{held} (lock ID {self.ID})"
 
 
+def _local_hint(holder: LockInfo) -> str:
+    """A local lock is an flock: the OS drops it when its holder exits, so there is nothing to
+    unlock, only a process to wait for. Say which, and whether it still runs."""
+    pid = holder.Info.removeprefix("pid ")
+    if not pid.isdigit():
+        return "wait for the other command on this stack to finish"
+    try:
+        os.kill(int(pid), 0)
+        state = "still running"
+    except ProcessLookupError:
+        state = "exited; try again"
+    except PermissionError:
+        state = "still running (another user)"
+    return f"held by pid {pid} on this machine ({state}); the lock goes with that process"
+
+
 class LocalLock:
     """An exclusive ``flock`` on ``<workdir>/.lock``; non-blocking: a held lock is an error at once."""
 
@@ -98,7 +114,8 @@ class LocalLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(self.holder() or LockInfo.unknown("another process")) from None
+            holder = self.holder() or LockInfo.unknown("another process")
+            raise LockHeld(holder, hint=_local_hint(holder)) from None
         info = LockInfo.new(operation, str(self.path))
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.to_json().encode(), 0)

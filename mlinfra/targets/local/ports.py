@@ -25,7 +25,7 @@ def previous_ports(tfvars: Path) -> dict[str, int]:
     try:
         data = json.loads(tfvars.read_text())
         return {key: int(node["port"]) for key, node in data.get("nodes", {}).items()}
-    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
 
