@@ -244,9 +244,13 @@ class Stack:
         outputs = self._outputs(None)
         found = [self._probe(node) for node in self.driver.discover(outputs, self.workspace)]
         orphans = self.driver.orphans(self.workspace)
-        return StatusResult(
+        result = StatusResult(
             self.name, self.target, bool(found), self.workdir, found, holder, orphans, self.incomplete()
         )
+        if found:  # an [autoscale] stack: Serve's replicas, and the one endpoint in front of them
+            result.autoscale = self.driver.autoscale_status(self.spec, self.workspace, found)
+            result.endpoint = found[0].endpoint if result.autoscale else ""
+        return result
 
     def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:
         """Destroy and recreate exactly these nodes (``-replace`` + ``-target``); all nodes after."""
@@ -351,9 +355,11 @@ class Stack:
     def _locked(self, operation: str) -> Iterator[None]:
         lock = self.lock()
         lock.acquire(operation)
+        self._held = lock.fds()  # Terraform inherits a local lock: it outlives a killed mlinfra
         try:
             yield
         finally:
+            self._held = ()
             lock.release()
 
     def _outputs(self, engine: Terraform | None) -> dict:
@@ -377,7 +383,8 @@ class Stack:
         from mlinfra.engine import Terraform  # lazy: engine pulls in subprocess machinery
 
         self.backend.check_reachable()
-        return Terraform(self.workdir, on_event, lock=False, extra_env=self.backend.terraform_env())
+        held = self.__dict__.get("_held", ())
+        return Terraform(self.workdir, on_event, lock=False, extra_env=self.backend.terraform_env(), hold=held)
 
     def _engine(self, on_event: OnEvent | None, migrate: Migrate | None) -> Terraform:
         """Render, then init (when needed): the engine for commands run under the stack's lock."""

@@ -62,3 +62,5 @@ class StatusResult(Result):
     lock: LockInfo | None = None  # who holds the stack's lock right now, if anyone
     orphans: list[int] = field(default_factory=list)  # pids of the stack's processes outside state
     incomplete: bool = False  # resources in state without outputs (an interrupted operation)
+    autoscale: dict[str, Any] | None = None  # [autoscale] stacks: engine, replicas, bounds, per region
+    endpoint: str = ""  # [autoscale] stacks: the serving endpoint (the first region's Serve proxy)

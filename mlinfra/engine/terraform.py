@@ -83,8 +83,12 @@ class Terraform:
         *,
         extra_env: dict[str, str] | None = None,
         lock: bool = True,
+        hold: Sequence[int] = (),
     ):
         self.workdir = Path(workdir)
+        # File descriptors Terraform inherits: the stack's local lock, so that the lock lasts as
+        # long as Terraform does, even when mlinfra itself is killed (kill -9) mid-operation.
+        self.hold = tuple(hold)
         self.on_event = on_event or (lambda event: None)
         self.command = terraform_command()
         self.extra_env = dict(extra_env or {})
@@ -219,6 +223,8 @@ class Terraform:
             text=True,
             process_group=0,  # our own group: Ctrl-C reaches Terraform only through us
             umask=0o077,  # state, plans and the local nodes' records and logs: readable by their owner only
+            pass_fds=self.hold,
+            preexec_fn=_stop_when_orphaned,
         )
         stdout, stderr = proc.stdout, proc.stderr
         assert stdout is not None and stderr is not None  # both are pipes
@@ -278,6 +284,17 @@ class Terraform:
         for path in sorted(self.workdir.glob("*.tf")) + ([backend_config] if backend_config else []):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
+
+
+def _stop_when_orphaned() -> None:
+    """In Terraform's process, before it starts: if mlinfra dies (even by kill -9), the kernel
+    sends Terraform SIGINT, its graceful stop: state saved, nothing left half-running. Linux only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _plan_options(destroy: bool, replace: Sequence[str], targets: Sequence[str]) -> list[str]:

@@ -122,6 +122,10 @@ class LocalLock:
         self._fd = fd
         return info
 
+    def fds(self) -> tuple[int, ...]:
+        """The open lock file, for a child that must hold the lock as long as it runs."""
+        return (self._fd,) if self._fd is not None else ()
+
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
@@ -163,6 +167,9 @@ class GcsLock:
         self.name = gcs.lock_object(prefix)
         self.url = f"gs://{state.bucket}/{self.name}"
         self._generation: int | None = None
+
+    def fds(self) -> tuple[int, ...]:
+        return ()  # an object in the bucket: nothing to hand on
 
     def _blob(self):
         from mlinfra.state import gcs

@@ -113,6 +113,10 @@ class Driver:
         """How the GPU check reaches the node: a ``verify.gpu.Runner``."""
         raise NotImplementedError
 
+    def autoscale_status(self, spec: StackSpec, workspace: Workspace, nodes: list[Node]) -> dict[str, Any] | None:
+        """Replicas running and their bounds (``targets/serve``); None for a fixed-size stack."""
+        return None
+
     def orphans(self, workspace: Workspace) -> list[int]:
         """Processes of this stack that nothing in state or the work dir accounts for."""
         return []
