@@ -14,6 +14,22 @@ $(BIN)/mlinfra: pyproject.toml
 
 install: $(BIN)/mlinfra
 
+# Checkov, the IaC scanner the rendered GCP module is tested against (tests/targets/gcp/test_checkov.py).
+# It pins many dependencies of its own, so it lives in its own venv, never in $(VENV). A new
+# CHECKOV_VERSION reinstalls it.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV    := .venv-checkov
+CHECKOV         := $(CHECKOV_VENV)/bin/checkov
+
+$(CHECKOV): $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+
+$(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION):
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
 # The SSH tests start a real sshd and the GCP target makes keys with ssh-keygen: Debian's OpenSSH.
 system-deps:
 	@if ! command -v ssh-keygen >/dev/null || ! test -x /usr/sbin/sshd; then \
@@ -29,7 +45,7 @@ check: install
 	$(BIN)/mypy
 
 # The whole suite: real Terraform, real servers, nothing skipped.
-test: install system-deps check
+test: install system-deps check $(CHECKOV)
 	$(BIN)/python -m pytest -q
 
 # The main job on the local target: up, status, one prediction per node, down (always).
@@ -44,4 +60,4 @@ bench: install
 	$(BIN)/python bench/loadgen.py
 
 clean:
-	rm -rf $(VENV) examples/demo/.mlinfra .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) examples/demo/.mlinfra .pytest_cache

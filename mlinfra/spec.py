@@ -34,6 +34,12 @@ _SECRET_ENV = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_SM = re.compile(r"^sm:projects/[a-z0-9][a-z0-9-]{4,61}/secrets/[A-Za-z0-9_-]{1,255}/versions/(latest|[0-9]+)$")
 _ZONE = re.compile(rf"^{catalog.ZONE_PATTERN}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,254}[a-z0-9]$")
+# gcp.disk_kms_key: a project ID, a KMS location ("global", "us", "us-central1"), then key ring
+# and key names (letters, digits, "_" and "-", at most 63 characters each).
+_KMS_KEY = re.compile(
+    r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z][a-z0-9-]*[a-z0-9]"
+    r"/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}$"
+)
 _SERVICE_ACCOUNT = re.compile(
     r"^[a-z0-9][a-z0-9-]{4,62}@[a-z0-9.-]+\.iam\.gserviceaccount\.com$|"
     r"^[0-9]+-compute@developer\.gserviceaccount\.com$"
@@ -78,6 +84,12 @@ class Gcp(Section):
     image: str = ""
     # What GCP does when it reclaims a Spot VM: STOP keeps the disk (restart it later), DELETE removes it.
     spot_termination: str = "STOP"
+    # false: the nodes get no external IP; mlinfra and clients reach them on their internal address,
+    # so run mlinfra from inside the VPC (a VPN, Interconnect, a bastion or a runner in the network).
+    public_ip: bool = True
+    # A customer-managed Cloud KMS key for the boot disks, "projects/P/locations/L/keyRings/R/cryptoKeys/K";
+    # empty: Google-managed encryption.
+    disk_kms_key: str = ""
 
     def _check(self) -> None:
         if self.project and not _PROJECT_ID.match(self.project):
@@ -124,6 +136,14 @@ class Gcp(Section):
         if termination not in ("STOP", "DELETE"):
             raise SpecError("gcp.spot_termination", f"{self.spot_termination!r} is not one of 'STOP', 'DELETE'")
         object.__setattr__(self, "spot_termination", termination)
+        if self.disk_kms_key and not _KMS_KEY.fullmatch(self.disk_kms_key):
+            version = "/cryptoKeyVersions/" in self.disk_kms_key
+            raise SpecError(
+                "gcp.disk_kms_key",
+                f"{self.disk_kms_key!r} is not a Cloud KMS key: use "
+                "'projects/P/locations/L/keyRings/R/cryptoKeys/K'"
+                + (" (the key itself, without /cryptoKeyVersions/...)" if version else ""),
+            )
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,12 @@ class GcpDriver(Driver):
             raise SpecError(
                 "serve.secrets", "is not supported on target 'gcp' yet: only the local target reads secrets"
             )
+        if spec.serve.public and not spec.gcp.public_ip:
+            raise SpecError(
+                "gcp.public_ip",
+                "is false, so the nodes have no external address and serve.public = true cannot open "
+                "them to the internet: drop one of the two",
+            )
         resolved = rules.resolve(spec)  # GPU, machine type and zone rules: before any cloud call
         return Placement(node_specs(spec.gcp.regions, spec.compute.replicas), resolved)
 

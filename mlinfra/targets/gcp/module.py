@@ -41,6 +41,9 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
             "image": image,
             "disk_gb": stack.compute.disk_gb,
             "disk_type": disk_type,
+            # Shielded VM's Secure Boot loads only signed kernel modules, and the Deep Learning VM
+            # images' NVIDIA driver is not signed for it: on for CPU-only nodes (templates/gcp/main.tf.j2).
+            "secure_boot": count == 0,
             "node_config": {
                 "stack": stack.name,
                 "node": node.key,
@@ -64,6 +67,8 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         "ssh_public_key": public_key,
         "ssh_private_key_file": str(private_key),
         "service_account": stack.gcp.service_account,
+        "public_ip": stack.gcp.public_ip,
+        "disk_kms_key": stack.gcp.disk_kms_key or None,  # null: Google-managed encryption
         "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text()
         if uses_reference_server
         else "",

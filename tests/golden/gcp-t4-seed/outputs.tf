@@ -1,3 +1,12 @@
+# Where each node is reached: its external IP, or its internal one with gcp.public_ip = false
+# (then the endpoints below answer only from inside the VPC: a VPN, Interconnect or a bastion).
+locals {
+  address = {
+    for key, node in google_compute_instance.node :
+    key => try(node.network_interface[0].access_config[0].nat_ip, node.network_interface[0].network_ip)
+  }
+}
+
 output "nodes" {
   description = "Each node's zone, addresses, endpoint, health URL and SSH target."
   value = {
@@ -9,10 +18,10 @@ output "nodes" {
       machine_type = node.machine_type
       spot         = var.nodes[key].spot
       internal_ip  = node.network_interface[0].network_ip
-      external_ip  = node.network_interface[0].access_config[0].nat_ip
-      endpoint     = "http://${node.network_interface[0].access_config[0].nat_ip}:${var.port}"
-      health_url   = "http://${node.network_interface[0].access_config[0].nat_ip}:${var.port}${var.health_path}"
-      ssh          = "${var.ssh_user}@${node.network_interface[0].access_config[0].nat_ip}"
+      external_ip  = try(node.network_interface[0].access_config[0].nat_ip, null)
+      endpoint     = "http://${local.address[key]}:${var.port}"
+      health_url   = "http://${local.address[key]}:${var.port}${var.health_path}"
+      ssh          = "${var.ssh_user}@${local.address[key]}"
       ssh_key      = var.ssh_private_key_file
     }
   }

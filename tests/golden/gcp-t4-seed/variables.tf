@@ -53,6 +53,16 @@ variable "service_account" {
   type        = string
 }
 
+variable "public_ip" {
+  description = "Whether each node gets an ephemeral external IP (gcp.public_ip); false: internal address only."
+  type        = bool
+}
+
+variable "disk_kms_key" {
+  description = "Cloud KMS key for the boot disks (gcp.disk_kms_key); null: Google-managed encryption."
+  type        = string
+}
+
 variable "reference_server" {
   description = "Source of the reference server, shipped when serve.command runs `mlinfra serve`."
   type        = string
@@ -73,6 +83,7 @@ variable "nodes" {
     image            = string
     disk_gb          = number
     disk_type        = string
+    secure_boot      = bool
     node_config = object({
       stack       = string
       node        = string

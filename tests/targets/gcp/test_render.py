@@ -9,6 +9,7 @@ TerraformConfig), checked with `terraform fmt`, and checked against the hashicor
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -178,6 +179,90 @@ def test_spot_stack_scheduling(tmp_path):
         assert line in main
 
 
+# -- hardening: SSH keys, Shielded VM, private nodes, customer-managed disk keys --------------------
+
+KMS_KEY = "projects/ml-demo-123456/locations/us-central1/keyRings/mlinfra/cryptoKeys/boot-disks"
+
+
+def test_every_node_blocks_project_ssh_keys_and_is_a_shielded_vm(tmp_path):
+    main = (seed_stack(tmp_path).render().workdir / "main.tf").read_text()
+    assert '"block-project-ssh-keys"   = "true"' in main
+    shielded = main.split("shielded_instance_config {")[1].split("}")[0]
+    assert "enable_vtpm                 = true" in shielded
+    assert "enable_integrity_monitoring = true" in shielded
+    assert "enable_secure_boot          = each.value.secure_boot" in shielded
+
+
+@pytest.mark.parametrize("gpu,secure_boot", [("t4", False), ("h100", False), ("none", True)])
+def test_secure_boot_only_where_no_unsigned_gpu_driver_loads(tmp_path, gpu, secure_boot):
+    count = catalog.counts_for(catalog.lookup_gpu(gpu))[0] if gpu != "none" else 1
+    stack = gcp_stack(tmp_path, compute={"gpu": gpu, "gpu_count": count, "spot": gpu == "h100"})
+    tfvars = json.loads((stack.render().workdir / "terraform.tfvars.json").read_text())
+    assert [n["secure_boot"] for n in tfvars["nodes"].values()] == [secure_boot]
+
+
+def test_public_ip_and_disk_key_default_to_todays_behaviour(tmp_path):
+    stack = seed_stack(tmp_path)
+    assert stack.gcp.public_ip is True and stack.gcp.disk_kms_key == ""
+    tfvars = json.loads((stack.render().workdir / "terraform.tfvars.json").read_text())
+    assert tfvars["public_ip"] is True and tfvars["disk_kms_key"] is None  # null: Google-managed keys
+
+
+@pytest.mark.parametrize("gcp_keys", [{"public_ip": False}, {"disk_kms_key": KMS_KEY},
+                                      {"public_ip": False, "disk_kms_key": KMS_KEY}],
+                         ids=["private", "kms", "private-kms"])
+def test_private_nodes_and_disk_key_render_and_fit_the_provider_schema(tmp_path, gcp_keys):
+    stack = gcp_stack(tmp_path, "hardened", compute={"gpu": "l4", "replicas": 2},
+                      gcp={"regions": ["us-central1", "europe-west4"], **gcp_keys})
+    rendered = stack.render()
+    module, diagnostics = TerraformConfig.load_config_dir(str(rendered.workdir))
+    assert not diagnostics, diagnostics
+    if SCHEMA.is_file():
+        assert schema.check_module(rendered.workdir, SCHEMA) == []
+    tfvars = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())
+    assert tfvars["public_ip"] is gcp_keys.get("public_ip", True)
+    assert tfvars["disk_kms_key"] == gcp_keys.get("disk_kms_key")
+    main = (rendered.workdir / "main.tf").read_text()
+    assert "for_each = var.public_ip ? [1] : []" in main  # no access_config, no external IP
+    assert "kms_key_self_link = var.disk_kms_key" in main
+    outputs = (rendered.workdir / "outputs.tf").read_text()
+    # Private nodes are reached on their internal address: endpoint, health URL and SSH follow it.
+    assert "try(node.network_interface[0].access_config[0].nat_ip, node.network_interface[0].network_ip)" in outputs
+    for field in ("endpoint", "health_url", "ssh"):
+        assert re.search(rf"{field} += .*local\.address\[key\]", outputs), field
+
+
+@pytest.mark.parametrize("key", [
+    "projects/ml-demo-123456/locations/global/keyRings/ring/cryptoKeys/key",
+    "projects/ml-demo-123456/locations/us/keyRings/My_Ring-1/cryptoKeys/boot_disks",
+    KMS_KEY,
+])
+def test_valid_disk_kms_keys_are_accepted(tmp_path, key):
+    assert gcp_stack(tmp_path, gcp={"disk_kms_key": key}).gcp.disk_kms_key == key
+
+
+@pytest.mark.parametrize("key", [
+    "my-key",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k/cryptoKeyVersions/3",
+    "//cloudkms.googleapis.com/projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k\n",
+])
+def test_bad_disk_kms_keys_are_one_line_errors(tmp_path, key):
+    with pytest.raises(SpecError) as info:
+        gcp_stack(tmp_path, gcp={"disk_kms_key": key})
+    message = str(info.value)
+    assert message.startswith("gcp.disk_kms_key: ") and "\n" not in message
+    assert "projects/P/locations/L/keyRings/R/cryptoKeys/K" in message
+
+
+def test_public_serving_needs_an_external_address(tmp_path):
+    with pytest.raises(SpecError) as info:
+        gcp_stack(tmp_path, gcp={"public_ip": False}, serve={"allow_cidrs": ["0.0.0.0/0"], "public": True})
+    assert str(info.value).startswith("gcp.public_ip: is false")
+
+
 # -- user values stay data -------------------------------------------------------------------------
 
 def test_user_values_never_reach_the_tf_files(tmp_path):
@@ -256,11 +341,14 @@ def test_schema_check_runs_on_the_shared_schema():
     assert schema.load_schema(SCHEMA)["registry.terraform.io/hashicorp/google"]["resource_schemas"]["google_compute_instance"]
 
 
-@pytest.mark.parametrize("case", ["seed", "spot-multi-region"])
+@pytest.mark.parametrize("case", ["seed", "spot-multi-region", "private-kms"])
 def test_tfvars_satisfy_the_variable_types(tmp_path, case):
     """Terraform itself checks terraform.tfvars.json against variables.tf (a plan with no provider)."""
     if case == "seed":
         rendered = seed_stack(tmp_path, ssh_cidrs=["203.0.113.0/24"], env={"A": "b"}).render()
+    elif case == "private-kms":
+        rendered = gcp_stack(tmp_path, "privkms", compute={"gpu": "l4"},
+                             gcp={"public_ip": False, "disk_kms_key": KMS_KEY}).render()
     else:
         rendered = render_case(tmp_path, "l4", 2, True, 3, 2)[1]
     module = tmp_path / "types"
