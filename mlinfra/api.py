@@ -6,10 +6,9 @@ what operating it takes: its target's driver (``targets/<name>``), its work dir
 The stack file's values read through: ``stack.compute`` is ``stack.spec.compute`` (all but
 ``verify``, which is the verification method; the settings are ``stack.spec.verify``).
 
-Every method returns a result object and never prints. Long operations report
-progress through an optional ``on_event`` callback (``engine.events.Progress``), and
-ask before changing anything through an optional ``confirm`` callback that
-receives the plan summary; without one, they proceed (the caller decided).
+Every method returns a result and never prints. Progress goes to an optional ``on_event``
+(``engine.events.Progress``); ``confirm(plan summary)`` is asked before a change — without
+one, nobody reviews, and one Terraform run plans and applies.
 """
 
 from __future__ import annotations
@@ -29,11 +28,11 @@ from mlinfra.errors import Aborted, EngineError, MlinfraError, StateLocked, Usag
 from mlinfra.render import RenderResult, render
 from mlinfra.results import DownResult, PlanResult, StatusResult, UpResult
 from mlinfra.spec import StackSpec
+from mlinfra.state.commands import StateCommands
 from mlinfra.workspace import Workspace
 
 if TYPE_CHECKING:  # only for annotations: verify loads when a command verifies
     from mlinfra.engine import Terraform
-    from mlinfra.state.lock import LockInfo
     from mlinfra.verify import VerifyReport
     from mlinfra.verify.result import CheckResult
 
@@ -44,11 +43,10 @@ Migrate = Callable[[str, str], bool]  # (old backend, new backend) -> copy the s
 OnEvent = Callable[[Progress], None]
 OnResult = Callable[["CheckResult"], None]
 
-# The stack file's values a Stack reads through to its spec ("verify" is the method).
-_SPEC_NAMES = frozenset({f.name for f in fields(StackSpec)} - {"verify"} | {"regions", "workdir"})
+_SPEC_NAMES = frozenset({f.name for f in fields(StackSpec)} - {"verify"} | {"regions", "workdir"})  # read through
 
 
-class Stack:
+class Stack(StateCommands):
     """A validated stack plus the operations on it. ``Stack(spec)``, ``Stack(name=..., ...)``
     (the fields of ``StackSpec``) or ``Stack.load(path)``."""
 
@@ -400,45 +398,3 @@ class Stack:
             if explained:
                 raise EngineError(explained, diagnostics=exc.diagnostics) from None
             raise
-
-    # -- state --------------------------------------------------------------------------------
-
-    def state_bootstrap(self) -> Any:
-        """Create (or check) the GCS state bucket; see ``mlinfra.state.remote.bootstrap``."""
-        from mlinfra.state import remote
-
-        return remote.bootstrap(self)
-
-    def state_pull(self) -> dict:
-        """The current state document (what ``terraform state pull`` prints)."""
-        with self._operation("state pull") as engine:
-            return engine.state_pull()
-
-    def state_history(self) -> Any:
-        """The stored versions of the state object, newest first (GCS with versioning)."""
-        from mlinfra.state import remote
-
-        return remote.history(self)
-
-    def state_restore(self, generation: int, *, confirm: Callable | None = None) -> Any:
-        """Make an old state generation current again, after ``confirm(RestorePlan)``."""
-        from mlinfra.state import remote
-
-        with self._operation("state restore") as engine:
-            current = engine.state_pull()
-            plan = remote.plan_restore(self, generation, current)
-            if confirm is not None and not confirm(plan):
-                raise Aborted("aborted: the state was not changed")
-            engine.state_push(remote.restored_state(self, generation, current), f"restore-{generation}.tfstate")
-        return plan
-
-    def state_unlock(self, *, confirm: Callable[[LockInfo], bool] | None = None) -> LockInfo | None:
-        """Remove a stale lock (its holder died) after ``confirm(holder)``; None if unlocked."""
-        lock = self.lock()
-        holder = lock.holder()
-        if holder is None:
-            return None
-        if confirm is not None and not confirm(holder):
-            raise Aborted("aborted: the lock was left in place")
-        lock.force_release(holder.ID)
-        return holder

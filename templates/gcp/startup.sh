@@ -17,6 +17,7 @@ chmod 0640 /etc/mlinfra/node.json.new
 mv /etc/mlinfra/node.json.new /etc/mlinfra/node.json
 # The reference server (`mlinfra serve`), shipped only when serve.command uses it.
 metadata mlinfra-reference-server >/opt/mlinfra/serve.py || true
+metadata mlinfra-reference-model >/opt/mlinfra/demand.py || true  # serve.py imports it from beside itself
 
 # The model server runs as an unprivileged system user with its own home for caches.
 if ! id -u mlserve >/dev/null 2>&1; then

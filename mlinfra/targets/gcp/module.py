@@ -69,9 +69,9 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         "service_account": stack.gcp.service_account,
         "public_ip": stack.gcp.public_ip,
         "disk_kms_key": stack.gcp.disk_kms_key or None,  # null: Google-managed encryption
-        "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text()
-        if uses_reference_server
-        else "",
+        # The reference server is two files (HTTP and model); the node puts them side by side.
+        "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text() if uses_reference_server else "",
+        "reference_model": resources.files("mlinfra").joinpath("demand.py").read_text() if uses_reference_server else "",
         "nodes": nodes,
     }
 

@@ -96,6 +96,7 @@ resource "google_compute_instance" "node" {
     "mlinfra-launcher"         = file("${path.module}/launch.py")
     "mlinfra-node"             = jsonencode(each.value.node_config)
     "mlinfra-reference-server" = var.reference_server
+    "mlinfra-reference-model"  = var.reference_model
   }
 
   dynamic "service_account" {

@@ -68,6 +68,11 @@ variable "reference_server" {
   type        = string
 }
 
+variable "reference_model" {
+  description = "Source of the reference server's model (demand.py), shipped beside it."
+  type        = string
+}
+
 variable "nodes" {
   description = "One entry per node (region x replica), keyed \"<region>-<replica>\"."
   type = map(object({

@@ -310,9 +310,47 @@ def test_startup_script_is_valid_static_bash():
 
 def test_reference_server_ships_only_for_mlinfra_serve(tmp_path):
     default = json.loads((gcp_stack(tmp_path, "refsrv").render().workdir / "terraform.tfvars.json").read_text())
-    assert "def main" in default["reference_server"]
+    assert "def main" in default["reference_server"] and "def fit_ridge" in default["reference_model"]
     own = gcp_stack(tmp_path, "ownsrv", serve={"command": "python3 -m http.server $PORT"})
-    assert json.loads((own.render().workdir / "terraform.tfvars.json").read_text())["reference_server"] == ""
+    values = json.loads((own.render().workdir / "terraform.tfvars.json").read_text())
+    assert values["reference_server"] == "" and values["reference_model"] == ""
+
+
+def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
+    """What a GCP node gets: serve.py and demand.py in one directory, no mlinfra package."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    values = json.loads((gcp_stack(tmp_path, "ship").render().workdir / "terraform.tfvars.json").read_text())
+    node = tmp_path / "opt-mlinfra"
+    node.mkdir()
+    (node / "serve.py").write_text(values["reference_server"])
+    (node / "demand.py").write_text(values["reference_model"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # No mlinfra package there: make importing it fail, as on a node, then run serve.py as the node does.
+    runner = (f"import runpy, sys; sys.modules['mlinfra'] = None; sys.path.insert(0, {str(node)!r}); "
+              f"sys.argv = ['serve.py', '--port', '{port}']; runpy.run_path({str(node / 'serve.py')!r}, run_name='__main__')")
+    server = subprocess.Popen([sys.executable, "-c", runner], env=env, cwd=node, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    status = response.status
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 200, server.stderr.read() if server.poll() is not None else "no answer"
+    finally:
+        server.kill()
+        server.wait()
 
 
 # -- the stack's SSH key ---------------------------------------------------------------------------
