@@ -39,6 +39,10 @@ FALLBACK_NAME = "ml-stack"
 # What a stack path in the workflow may look like: it goes into YAML and a shell line, so
 # only characters that need no quoting in either, as a relative path inside the repository.
 _STACK_PATH = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]*$")
+# A pip requirement that needs no quoting in YAML or shell: a git URL, a path, or -r FILE.
+_INSTALL = re.compile(r"^(-r )?[A-Za-z0-9.][A-Za-z0-9@:/._+#=~-]*$")
+REQUIREMENTS = Path(".github/mlinfra-requirements.txt")
+DEFAULT_INSTALL = f"-r {REQUIREMENTS}"
 _CRON_FIELD = re.compile(r"^[A-Za-z0-9*/,-]+$")
 _GCP_NAME = re.compile(catalog.NAME_PATTERN)  # the spec's rule (RFC 1035)
 
@@ -220,7 +224,12 @@ def _gitignore_with_entry(path: Path) -> str | None:
 
 
 def ci_github(
-    directory: Path, *, stack_file: str = STACK_FILE, force: bool = False, schedule: str = "0 3 * * *"
+    directory: Path,
+    *,
+    stack_file: str = STACK_FILE,
+    force: bool = False,
+    schedule: str = "0 3 * * *",
+    install: str = DEFAULT_INSTALL,
 ) -> ScaffoldResult:
     """Write ``.github/workflows/mlinfra-rebuild.yml`` into the repository at ``directory``.
 
@@ -236,10 +245,14 @@ def ci_github(
 
     from mlinfra import __version__
 
-    text = render_workflow(stack_file=stack_file, schedule=schedule, version=__version__)
+    text = render_workflow(stack_file=stack_file, schedule=schedule, version=__version__, install=install)
     result = ScaffoldResult(directory, notes=_stack_notes(directory / stack_file, stack_file))
     _write(directory / WORKFLOW, text)
     result.written.append(WORKFLOW)
+    if install == DEFAULT_INSTALL and not (directory / REQUIREMENTS).exists():
+        _write(directory / REQUIREMENTS, _template("mlinfra-requirements.txt.tmpl"))
+        result.written.append(REQUIREMENTS)
+        result.notes.append(f"say in {REQUIREMENTS} where the job installs mlinfra from (until then it fails)")
     result.notes.append(
         "set the repository variables GCP_WORKLOAD_IDENTITY_PROVIDER and GCP_SERVICE_ACCOUNT "
         f"(see the comments at the top of {WORKFLOW})"
@@ -247,18 +260,40 @@ def ci_github(
     return result
 
 
-def render_workflow(*, stack_file: str, schedule: str, version: str) -> str:
+def render_workflow(*, stack_file: str, schedule: str, version: str, install: str = "") -> str:
     """The workflow's text; each value is checked to need no quoting in YAML or shell."""
     _check_stack_path(stack_file)
     schedule = _check_schedule(schedule)
+    install = _check_install(install or DEFAULT_INSTALL)
     if not re.match(r"^[0-9A-Za-z.+-]+$", version):
         raise ValueError(f"unexpected version string {version!r}")
     text = _template(f"{WORKFLOW.name}.tmpl")
-    for token, value in (("__STACK_FILE__", stack_file), ("__SCHEDULE__", schedule), ("__MLINFRA_VERSION__", version)):
+    values = (
+        ("__STACK_FILE__", stack_file),
+        ("__SCHEDULE__", schedule),
+        ("__MLINFRA_VERSION__", version),
+        ("__INSTALL__", install),
+    )
+    for token, value in values:
         if token not in text:
             raise RuntimeError(f"workflow template lacks {token}")  # a broken install, not bad input
         text = text.replace(token, value)
     return text
+
+
+def _check_install(install: str) -> str:
+    """What `pip install` gets in CI: a pinned source the user controls, never PyPI's "mlinfra"
+    (another project's name: the job would run someone else's code with the cloud credentials)."""
+    install = install.strip()
+    target = install.removeprefix("-r ").strip()
+    if re.fullmatch(r"(?i)mlinfra\s*([=<>!~].*)?", target):
+        raise UsageError(
+            f"--install {install!r}: the name 'mlinfra' on PyPI belongs to another project; install this one from "
+            "a source you control: a git URL at a tag or commit (git+https://...@v0.1.0) or a wheel in the repository"
+        )
+    if not _INSTALL.match(install):
+        raise UsageError(f"--install {install!r}: use a git URL, a path or '-r FILE' without spaces, quotes or '$'")
+    return install
 
 
 def _check_stack_path(stack_file: str) -> None:

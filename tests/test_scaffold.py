@@ -16,7 +16,7 @@ from helpers import stack_processes
 from mlinfra import Stack
 from mlinfra.spec import StackSpec
 from mlinfra.errors import UsageError
-from mlinfra.scaffold import WORKFLOW, ci_github, new_project, project_name
+from mlinfra.scaffold import REQUIREMENTS, WORKFLOW, ci_github, new_project, project_name
 
 MLINFRA = Path(sys.executable).parent / "mlinfra"
 TARGETS = ["up", "down", "verify", "rebuild", "heal"]
@@ -198,7 +198,7 @@ def load_workflow(path: Path) -> dict:
 
 def test_workflow_structure(tmp_path):
     result = ci_github(tmp_path, stack_file="deploy/prod.toml", schedule="30 2 * * 1-5")
-    assert result.written == [WORKFLOW]
+    assert result.written == [WORKFLOW, REQUIREMENTS]
     text = (tmp_path / WORKFLOW).read_text()
     flow = load_workflow(tmp_path / WORKFLOW)
 
@@ -214,7 +214,8 @@ def test_workflow_structure(tmp_path):
     steps = job["steps"]
     assert [s.get("uses", "").split("@")[0] for s in steps[:2]] == ["actions/checkout", "actions/setup-python"]
     assert steps[1]["with"]["python-version"] == "3.11"
-    assert any(s.get("run", "").startswith("pip install mlinfra") for s in steps)
+    # From the repository's own pinned source, failing closed until it says one.
+    assert any(s.get("run", "") == f"pip install -r {REQUIREMENTS} && command -v mlinfra" for s in steps)
 
     [auth] = [s for s in steps if s.get("uses", "").startswith("google-github-actions/auth@")]
     assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
@@ -270,3 +271,26 @@ def test_workflow_notes_about_the_stack(tmp_path):
     new_project(tmp_path, target="gcp", gpu="t4")
     notes = ci_github(tmp_path, force=True).notes
     assert any("backend = 'gcs'" in note for note in notes)
+
+
+
+def test_no_generated_file_installs_the_unrelated_pypi_mlinfra(tmp_path):
+    """`mlinfra` on PyPI is another project: a workflow that installs it runs someone else's code
+    with the stack's cloud credentials."""
+    import re
+
+    new_project(tmp_path / "p", gpu="t4")
+    ci_github(tmp_path / "p")
+    pinned = "git+https://github.com/acme/mlinfra@v0.1.0"
+    ci_github(tmp_path / "q", install=pinned)
+    files = [f for f in (tmp_path).rglob("*") if f.is_file()]
+    assert len(files) >= 5
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"pip install +['\"]?mlinfra(\b|==)", text), path
+    assert f"pip install {pinned} && command -v mlinfra" in (tmp_path / "q" / WORKFLOW).read_text()
+    assert not (tmp_path / "q" / REQUIREMENTS).exists()
+    for bad in ("mlinfra", "mlinfra==0.1.0", "-r x; curl evil"):
+        with pytest.raises(UsageError):
+            ci_github(tmp_path / "r", install=bad, force=True)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.yml"))

@@ -73,12 +73,21 @@ def github(
         str, typer.Option("--schedule", help="Cron schedule (UTC) of the nightly rebuild.")
     ] = "0 3 * * *",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing workflow.")] = False,
+    install: Annotated[
+        str | None,
+        typer.Option(
+            "--install",
+            help="What the job pip-installs: a pinned git URL or a wheel path "
+            "(default: -r .github/mlinfra-requirements.txt, written for you to fill in).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ):
     """Write .github/workflows/mlinfra-rebuild.yml: a nightly destroy-rebuild-verify job."""
-    from mlinfra.scaffold import ci_github
+    from mlinfra.scaffold import DEFAULT_INSTALL, ci_github
 
-    _show_scaffold(ci_github(Path.cwd(), stack_file=file, schedule=schedule, force=force), as_json)
+    result = ci_github(Path.cwd(), stack_file=file, schedule=schedule, force=force, install=install or DEFAULT_INSTALL)
+    _show_scaffold(result, as_json)
 
 
 @app.command()
