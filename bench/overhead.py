@@ -17,8 +17,9 @@ alternate mlinfra / raw so drift (page cache, CPU frequency) hits both alike. Th
 wait is skipped (``--no-wait``) because raw Terraform does not wait either. Everything else
 mlinfra does is counted as its overhead.
 
-Two raw baselines, because mlinfra runs two Terraform processes per command (it shows the
-plan, asks, then applies exactly that saved plan):
+Two raw baselines. Under --yes (what is measured) mlinfra runs one Terraform process per
+command (``apply -auto-approve``); when a person reviews the plan it runs two (``plan -out``,
+then ``apply`` of exactly that saved plan):
 * "raw plan+apply" = ``plan -out=p`` then ``apply p`` (and ``plan -destroy -out=p`` then
   ``apply p``): the same Terraform work, so the difference is mlinfra's orchestration
   overhead per command (start-up, validation, rendering, init check, event parsing);
@@ -191,8 +192,8 @@ def print_table(result: dict) -> None:
     print("\n  ratio mlinfra/raw   " + "   ".join(f"{k} {v:.2f}x" for k, v in result["ratio"].items()))
     print("  overhead/command    " + "   ".join(f"{k} {v:+.3f} s" for k, v in result["overhead_s"].items()))
     floor = result["median_s"]["terraform version"]
-    print(f"  (one Terraform start costs ~{floor:.3f} s; mlinfra runs plan + apply, two, per command;\n"
-          "   overhead = mlinfra minus raw plan+apply, the same Terraform work)\n")
+    print(f"  (one Terraform start costs ~{floor:.3f} s; under --yes mlinfra runs one Terraform process per\n"
+          "   command, so the ratio to watch is against raw apply: 'up', 'down', 'up+down')\n")
     for target, met in result["targets"].items():
         print(f"  {'MET   ' if met else 'MISSED'} {target}")
     print(f"\n  problems (leftover processes, failed cleanup): {len(result['problems']) or 'none'}")
