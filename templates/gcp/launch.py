@@ -8,8 +8,13 @@ startup.sh fetches this file and the node's settings from instance metadata, the
 The settings (serve.command, serve.env, the port) are data in a JSON file: the command
 runs as ``/bin/sh -c COMMAND`` exactly as the user wrote it, with ``PORT`` set, the same
 contract as on the local target. No value is ever pasted into shell or unit-file text.
+
+``serve.secrets`` arrive as references only ("sm:projects/P/secrets/S/versions/V"): ``run``
+reads each from Secret Manager with the node's service account (a token from the metadata
+server) into the server's environment, and nowhere else — not metadata, not a file, not a log.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -21,6 +26,10 @@ VENV = "/opt/mlinfra/venv"
 SERVER = "/opt/mlinfra/serve.py"
 SHIM = "/usr/local/bin/mlinfra"
 GPU_WAIT_S = 900  # the Deep Learning VM installs its driver on first boot; that takes minutes
+# GCE_METADATA_HOST is the override Google's own client libraries honour; the Secret Manager URL
+# is overridable for tests against a stand-in.
+METADATA_HOST = os.environ.get("GCE_METADATA_HOST", "metadata.google.internal")
+SECRET_MANAGER = os.environ.get("MLINFRA_SECRET_MANAGER_URL", "https://secretmanager.googleapis.com")
 
 
 def load(path):
@@ -82,10 +91,45 @@ def environment(node, base=None):
     return env
 
 
+class SecretError(Exception):
+    pass
+
+
+def read_secrets(refs):
+    """{ENV_NAME: value} for the node's secret references, read with its service account."""
+    from urllib.error import URLError
+    from urllib.request import Request, urlopen
+
+    if not refs:
+        return {}
+    url = "http://%s/computeMetadata/v1/instance/service-accounts/default/token" % METADATA_HOST
+    try:
+        with urlopen(Request(url, headers={"Metadata-Flavor": "Google"}), timeout=10) as response:
+            token = json.load(response)["access_token"]
+    except (URLError, OSError, ValueError, KeyError) as exc:
+        raise SecretError("no service-account token from the metadata server (%s)" % exc) from None
+    values = {}
+    for name, ref in sorted(refs.items()):
+        version = ref[len("sm:"):]
+        request = Request("%s/v1/%s:access" % (SECRET_MANAGER, version), headers={"Authorization": "Bearer " + token})
+        try:
+            with urlopen(request, timeout=10) as response:
+                values[name] = base64.b64decode(json.load(response)["payload"]["data"]).decode("utf-8")
+        except (URLError, OSError, ValueError, KeyError) as exc:  # the message names the secret, never a value
+            raise SecretError("secret %s: cannot read %s (%s)" % (name, version, exc)) from None
+    return values
+
+
 def run(node):
     wait_for_gpu(node)
+    env = environment(node)
+    try:
+        env.update(read_secrets(node.get("secrets")))
+    except SecretError as exc:
+        print("mlinfra: %s" % exc, file=sys.stderr)
+        return 1
     sys.stdout.flush()
-    os.execve("/bin/sh", ["/bin/sh", "-c", node["command"]], environment(node))
+    os.execve("/bin/sh", ["/bin/sh", "-c", node["command"]], env)
 
 
 def main(argv):
@@ -96,8 +140,7 @@ def main(argv):
     if argv[1] == "prepare":
         prepare(node)
         return 0
-    run(node)
-    return 1  # not reached: run() replaces this process
+    return run(node)  # returns only when it cannot start the server; otherwise the server replaced it
 
 
 if __name__ == "__main__":

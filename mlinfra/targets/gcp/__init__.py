@@ -40,11 +40,19 @@ class GcpDriver(Driver):
     def validate(self, spec) -> Placement:
         if not spec.gcp.project:
             raise SpecError("gcp.project", "is required when target = 'gcp'")
-        if spec.serve.secrets:
-            # Reading Secret Manager on the node is not built yet: refuse rather than start a node without them.
-            raise SpecError(
-                "serve.secrets", "is not supported on target 'gcp' yet: only the local target reads secrets"
-            )
+        for name, ref in spec.serve.secrets.items():
+            if not ref.startswith("sm:"):
+                raise SpecError(
+                    f"serve.secrets.{name}",
+                    f"{ref!r}: a GCP node reads its secrets from Secret Manager: "
+                    "use 'sm:projects/P/secrets/S/versions/V'",
+                )
+            if not spec.gcp.service_account:
+                raise SpecError(
+                    f"serve.secrets.{name}",
+                    "the node reads Secret Manager with its service account: "
+                    "set gcp.service_account (with roles/secretmanager.secretAccessor on the secret)",
+                )
         if spec.serve.public and not spec.gcp.public_ip:
             raise SpecError(
                 "gcp.public_ip",

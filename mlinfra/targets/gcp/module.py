@@ -49,6 +49,7 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
                 "node": node.key,
                 "command": stack.serve.command,
                 "env": dict(stack.serve.env),
+                "secrets": dict(stack.serve.secrets),  # references only: the node reads the values
                 "port": stack.serve.port,
                 "health_path": stack.serve.health_path,
                 "gpus": count,
@@ -70,8 +71,12 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         "public_ip": stack.gcp.public_ip,
         "disk_kms_key": stack.gcp.disk_kms_key or None,  # null: Google-managed encryption
         # The reference server is two files (HTTP and model); the node puts them side by side.
-        "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text() if uses_reference_server else "",
-        "reference_model": resources.files("mlinfra").joinpath("demand.py").read_text() if uses_reference_server else "",
+        "reference_server": resources.files("mlinfra").joinpath("serve.py").read_text()
+        if uses_reference_server
+        else "",
+        "reference_model": resources.files("mlinfra").joinpath("demand.py").read_text()
+        if uses_reference_server
+        else "",
         "nodes": nodes,
     }
 

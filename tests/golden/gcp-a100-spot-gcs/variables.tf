@@ -94,6 +94,7 @@ variable "nodes" {
       node        = string
       command     = string
       env         = map(string)
+      secrets     = map(string)
       port        = number
       health_path = string
       gpus        = number

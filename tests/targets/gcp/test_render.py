@@ -383,7 +383,11 @@ def test_schema_check_runs_on_the_shared_schema():
 def test_tfvars_satisfy_the_variable_types(tmp_path, case):
     """Terraform itself checks terraform.tfvars.json against variables.tf (a plan with no provider)."""
     if case == "seed":
-        rendered = seed_stack(tmp_path, ssh_cidrs=["203.0.113.0/24"], env={"A": "b"}).render()
+        rendered = gcp_stack(tmp_path, "seedsec", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"],
+                                                        "service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
+                             compute={"gpu": "t4", "machine_type": "n1-standard-4"},
+                             serve={"ssh_cidrs": ["203.0.113.0/24"], "env": {"A": "b"},
+                                    "secrets": {"HF": "sm:projects/ml-demo-123456/secrets/hf/versions/1"}}).render()
     elif case == "private-kms":
         rendered = gcp_stack(tmp_path, "privkms", compute={"gpu": "l4"},
                              gcp={"public_ip": False, "disk_kms_key": KMS_KEY}).render()
