@@ -92,8 +92,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             if not isinstance(item, str):
                 raise SpecError(f"{key}.{name}", f"expected a string, got {describe(item)}")
         value = dict(value)
-    elif type(None) in args:  # an optional table (verify.payload)
-        if value is not None and not isinstance(value, dict):
+    elif type(None) in args:  # an optional table (verify.payload, [autoscale])
+        if value is not None and not isinstance(value, (dict, Section)):
             raise SpecError(key, f"expected a table, got {describe(value)}")
     elif not isinstance(value, Section):
         raise SpecError(key, f"expected a table, got {describe(value)}")

@@ -21,6 +21,7 @@ from mlinfra import targets
 from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import SpecError
 from mlinfra.fields import Section, describe, in_range, one_of
+from mlinfra.targets.serve.section import Autoscale, refuse_replicas_with_autoscale
 
 _GCP_NAME = re.compile(catalog.NAME_PATTERN)
 # Node names are "<stack>-<region>-<replica>" and GCP caps names at 63 characters; the longest
@@ -273,7 +274,7 @@ class Verify(Section):
             raise SpecError("verify.path", f"{self.path!r} must be a URL path starting with '/', like '/predict'")
 
 
-_SECTIONS = {"gcp": Gcp, "local": Local, "compute": Compute, "serve": Serve, "state": State, "verify": Verify}
+_SECTIONS = dict(gcp=Gcp, local=Local, compute=Compute, serve=Serve, state=State, verify=Verify, autoscale=Autoscale)
 
 
 @dataclass(frozen=True)
@@ -289,11 +290,13 @@ class StackSpec(Section):
     serve: Serve = field(default_factory=Serve)
     state: State = field(default_factory=State)
     verify: Verify = field(default_factory=Verify)
+    autoscale: Autoscale | None = None  # absent: a fixed compute.replicas per region
     path: Path | None = field(default=None, compare=False, repr=False)
     # Where the nodes go, as the target resolved it while checking the stack (computed once).
     placement: Any = field(default=None, compare=False, repr=False, init=False)
 
     def __post_init__(self) -> None:
+        refuse_replicas_with_autoscale(self.compute, self.autoscale)
         for key, cls in _SECTIONS.items():
             value = getattr(self, key)
             if isinstance(value, dict):  # Stack(compute={"gpu": "t4"}) is accepted too
@@ -322,8 +325,8 @@ class StackSpec(Section):
 
     @property
     def driver(self):
-        """The stack's target (``targets.base.Driver``)."""
-        return targets.driver(self.target)
+        """The stack's target (``targets.base.Driver``); Ray Serve's with ``[autoscale]``."""
+        return targets.driver(self.target, autoscale=self.autoscale is not None)
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -382,6 +385,8 @@ def _build(cls, data: dict, key: str, **extra):
             raise SpecError(prefix + f.name, "required key is missing")
     kwargs = dict(data)
     sections = _SECTIONS if issubclass(cls, StackSpec) else {}
+    if sections and isinstance(data.get("compute"), dict):  # before the tables become objects
+        refuse_replicas_with_autoscale(data["compute"], data.get("autoscale"))
     for name, section in sections.items():
         if name in kwargs:
             if not isinstance(kwargs[name], dict):

@@ -101,6 +101,18 @@ def test_a_local_stack_command_imports_no_google_cloud_code():
     assert result.stdout.strip() == "[]"
 
 
+def test_a_stack_without_autoscale_never_imports_ray():
+    """Ray is an extra: importing mlinfra, and validating, rendering and asking the status of a stack
+    without [autoscale], load none of it (nor the Ray Serve driver)."""
+    code = ("import sys, tempfile; from mlinfra import Stack; d = tempfile.mkdtemp(); "
+            "s = Stack(name='arch', path=d + '/mlinfra.toml'); s.render(); s.status(); s.plan; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray' or m.startswith('mlinfra.targets.serve.local')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert "ray" in subprocess.run([sys.executable, "-c", "import ray; print('ray')"], capture_output=True,
+                                   text=True).stdout  # the check above could not see Ray at all otherwise
+
+
 def test_public_api_is_pinned():
     assert mlinfra.__all__ == [
         "Aborted", "Compute", "EngineError", "Gcp", "Local", "MlinfraError", "Serve", "SpecError", "Stack",

@@ -133,7 +133,10 @@ def verify(
     as_json: JsonOpt = False,
     junit: JunitOpt = None,
     check: Annotated[
-        list[str] | None, typer.Option("--check", help="Run only these checks: health, gpu, latency (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--check", help="Run only these checks: health, gpu, latency, autoscale (repeatable; autoscale: opt-in)."
+        ),
     ] = None,
     rate: Annotated[
         float | None,
@@ -220,3 +223,12 @@ def _show_status(result, as_json: bool) -> None:
     ready = sum(1 for node in result.nodes if node.ready)
     out.print(f"Stack {result.stack!r} ({result.target}): {ready}/{len(result.nodes)} node(s) ready", markup=False)
     print_nodes(result.nodes, out)
+    scaling = result.autoscale
+    if scaling:  # an [autoscale] stack: one endpoint, Serve's replicas per region
+        out.print(f"Endpoint: {result.endpoint}  ({scaling['engine']}, policy {scaling['policy']})", markup=False)
+        for region, info in scaling["regions"].items():
+            figures = info.get("error") or (
+                f"{info.get('replicas', 0)} running, {info.get('starting', 0)} starting "
+                f"(min {scaling['min_replicas']}, max {scaling['max_replicas']})"
+            )
+            out.print(f"  {region}: replicas {figures}", markup=False)

@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 NAMES = ("local", "gcp")  # the values `target = "..."` accepts, in the order docs list them
 
 
-def driver(name: str) -> Driver:
-    """The driver of target ``name`` (one of ``NAMES``)."""
+def driver(name: str, autoscale: bool = False) -> Driver:
+    """The driver of target ``name`` (one of ``NAMES``); with ``autoscale``, the Ray Serve
+    flavour of it (``targets/serve/<name>``), which imports Ray only when it operates."""
     if name not in NAMES:
         raise KeyError(f"no target {name!r}")
-    return importlib.import_module(f"mlinfra.targets.{name}").DRIVER
+    module = f"mlinfra.targets.serve.{name}" if autoscale else f"mlinfra.targets.{name}"
+    return importlib.import_module(module).DRIVER

@@ -20,7 +20,8 @@ from mlinfra.jsondata import Result
 from mlinfra.verify.report import passed, verdict
 from mlinfra.verify.result import CheckResult
 
-CHECKS = ("health", "gpu", "latency")
+CHECKS = ("health", "gpu", "latency", "autoscale")
+DEFAULT_CHECKS = ("health", "gpu", "latency")  # autoscale is opt-in: it takes tens of seconds
 
 
 @dataclass
@@ -42,7 +43,7 @@ class VerifyReport(Result):
 
 def parse_checks(names: Iterable[str] | None) -> tuple[str, ...]:
     if not names:
-        return CHECKS
+        return DEFAULT_CHECKS
     chosen = tuple(dict.fromkeys(n.strip() for name in names for n in name.split(",") if n.strip()))
     unknown = [n for n in chosen if n not in CHECKS]
     if unknown:
@@ -88,6 +89,11 @@ def run(
                 record(CheckResult(node.name, "latency", False, "not run", message="not run: the node is not healthy"))
             else:
                 record(_latency(stack, node, rate))
+    if "autoscale" in checks:  # after latency: it drives load of its own, one region at a time
+        from mlinfra.verify.autoscale import check_autoscale
+
+        for node in nodes:
+            record(check_autoscale(stack, node, _payload(stack)))
     order = {check: i for i, check in enumerate(CHECKS)}
     ordered = sorted(results.values(), key=lambda r: ([n.name for n in nodes].index(r.node), order[r.check]))
     return VerifyReport(stack.name, ordered, time.monotonic() - started)
@@ -127,3 +133,10 @@ def _latency(stack, node, rate: float | None) -> CheckResult:
         rate=verify.rate if rate is None else rate,
     )
     return latency.check_latency(node.name, result, verify)
+
+
+def _payload(stack) -> dict:
+    from mlinfra.verify import latency
+
+    verify = stack.spec.verify
+    return verify.payload if verify.payload is not None else latency.default_payload()

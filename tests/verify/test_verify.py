@@ -153,7 +153,7 @@ def test_cli_verify_exit_codes_and_reports(tmp_path, monkeypatch, deployed):
     result = runner.invoke(app, ["verify"])
     assert (result.exit_code, result.stderr) == (1, "error: stack 'v-cli' is not deployed: run `mlinfra up` first\n")
     assert runner.invoke(app, ["verify", "--check", "gpuu"]).stderr == \
-        "error: unknown check 'gpuu': choose from health, gpu, latency\n"
+        "error: unknown check 'gpuu': choose from health, gpu, latency, autoscale\n"
     deployed(stack)
     stack.up(verify=False)
     result = runner.invoke(app, ["verify", "--junit", "report.xml"])

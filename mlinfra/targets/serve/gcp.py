@@ -1,0 +1,121 @@
+"""Autoscaled serving on Google Cloud (``templates/serve-gcp/``): per region a CPU head VM (Ray
+head, Serve's proxy on ``serve.port``, Ray's autoscaler) and a regional MIG of GPU workers that
+the autoscaler resizes through ``mig_provider.py``. The GPU, machine and zone rules are the GCP
+target's own (``GcpDriver.validate``); the workers' zones are the candidates the catalog gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlinfra.errors import SpecError
+from mlinfra.render import templates_dir
+from mlinfra.targets.base import Placement, node_specs
+from mlinfra.targets.gcp import GcpDriver, module
+from mlinfra.targets.serve.local import autoscale_values
+
+HEAD_MACHINE = "e2-standard-4"  # the head routes and decides; it runs no replica
+HEAD_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+WORKER_INITIAL_DELAY_S = 900  # DLVM driver install + Ray install + model load, measured in minutes
+RAY_PORT = 6379
+
+
+class ServeGcpDriver(GcpDriver):
+    templates = "serve-gcp"
+    node_resource = "google_compute_instance.head"
+    rebuild_budget_s = 1200.0
+
+    def validate(self, spec) -> Placement:
+        if not spec.gcp.service_account:
+            raise SpecError(
+                "gcp.service_account",
+                "is required with [autoscale]: the head resizes the worker group through the Compute API as this account",
+            )
+        if spec.autoscale.policy:
+            raise SpecError("autoscale.policy", "is not supported on target 'gcp' yet: only the local target loads it")
+        placement = super().validate(spec)
+        return Placement(node_specs(spec.gcp.regions, 1), placement.resolved)  # one head per region
+
+    def notes(self, spec, placement: Placement) -> list[str]:
+        a = spec.autoscale
+        return super().notes(spec, placement) + [
+            f"autoscaled by Ray Serve: {a.min_replicas}–{a.max_replicas} GPU workers per region (a regional MIG)"
+        ]
+
+    def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
+        base = module.tfvars(spec, placement.resolved, workspace)
+        gpus = placement.resolved.gpu_count
+        heads, workers = {}, {}
+        for key, node in base["nodes"].items():
+            region = node["region"]
+            group = f"{spec.name}-{key}-workers"
+            heads[key] = {
+                "region": region,
+                "zone": node["zone"],
+                "config": {
+                    "gcs_port": RAY_PORT,
+                    "serve_port": spec.serve.port,
+                    "command": spec.serve.command,
+                    "health_path": spec.serve.health_path,
+                    "cwd": "",
+                    "env": dict(spec.serve.env),
+                    "autoscale": autoscale_values(spec),
+                    "actor": {"num_gpus": gpus} if gpus else {"num_cpus": 1},
+                    # Ray's cluster config: the external provider on the head, one worker type.
+                    "autoscaler": {
+                        "cluster_name": spec.name,
+                        "max_workers": spec.autoscale.max_replicas,
+                        "idle_timeout_minutes": max(1.0, spec.autoscale.downscale_delay_s / 60),
+                        "provider": {
+                            "type": "external",
+                            "module": "mig_provider.MigNodeProvider",
+                            "project": spec.gcp.project,
+                            "region": region,
+                            "group": group,
+                            "head_name": f"{spec.name}-{key}-head",
+                            "disable_node_updaters": True,
+                            "disable_launch_config_check": True,
+                            "foreground_node_launch": True,
+                        },
+                        "available_node_types": {
+                            "head": {"resources": {"CPU": 0}, "min_workers": 0, "max_workers": 0, "node_config": {}},
+                            "gpu_worker": {
+                                "resources": {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1},
+                                "min_workers": spec.autoscale.min_replicas,
+                                "max_workers": spec.autoscale.max_replicas,
+                                "node_config": {},
+                            },
+                        },
+                        "head_node_type": "head",
+                    },
+                },
+            }
+            workers[region] = {
+                "head": key,
+                "zones": list(placement.resolved.zones[region]),
+                **{k: node[k] for k in ("machine_type", "attached_gpus", "has_gpu", "spot", "spot_termination")},
+                **{k: node[k] for k in ("image", "disk_gb", "disk_type")},
+            }
+        keep = ("project", "stack", "network", "port", "serve_cidrs", "ssh_cidrs", "ssh_user", "ssh_public_key")
+        return {k: base[k] for k in keep} | {
+            "ssh_private_key_file": base["ssh_private_key_file"],
+            "service_account": base["service_account"],
+            "public_ip": base["public_ip"],
+            "disk_kms_key": base["disk_kms_key"],
+            "head_machine_type": HEAD_MACHINE,
+            "head_image": HEAD_IMAGE,
+            "worker_initial_delay_s": WORKER_INITIAL_DELAY_S,
+            "serve_app": (templates_dir("serve-local") / "mlinfra_serve_app.py").read_text(),
+            "heads": heads,
+            "workers": workers,
+        }
+
+    def autoscale_status(self, spec, workspace, nodes: list) -> dict[str, Any] | None:
+        from mlinfra.targets.serve.local import summary
+
+        # Serve's replica counts need a connection to the head's GCS inside the VPC; from here
+        # the status says the bounds and each region's endpoint.
+        return summary(spec, {n.region: {"endpoint": n.endpoint} for n in nodes})
+
+
+DRIVER = ServeGcpDriver()

@@ -1,0 +1,196 @@
+"""Autoscaled serving on this machine (``templates/serve-local/``): per region, a real Ray head
+with its own ports and temp dir, running a Serve app whose replicas run ``serve.command``.
+
+The region's "node" is its head: its endpoint is the Serve proxy (a stable port per stack and
+region), its health URL the proxy's own ``/-/healthz`` — so `mlinfra status` never wakes a
+stack that scaled to zero; the first request through the endpoint does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mlinfra.errors import MlinfraError, SpecError
+from mlinfra.targets.base import Driver, NodeSpec, Placement, node_specs, read_json
+from mlinfra.targets.local import ports, process
+
+# The ports of one head; each is stable across applies like a local node's port.
+PORTS = ("gcs", "serve", "client", "agent", "metrics")
+READY_TIMEOUT_S = 600.0  # how long a replica waits for serve.command's health path (a model load)
+STATUS_TIMEOUT_S = 60.0
+
+
+def check_policy(spec) -> None:
+    """``autoscale.policy`` names a module that can be found from the stack's directory (where
+    the Ray workers look too) and a function name; the module is not imported here."""
+    policy = spec.autoscale.policy
+    if not policy:
+        return
+    module = policy.partition(":")[0]
+    base = str((spec.path.parent if spec.path else Path.cwd()).resolve())
+    sys.path.insert(0, base)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    finally:
+        sys.path.remove(base)
+    if found is None:
+        raise SpecError(
+            "autoscale.policy", f"cannot import module {module!r} (looked in the stack's directory and sys.path)"
+        )
+
+
+def autoscale_values(spec) -> dict[str, Any]:
+    a = spec.autoscale
+    return {
+        "min_replicas": a.min_replicas,
+        "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "max_queued_requests": a.max_queued_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+        "policy": a.policy,
+        "ready_timeout_s": min(READY_TIMEOUT_S, spec.verify.health_timeout_s),
+    }
+
+
+def _temp_dir(workdir: Path, key: str) -> str:
+    # Ray puts Unix sockets under its temp dir, and a socket path has 107 bytes at most:
+    # a short per-head directory, not the (possibly long) work dir.
+    digest = hashlib.sha256(f"{workdir.resolve()}/{key}".encode()).hexdigest()[:12]
+    return str(Path(tempfile.gettempdir()) / "mlinfra-ray" / digest)
+
+
+class ServeLocalDriver(Driver):
+    name = "local"
+    templates = "serve-local"
+    node_resource = "terraform_data.head"
+    rebuild_budget_s = 120.0  # `ray start` ~6 s and Serve ~3 s on two cores, plus min_replicas starts
+    health_poll_cap_s = 0.25
+
+    def regions(self, spec) -> tuple[str, ...]:
+        return spec.local.regions
+
+    def validate(self, spec) -> Placement:
+        check_policy(spec)
+        return Placement(node_specs(self.regions(spec), 1))  # one head per region
+
+    def notes(self, spec, placement: Placement) -> list[str]:
+        a = spec.autoscale
+        return [f"autoscaled by Ray Serve: {a.min_replicas}–{a.max_replicas} replicas per region"]
+
+    def cost(self, spec, placement: Placement) -> Any:
+        from mlinfra.clouds.gcp.prices import Cost
+
+        return Cost(spec.compute.spot, (), 0.0, 0.0, notes=("the local target costs nothing in the cloud",))
+
+    def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
+        require_ray()
+        previous = {
+            f"{key}/{name}": int(head[f"{name}_port"])
+            for key, head in read_json(workspace.tfvars).get("heads", {}).items()
+            for name in PORTS
+            if isinstance(head, dict) and f"{name}_port" in head
+        }
+        wanted = [NodeSpec(f"{n.key}/{name}", n.region, 0) for n in placement.nodes for name in PORTS]
+        running = {s.key for s in wanted if workspace.node_record(s.key.partition("/")[0]).exists()}
+        assigned = ports.assign(spec.name, wanted, previous, running)
+        cwd = str((spec.path.parent if spec.path else Path.cwd()).resolve())
+        heads = {}
+        for node in placement.nodes:
+            heads[node.key] = {f"{name}_port": assigned[f"{node.key}/{name}"] for name in PORTS} | {
+                "region": node.region,
+                "temp_dir": _temp_dir(workspace.root, node.key),
+                "command": spec.serve.command,
+                "health_path": spec.serve.health_path,
+                "cwd": cwd,
+                "env": dict(spec.serve.env),
+                "autoscale": autoscale_values(spec),
+            }
+        return {"stack": spec.name, "python": sys.executable, "heads": heads}
+
+    def discover(self, outputs: dict[str, Any], workspace) -> list:
+        found = super().discover(outputs, workspace)
+        records = {n.key: process.read_record(workspace.nodes_dir, n.key) for n in found}
+        return [replace(n, pid=records[n.key].get("pid"), log=records[n.key].get("log", "")) for n in found]
+
+    def exited(self, node, workspace) -> Callable[[], str | None] | None:
+        if not node.pid:
+            return None
+        return lambda: None if process.pid_alive(node.pid) else f"the Ray head (GCS pid {node.pid}) is not running"
+
+    def orphans(self, workspace) -> list[int]:
+        return process.orphans(workspace.nodes_dir)
+
+    def sweep(self, workspace, pids: list[int] | None = None) -> int:
+        found = list(process.stack_processes(workspace.nodes_dir)) if pids is None else pids
+        return process.stop_processes(found)
+
+    def gpu_runner(self, node, workspace) -> Any:
+        from mlinfra.verify.runners import LocalRunner
+
+        return LocalRunner()
+
+    def autoscale_status(self, spec, workspace, nodes: list) -> dict[str, Any] | None:
+        regions = {}
+        heads = read_json(workspace.tfvars).get("heads", {})
+        for node in nodes:
+            head = heads.get(node.key)
+            serving = head_status(workspace.root, head) if head and node.alive is not False else {}
+            regions[node.region] = {"endpoint": node.endpoint, **serving}
+        return summary(spec, regions)
+
+
+def summary(spec, regions: dict[str, dict]) -> dict[str, Any]:
+    """The status's ``autoscale`` object: totals first, then each region's own figures."""
+    a = spec.autoscale
+    return {
+        "engine": "ray-serve",
+        "replicas": sum(r.get("replicas", 0) for r in regions.values()),
+        "starting": sum(r.get("starting", 0) for r in regions.values()),
+        "min_replicas": a.min_replicas,
+        "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "max_queued_requests": a.max_queued_requests,
+        "policy": a.policy or "queue-depth",
+        "regions": regions,
+    }
+
+
+def head_status(module_dir: Path, head: dict) -> dict[str, Any]:
+    """The Serve app's replicas, asked of the running cluster by a short Python that imports Ray
+    (this process never does). An unreachable cluster is ``{"error": ...}``, not an exception."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLINFRA_")}
+    # The stack's directory too: Serve's status carries the deployment's config, and with it a
+    # custom policy that unpickles only where its module imports.
+    path = os.pathsep.join([str(module_dir), head["cwd"]])
+    env |= {"PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0", "MLINFRA_HEAD": json.dumps(head)}
+    code = "import sys, mlinfra_serve_app; sys.exit(mlinfra_serve_app.main())"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, "status"], env=env, capture_output=True, text=True, timeout=STATUS_TIMEOUT_S
+        )
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        tail = " | ".join(done.stderr.strip().splitlines()[-2:]) if "done" in locals() else ""
+        return {"error": "the Ray cluster did not answer" + (f": {tail}" if tail else "")}
+
+
+def require_ray() -> None:
+    """An autoscaled stack needs Ray in mlinfra's interpreter (the ``ray`` extra)."""
+    if importlib.util.find_spec("ray") is None:
+        raise MlinfraError("[autoscale] needs Ray: pip install 'mlinfra[ray]'")
+
+
+DRIVER = ServeLocalDriver()

@@ -1,0 +1,170 @@
+"""The Serve application of an autoscaled stack, and the two commands that talk to its cluster.
+
+`deploy` (run by head.py once the Ray head is up) starts Serve's proxy on the stack's port and
+runs the app; `status` prints the app's replicas as JSON (for `mlinfra status`). Both read the
+head's values from ``MLINFRA_HEAD``.
+
+``Replica`` is the only code of mlinfra in the request path: each replica starts the user's
+``serve.command`` unchanged on a free ``PORT``, waits for ``serve.health_path``, forwards every
+request to it and tells Serve its health (a replica whose process died is replaced by Serve).
+Every scaling decision is Ray Serve's. Replicas also report ``latency_ms`` (p90 over the last
+few seconds, from an ``X-Token-Latency-Ms`` response header when the server sends one, else
+the request's own duration) for custom policies; an empty window reports 0.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
+
+APP = "mlinfra"
+METRIC_WINDOW_S = 5.0  # a custom metric must decay: a window in time, not the last N requests
+METRIC_HEADER = "x-token-latency-ms"
+HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# A shell that ends the server's process group when the replica process is gone, however it
+# went (Serve kills a replica's worker without running Python's cleanup).
+_WATCHDOG = 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -TERM -- "-$2" 2>/dev/null'
+
+
+class Replica:
+    def __init__(self, head: dict):
+        self.port = _free_port()
+        env = dict(os.environ) | dict(head["env"]) | {"PORT": str(self.port)}
+        self.process = subprocess.Popen(["/bin/sh", "-c", head["command"]], cwd=head["cwd"] or None, env=env,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        subprocess.Popen(["/bin/sh", "-c", _WATCHDOG, "watchdog", str(os.getpid()), str(self.process.pid)],
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + float(head["autoscale"]["ready_timeout_s"])
+        while not _healthy(self.base + head["health_path"]):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve.command exited with status {self.process.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve.command was not ready on {head['health_path']} in time")
+            time.sleep(0.1)
+        self.session = None
+        self.samples: deque = deque()  # (monotonic time, latency ms)
+
+    async def __call__(self, request):
+        import aiohttp
+        from starlette.responses import Response
+
+        if self.session is None:  # created on the replica's event loop
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        url = self.base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        started = time.monotonic()
+        async with self.session.request(request.method, url, data=await request.body(), headers=headers) as reply:
+            body = await reply.read()
+            metric = reply.headers.get(METRIC_HEADER)
+            kept = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
+            status = reply.status
+        self.samples.append((time.monotonic(), float(metric) if metric else (time.monotonic() - started) * 1000))
+        return Response(content=body, status_code=status, headers=kept)
+
+    def check_health(self):
+        code = self.process.poll()
+        if code is not None:
+            raise RuntimeError(f"serve.command exited with status {code}")
+
+    def record_autoscaling_stats(self) -> dict:
+        cutoff = time.monotonic() - METRIC_WINDOW_S
+        while self.samples and self.samples[0][0] < cutoff:
+            self.samples.popleft()
+        values = sorted(v for _, v in self.samples)
+        return {"latency_ms": values[int(0.9 * (len(values) - 1))] if values else 0.0}
+
+    def __del__(self):
+        process = getattr(self, "process", None)
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, 15)
+            except OSError:
+                pass
+
+
+def deployment_options(head: dict) -> dict:
+    scale = head["autoscale"]
+    config = {
+        "min_replicas": int(scale["min_replicas"]),
+        "max_replicas": int(scale["max_replicas"]),
+        "target_ongoing_requests": float(scale["target_ongoing_requests"]),
+        "upscale_delay_s": float(scale["upscale_delay_s"]),
+        "downscale_delay_s": float(scale["downscale_delay_s"]),
+        "downscale_to_zero_delay_s": float(scale["downscale_delay_s"]),
+        # Serve averages the queue over this window; its 30 s default lags short bursts.
+        "look_back_period_s": 2.0,
+    }
+    if scale["policy"]:
+        config["policy"] = {"policy_function": scale["policy"]}
+    return {
+        "name": "serve",
+        "autoscaling_config": config,
+        # A replica takes twice its target before requests queue at the proxy (bounded below).
+        "max_ongoing_requests": max(1, round(2 * float(scale["target_ongoing_requests"]))),
+        "max_queued_requests": int(scale["max_queued_requests"]),
+        "health_check_period_s": 2.0,
+        "health_check_timeout_s": 10.0,
+        "graceful_shutdown_timeout_s": 5.0,
+        # Locally max_replicas bounds replicas, not Ray's CPU count; on GCP a replica asks for
+        # the node's GPUs (head["actor"]), which is what makes Ray's autoscaler add a worker.
+        "ray_actor_options": {"num_cpus": 0, **head.get("actor", {})},
+    }
+
+
+def _connect(head: dict):
+    import ray
+
+    ray.init(address=f"127.0.0.1:{head['gcs_port']}", _node_ip_address="127.0.0.1", log_to_driver=False,
+             logging_level="ERROR")
+
+
+def deploy(head: dict) -> int:
+    from ray import serve
+
+    _connect(head)
+    serve.start(http_options={"host": "127.0.0.1", "port": int(head["serve_port"])})
+    app = serve.deployment(Replica).options(**deployment_options(head)).bind(head)
+    serve.run(app, name=APP, route_prefix="/", blocking=False)
+    return 0
+
+
+def status(head: dict) -> int:
+    from ray import serve
+
+    _connect(head)
+    found = serve.status().applications.get(APP)
+    deployment = found.deployments.get("serve") if found else None
+    # Keys are ReplicaState members (a str enum): their value is the state's name.
+    states = {getattr(k, "value", str(k)): int(v) for k, v in (deployment.replica_states if deployment else {}).items()}
+    print(json.dumps({"app": getattr(found.status, "value", str(found.status)) if found else "missing",
+                      "replicas": int(states.get("RUNNING", 0)),
+                      "starting": sum(int(n) for s, n in states.items() if s != "RUNNING"),
+                      "states": states}))
+    return 0
+
+
+def main() -> int:
+    head = json.loads(os.environ["MLINFRA_HEAD"])
+    commands = {"deploy": deploy, "status": status}
+    return commands[sys.argv[1]](head)
