@@ -177,6 +177,8 @@ def _spec_defaults() -> dict[str, dict[str, str]]:
     """
     defaults: dict[str, dict[str, str]] = {"stack": {}}
     for f in dataclasses.fields(spec.StackSpec):
+        if not f.init:  # bookkeeping the spec works out (placement, the keys a file gave), not a key
+            continue
         if f.default is not dataclasses.MISSING:
             if f.default is not None:
                 defaults["stack"][f.name] = _toml(f.default)

@@ -294,6 +294,7 @@ class StackSpec(Section):
     path: Path | None = field(default=None, compare=False, repr=False)
     # Where the nodes go, as the target resolved it while checking the stack (computed once).
     placement: Any = field(default=None, compare=False, repr=False, init=False)
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False, init=False)  # "serve.port", ...
 
     def __post_init__(self) -> None:
         refuse_replicas_with_autoscale(self.compute, self.autoscale)
@@ -301,6 +302,7 @@ class StackSpec(Section):
             value = getattr(self, key)
             if isinstance(value, dict):  # Stack(compute={"gpu": "t4"}) is accepted too
                 object.__setattr__(self, key, _build(cls, value, key))
+                object.__setattr__(self, "given", self.given | {f"{key}.{name}" for name in value})
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
         super().__post_init__()
@@ -356,9 +358,12 @@ class StackSpec(Section):
         except OSError as exc:  # a symlink loop, a permission, an I/O error: still one line
             raise SpecError("", f"cannot read the stack file: {exc.strerror or exc}", source=source) from None
         try:
-            return _build(cls, data, "", path=path)
+            spec = _build(cls, data, "", path=path)
         except SpecError as exc:
             raise exc.with_source(source) from None
+        keys = {f"{section}.{name}" for section, table in data.items() if isinstance(table, dict) for name in table}
+        object.__setattr__(spec, "given", spec.given | keys)  # what the file wrote, not the defaults
+        return spec
 
 
 def suggest_name(text: str) -> str:

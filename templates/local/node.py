@@ -80,8 +80,8 @@ def start(key: str) -> int:
         print(f"node {key}: stopping a copy left by an interrupted apply")
         stop(key)
     if _port_in_use(port):
-        print(f"node {key}: port {port} is already in use by another process; "
-              "run `mlinfra up` again to pick a free port", file=sys.stderr)
+        print(f"node {key}: port {port} is already in use by another process; with serve.port set, choose "
+              "another; without it, run `mlinfra up` again to pick a free port", file=sys.stderr)
         return 1
     _exit_path(run_dir, key).unlink(missing_ok=True)  # a stale exit must not describe this run
     token = uuid.uuid4().hex

@@ -49,7 +49,9 @@ class LocalDriver(Driver):
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         running = {n.key for n in placement.nodes if workspace.node_record(n.key).exists()}
-        assigned = ports.assign(spec.name, placement.nodes, ports.previous_ports(workspace.tfvars), running)
+        # serve.port written in the stack file is honoured (node i: port + i); otherwise free ports.
+        asked = spec.serve.port if "serve.port" in spec.given else None
+        assigned = ports.assign(spec.name, placement.nodes, ports.previous_ports(workspace.tfvars), running, asked)
         cwd = str((spec.path.parent if spec.path else Path.cwd()).resolve())
         return {
             "stack": spec.name,

@@ -29,13 +29,21 @@ def previous_ports(tfvars: Path) -> dict[str, int]:
         return {}
 
 
-def assign(stack: str, nodes: Sequence[NodeSpec], previous: dict[str, int], running: set[str]) -> dict[str, int]:
-    """A port per node: ``previous`` kept where still usable (``running``: nodes with a record)."""
+def assign(
+    stack: str, nodes: Sequence[NodeSpec], previous: dict[str, int], running: set[str], asked: int | None = None
+) -> dict[str, int]:
+    """A port per node: ``previous`` kept where still usable (``running``: nodes with a record).
+    ``asked`` (serve.port, when the stack file sets it): node i gets asked + i. Whether it is free
+    is the launcher's question when the node starts (a render for `down` must never fail on it)."""
+    if asked is not None:
+        if asked + len(nodes) - 1 > 65535:
+            raise MlinfraError(f"serve.port: {asked} + {len(nodes) - 1} more nodes goes past port 65535")
+        return {node.key: asked + i for i, node in enumerate(nodes)}
     assigned: dict[str, int] = {}
     for node in nodes:
-        port = previous.get(node.key)
-        if port and (node.key in running or not port_in_use(port)):
-            assigned[node.key] = port
+        kept = previous.get(node.key)
+        if kept and (node.key in running or not port_in_use(kept)):
+            assigned[node.key] = kept
     lo, hi = PORT_RANGE
     for node in nodes:
         if node.key in assigned:

@@ -255,3 +255,41 @@ def test_a_squatter_on_a_node_port_is_not_the_node(tmp_path, deployed):
     finally:
         squatter.kill()
         squatter.wait()
+
+
+def test_serve_port_written_in_the_stack_file_is_the_node_port(tmp_path, deployed):
+    """serve.port is honoured on the local target: node i listens on serve.port + i; a port some
+    other program holds is a clear error, not a silent reassignment."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        base = probe.getsockname()[1]
+    path = write_stack(tmp_path, f"""
+        name = "e2e-port"
+        [local]
+        regions = ["a", "b"]
+        [serve]
+        command = "{HTTP_SERVER}"
+        health_path = "/"
+        port = {base}
+    """)
+    stack = Stack.load(path)
+    deployed(stack)
+    nodes = stack.up(verify=False).nodes
+    assert [n.endpoint for n in nodes] == [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"]
+    assert not stack.up(verify=False).applied  # its own ports are no conflict
+    stack.down()
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", base + 1))
+        squatter.listen()
+        import pytest
+
+        from mlinfra.errors import EngineError
+
+        with pytest.raises(EngineError) as info:
+            Stack.load(path).up(verify=False)
+    assert f"node b-0: port {base + 1} is already in use by another process; with serve.port set" in info.value.message
+    default = Stack(name="e2e-port-default", path=tmp_path / "d" / "mlinfra.toml")
+    assert "serve.port" not in default.spec.given  # unset: free ports, as before
