@@ -34,6 +34,28 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+# On a GCP node this file runs from /opt/mlinfra, with the model beside it as mlinfra/demand.py.
+from mlinfra.demand import (  # noqa: F401 (re-exported: serve's API)
+    DEFAULT_SEED,
+    FEATURE_DEFAULTS,
+    FEATURE_NAMES,
+    MAX_INSTANCES,
+    MODEL_NAME,
+    MODEL_VERSION,
+    NUMPY_MIN_BATCH,
+    DemandModel,
+    FittedWeights,
+    InputError,
+    _columns,
+    build_features,
+    cached_weights,
+    fit_demand_model,
+    fit_ridge,
+    generate_demand_data,
+    load_weights,
+    parse_instances,
+)
+
 if TYPE_CHECKING:
     pass
 
@@ -41,48 +63,6 @@ HEALTH_PATHS = ("/health", "/healthz", "/ping", "/v2/health/ready")
 # Prometheus client default buckets, so dashboards built for other servers fit.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
-try:  # in the package
-    from mlinfra.demand import (  # noqa: F401 (re-exported: serve's API)
-        DEFAULT_SEED,
-        FEATURE_DEFAULTS,
-        FEATURE_NAMES,
-        MAX_INSTANCES,
-        MODEL_NAME,
-        MODEL_VERSION,
-        NUMPY_MIN_BATCH,
-        DemandModel,
-        FittedWeights,
-        InputError,
-        _columns,
-        build_features,
-        cached_weights,
-        fit_demand_model,
-        fit_ridge,
-        generate_demand_data,
-        load_weights,
-        parse_instances,
-    )
-except ImportError:  # on a GCP node: demand.py is shipped beside this file
-    from demand import (  # type: ignore[no-redef]  # noqa: F401
-        DEFAULT_SEED,
-        FEATURE_DEFAULTS,
-        FEATURE_NAMES,
-        MAX_INSTANCES,
-        MODEL_NAME,
-        MODEL_VERSION,
-        NUMPY_MIN_BATCH,
-        DemandModel,
-        FittedWeights,
-        InputError,
-        _columns,
-        build_features,
-        cached_weights,
-        fit_demand_model,
-        fit_ridge,
-        generate_demand_data,
-        load_weights,
-        parse_instances,
-    )
 
 # --------------------------------------------------------------------------- metrics
 

@@ -17,7 +17,10 @@ chmod 0640 /etc/mlinfra/node.json.new
 mv /etc/mlinfra/node.json.new /etc/mlinfra/node.json
 # The reference server (`mlinfra serve`), shipped only when serve.command uses it.
 metadata mlinfra-reference-server >/opt/mlinfra/serve.py || true
-metadata mlinfra-reference-model >/opt/mlinfra/demand.py || true  # serve.py imports it from beside itself
+# Its model, as the package path serve.py imports (mlinfra.demand), beside it.
+install -d -m 0755 /opt/mlinfra/mlinfra
+: >/opt/mlinfra/mlinfra/__init__.py
+metadata mlinfra-reference-model >/opt/mlinfra/mlinfra/demand.py || true
 
 # The model server runs as an unprivileged system user with its own home for caches.
 if ! id -u mlserve >/dev/null 2>&1; then

@@ -317,7 +317,7 @@ def test_reference_server_ships_only_for_mlinfra_serve(tmp_path):
 
 
 def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
-    """What a GCP node gets: serve.py and demand.py in one directory, no mlinfra package."""
+    """What a GCP node gets: serve.py, and its model as mlinfra/demand.py beside it."""
     import socket
     import subprocess
     import sys
@@ -328,13 +328,15 @@ def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
     node = tmp_path / "opt-mlinfra"
     node.mkdir()
     (node / "serve.py").write_text(values["reference_server"])
-    (node / "demand.py").write_text(values["reference_model"])
+    (node / "mlinfra").mkdir()  # as startup.sh lays it out
+    (node / "mlinfra" / "__init__.py").write_text("")
+    (node / "mlinfra" / "demand.py").write_text(values["reference_model"])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    # No mlinfra package there: make importing it fail, as on a node, then run serve.py as the node does.
-    runner = (f"import runpy, sys; sys.modules['mlinfra'] = None; sys.path.insert(0, {str(node)!r}); "
+    # Not this checkout's mlinfra package: only what the node has, first on the path, as on a node.
+    runner = (f"import runpy, sys; sys.path.insert(0, {str(node)!r}); "
               f"sys.argv = ['serve.py', '--port', '{port}']; runpy.run_path({str(node / 'serve.py')!r}, run_name='__main__')")
     server = subprocess.Popen([sys.executable, "-c", runner], env=env, cwd=node, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
