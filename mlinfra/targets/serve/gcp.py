@@ -13,6 +13,7 @@ from mlinfra.render import templates_dir
 from mlinfra.targets.base import Placement, node_specs
 from mlinfra.targets.gcp import GcpDriver, module
 from mlinfra.targets.serve.local import autoscale_values
+from mlinfra.targets.serve.section import refuse_secrets_with_autoscale
 
 HEAD_MACHINE = "e2-standard-4"  # the head routes and decides; it runs no replica
 HEAD_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
@@ -26,6 +27,7 @@ class ServeGcpDriver(GcpDriver):
     rebuild_budget_s = 1200.0
 
     def validate(self, spec) -> Placement:
+        refuse_secrets_with_autoscale(spec)
         if not spec.gcp.service_account:
             raise SpecError(
                 "gcp.service_account",

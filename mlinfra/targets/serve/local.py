@@ -16,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError, SpecError
-from mlinfra.targets.base import Driver, NodeSpec, Placement, node_specs, read_json
-from mlinfra.targets.local import ports, process
+from mlinfra.targets.base import NodeSpec, Placement, node_specs, read_json
+from mlinfra.targets.local import LocalDriver, ports, process
+from mlinfra.targets.serve.section import refuse_secrets_with_autoscale
 
 # The ports of one head; each is stable across applies like a local node's port.
 PORTS = ("gcs", "serve", "client", "agent", "metrics")
@@ -72,28 +72,22 @@ def _temp_dir(workdir: Path, key: str) -> str:
     return str(Path(tempfile.gettempdir()) / "mlinfra-ray" / digest)
 
 
-class ServeLocalDriver(Driver):
+class ServeLocalDriver(LocalDriver):
+    """The local target's regions, process records, orphan sweep and GPU check; Ray heads for nodes."""
+
     name = "local"
     templates = "serve-local"
     node_resource = "terraform_data.head"
     rebuild_budget_s = 120.0  # `ray start` ~6 s and Serve ~3 s on two cores, plus min_replicas starts
-    health_poll_cap_s = 0.25
-
-    def regions(self, spec) -> tuple[str, ...]:
-        return spec.local.regions
 
     def validate(self, spec) -> Placement:
+        refuse_secrets_with_autoscale(spec)
         check_policy(spec)
         return Placement(node_specs(self.regions(spec), 1))  # one head per region
 
     def notes(self, spec, placement: Placement) -> list[str]:
         a = spec.autoscale
         return [f"autoscaled by Ray Serve: {a.min_replicas}–{a.max_replicas} replicas per region"]
-
-    def cost(self, spec, placement: Placement) -> Any:
-        from mlinfra.clouds.gcp.prices import Cost
-
-        return Cost(spec.compute.spot, (), 0.0, 0.0, notes=("the local target costs nothing in the cloud",))
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         require_ray()
@@ -120,27 +114,10 @@ class ServeLocalDriver(Driver):
             }
         return {"stack": spec.name, "python": sys.executable, "heads": heads}
 
-    def discover(self, outputs: dict[str, Any], workspace) -> list:
-        found = super().discover(outputs, workspace)
-        records = {n.key: process.read_record(workspace.nodes_dir, n.key) for n in found}
-        return [replace(n, pid=records[n.key].get("pid"), log=records[n.key].get("log", "")) for n in found]
-
     def exited(self, node, workspace) -> Callable[[], str | None] | None:
         if not node.pid:
             return None
         return lambda: None if process.pid_alive(node.pid) else f"the Ray head (GCS pid {node.pid}) is not running"
-
-    def orphans(self, workspace) -> list[int]:
-        return process.orphans(workspace.nodes_dir)
-
-    def sweep(self, workspace, pids: list[int] | None = None) -> int:
-        found = list(process.stack_processes(workspace.nodes_dir)) if pids is None else pids
-        return process.stop_processes(found)
-
-    def gpu_runner(self, node, workspace) -> Any:
-        from mlinfra.verify.runners import LocalRunner
-
-        return LocalRunner()
 
     def autoscale_status(self, spec, workspace, nodes: list) -> dict[str, Any] | None:
         regions = {}

@@ -52,3 +52,10 @@ def refuse_replicas_with_autoscale(compute: Any, autoscale: Any) -> None:
             "cannot be set with [autoscale]: remove compute.replicas to autoscale between "
             "autoscale.min_replicas and max_replicas, or remove [autoscale] for a fixed count",
         )
+
+
+def refuse_secrets_with_autoscale(spec: Any) -> None:
+    """The Ray templates do not carry serve.secrets yet: refuse them rather than start replicas
+    without them (both the local and the GCP mode)."""
+    if spec.serve.secrets:
+        raise SpecError("serve.secrets", "is not supported with [autoscale] yet")
