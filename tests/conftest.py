@@ -6,6 +6,7 @@ Helpers (paths, stack files, process checks) are in ``helpers.py``.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -34,6 +35,12 @@ def deployed():
     for stack in stacks:
         stack.down(force=True)
         assert stack_processes(stack.name) == [], f"processes left behind by {stack.name}"
+
+
+def pytest_configure(config):
+    # Started as a background job (`make test &`), this process inherits SIGINT ignored, and so
+    # would every mlinfra it starts: the Ctrl-C tests could then never interrupt anything.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser):

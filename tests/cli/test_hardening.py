@@ -58,15 +58,18 @@ def test_ctrl_c_at_the_confirmation_prompt_exits_130(tmp_path):
         if select.select([fd], [], [], 1)[0]:
             seen += os.read(fd, 4096)
     os.write(fd, b"\x03")  # Ctrl-C, as the terminal sends it
-    while time.monotonic() < deadline:
+    reaped, status = 0, 0
+    while time.monotonic() < deadline and not reaped:
         try:
             chunk = os.read(fd, 4096) if select.select([fd], [], [], 1)[0] else b""
         except OSError:
-            break
+            chunk = b""
         seen += chunk
-        if not chunk and os.waitpid(pid, os.WNOHANG)[0]:
-            break
-    _, status = os.waitpid(pid, 0)
+        if not chunk:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+    if not reaped:  # never hang the suite: a child still waiting at the deadline is a failure
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
     text = seen.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 130, text
     assert "interrupted at the prompt: nothing was changed" in text and "Traceback" not in text
