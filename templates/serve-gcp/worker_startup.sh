@@ -3,6 +3,9 @@
 set -euo pipefail
 md() { curl -sf -H 'Metadata-Flavor: Google' "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"; }
 head_ip="$(md mlinfra-head-address)"
+# Debian and Ubuntu split ensurepip (what `python3 -m venv` needs) into python3-venv, which
+# Ubuntu's cloud images do not install ("ensurepip is not available ... apt install python3.12-venv").
+python3 -c 'import ensurepip' 2>/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; }
 [ -x /opt/mlinfra/venv/bin/python ] || { python3 -m venv /opt/mlinfra/venv && /opt/mlinfra/venv/bin/pip install -q 'ray[serve]==2.60.0'; }
 systemd-run --unit=mlinfra-ray-worker --property=Restart=always \
   /opt/mlinfra/venv/bin/ray start --address="${head_ip}:6379" --block --disable-usage-stats
