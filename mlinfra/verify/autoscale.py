@@ -42,16 +42,17 @@ def _wait(replicas: Callable[[], int], done: Callable[[int], bool], timeout_s: f
     return None
 
 
+def _region(stack, node) -> dict:
+    """The node's region in the stack's status (each region scales on its own)."""
+    return dict((stack.status().autoscale or {}).get("regions", {}).get(node.region, {"error": "not in status"}))
+
+
 def cold_start(stack, node, payload: dict) -> CheckResult | None:
     """The gate's first request, timed, when the stack rests at zero replicas: that request is
     the cold start (Serve holds it while a replica starts serve.command). None when replicas
     are already running: the first request is then an ordinary one, and no cold start."""
-    scaling = stack.status().autoscale or {}
-    if (
-        scaling.get("replicas", 0)
-        or scaling.get("starting", 0)
-        or any("error" in r for r in scaling.get("regions", {}).values())
-    ):
+    region = _region(stack, node)
+    if "error" in region or region.get("replicas", 0) or region.get("starting", 0):
         return None
     started = time.monotonic()
     status = _post(node.endpoint + stack.spec.verify.path, json.dumps(payload).encode())
@@ -73,7 +74,7 @@ def check_autoscale(stack, node, payload: dict, idle: bool = False) -> CheckResu
         )
 
     def replicas() -> int:
-        return int((stack.status().autoscale or {}).get("replicas", 0))
+        return int(_region(stack, node).get("replicas", 0))
 
     url, body = node.endpoint + stack.spec.verify.path, json.dumps(payload).encode()
     started = time.monotonic()
