@@ -142,9 +142,13 @@ def verify(
         float | None,
         typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop)."),
     ] = None,
+    idle: Annotated[
+        bool,
+        typer.Option("--idle", help="With --check autoscale: after the load, wait for replicas to return to min."),
+    ] = False,
 ):
     """Prove the deployment works: GPU, health and latency checks on every node."""
-    report = load(file).verify(checks=check, rate=rate)
+    report = load(file).verify(checks=check, rate=rate, idle=idle)
     if as_json:
         from mlinfra.console import print_json
 
@@ -227,8 +231,19 @@ def _show_status(result, as_json: bool) -> None:
     if scaling:  # an [autoscale] stack: one endpoint, Serve's replicas per region
         out.print(f"Endpoint: {result.endpoint}  ({scaling['engine']}, policy {scaling['policy']})", markup=False)
         for region, info in scaling["regions"].items():
-            figures = info.get("error") or (
-                f"{info.get('replicas', 0)} running, {info.get('starting', 0)} starting "
-                f"(min {scaling['min_replicas']}, max {scaling['max_replicas']})"
-            )
-            out.print(f"  {region}: replicas {figures}", markup=False)
+            out.print(f"  {region}: {_region_line(info, scaling)}", markup=False)
+
+
+def _region_line(info: dict, scaling: dict) -> str:
+    """One region of an autoscaled stack: replicas against their bounds, queue depth, Ray nodes."""
+    if "error" in info:
+        return f"replicas unknown: {info['error']}"
+    line = (
+        f"replicas {info.get('replicas', 0)} running, {info.get('starting', 0)} starting "
+        f"(min {scaling['min_replicas']}, max {scaling['max_replicas']})"
+    )
+    depth = info.get("queue_depth")
+    line += (
+        f", queue {depth} ({info.get('queued', 0)} waiting for a replica)" if depth is not None else ", queue unknown"
+    )
+    return line + (f", {info['nodes']} Ray node(s)" if "nodes" in info else "")

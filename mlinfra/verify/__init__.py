@@ -22,6 +22,9 @@ from mlinfra.verify.result import CheckResult
 
 CHECKS = ("health", "gpu", "latency", "autoscale")
 DEFAULT_CHECKS = ("health", "gpu", "latency")  # autoscale is opt-in: it takes tens of seconds
+# Report order; "cold-start" is not chosen by name: an autoscaled stack at zero replicas gets it
+# with latency (its first request is the cold start).
+ORDER = ("health", "gpu", "cold-start", "latency", "autoscale")
 
 
 @dataclass
@@ -59,10 +62,12 @@ def run(
     rate: float | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
     health_deadline_s: float | None = None,
+    idle: bool = False,
 ) -> VerifyReport:
     """Run the chosen checks on ``nodes`` (from ``stack.status()``); never prints.
 
     ``health_deadline_s`` overrides ``[verify] health_timeout_s`` (heal detects with a short one).
+    ``idle``: the autoscale check also waits for the replicas to return to ``min_replicas``.
     """
     checks = parse_checks(checks)
     notify = on_result or (lambda result: None)
@@ -87,14 +92,20 @@ def run(
             health = results.get((node.name, "health"))
             if health is not None and not health.passed:
                 record(CheckResult(node.name, "latency", False, "not run", message="not run: the node is not healthy"))
-            else:
-                record(_latency(stack, node, rate))
+                continue
+            if stack.spec.autoscale is not None:  # at zero replicas, the first request is the cold start
+                from mlinfra.verify.autoscale import cold_start
+
+                first = cold_start(stack, node, _payload(stack))
+                if first is not None:
+                    record(first)
+            record(_latency(stack, node, rate))
     if "autoscale" in checks:  # after latency: it drives load of its own, one region at a time
         from mlinfra.verify.autoscale import check_autoscale
 
         for node in nodes:
-            record(check_autoscale(stack, node, _payload(stack)))
-    order = {check: i for i, check in enumerate(CHECKS)}
+            record(check_autoscale(stack, node, _payload(stack), idle=idle))
+    order = {check: i for i, check in enumerate(ORDER)}
     ordered = sorted(results.values(), key=lambda r: ([n.name for n in nodes].index(r.node), order[r.check]))
     return VerifyReport(stack.name, ordered, time.monotonic() - started)
 
