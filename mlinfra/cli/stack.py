@@ -9,6 +9,7 @@ import typer
 
 from mlinfra.cli.common import (
     DEFAULT_FILE,
+    EnvOpt,
     FileOpt,
     JsonOpt,
     JunitOpt,
@@ -25,13 +26,14 @@ from mlinfra.cli.common import (
 @app.command()
 def render(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the module here instead of the work dir (eject).")
     ] = None,
     as_json: JsonOpt = False,
 ):
     """Write the stack's Terraform root module (it runs with plain `terraform` too)."""
-    result = load(file).render(out)
+    result = load(file, env).render(out)
     if as_json:
         from mlinfra.console import print_json
 
@@ -56,6 +58,7 @@ def show_notes(notes: list[str]) -> None:
 @app.command()
 def plan(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     as_json: JsonOpt = False,
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print a summary ready for a pull-request comment.")
@@ -64,7 +67,7 @@ def plan(
     """Show what `up` would change (and, on GCP, what it costs), changing nothing."""
     from mlinfra.console import cost_lines, out, plan_markdown, print_json, print_plan
 
-    stack = load(file)
+    stack = load(file, env)
     if not (as_json or markdown):
         # Before Terraform runs: the choices, warnings and price are worth seeing even if it fails
         # (an air-gapped machine without the provider still learns what the stack would cost).
@@ -83,6 +86,7 @@ def plan(
 @app.command()
 def up(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
     no_verify: Annotated[
@@ -99,7 +103,7 @@ def up(
     ] = False,
 ):
     """Create or update the stack: init, plan, confirm, apply, then verify it (the gate)."""
-    stack = load(file)
+    stack = load(file, env)
     show_notes(stack.notes())
     result = stack.up(
         confirm=confirm_plan("apply these changes", yes),
@@ -130,6 +134,7 @@ def up(
 @app.command()
 def verify(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     as_json: JsonOpt = False,
     junit: JunitOpt = None,
     check: Annotated[
@@ -144,7 +149,7 @@ def verify(
     ] = None,
 ):
     """Prove the deployment works: GPU, health and latency checks on every node."""
-    report = load(file).verify(checks=check, rate=rate)
+    report = load(file, env).verify(checks=check, rate=rate)
     if as_json:
         from mlinfra.console import print_json
 
@@ -157,12 +162,15 @@ def verify(
 @app.command()
 def down(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Destroy even a stack marked protected = true.")] = False,
 ):
     """Destroy everything the stack created, and nothing else."""
-    result = load(file).down(confirm=confirm_plan("destroy these resources", yes), on_event=progress(), force=force)
+    result = load(file, env).down(
+        confirm=confirm_plan("destroy these resources", yes), on_event=progress(), force=force
+    )
     from mlinfra.console import err, print_json, print_plan
 
     if yes and result.destroyed:  # destroyed without a review: what went, for the log
@@ -182,13 +190,14 @@ def down(
 @app.command()
 def status(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     as_json: JsonOpt = False,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 unless the stack is deployed and every node is ready (for scripts).")
     ] = False,
 ):
     """List the stack's nodes with their endpoints and whether they are ready."""
-    result = load(file).status()
+    result = load(file, env).status()
     _show_status(result, as_json)
     healthy = result.deployed and all(n.ready for n in result.nodes) and not result.orphans and not result.incomplete
     if check and not healthy:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlinfra.cli.common import JsonOpt, app
+from mlinfra.cli.common import EnvOpt, JsonOpt, app
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
@@ -110,6 +110,7 @@ def gpus(
 @app.command()
 def check(
     file: Annotated[Path, typer.Option("--file", "-f", help="The stack file.")] = Path("mlinfra.toml"),
+    env: EnvOpt = None,
     schema: Annotated[
         Path | None,
         typer.Option(
@@ -122,7 +123,7 @@ def check(
     from mlinfra.cli.common import load
     from mlinfra.ops import preflight
 
-    items = preflight.check(load(file), schema)
+    items = preflight.check(load(file, env), schema)
     from mlinfra.console import out, print_json
 
     if as_json:
