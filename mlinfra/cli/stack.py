@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -63,8 +64,19 @@ def plan(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print a summary ready for a pull-request comment.")
     ] = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 0 when there is nothing to change, 3 when changes are pending or drift was found "
+            "(1 still means the plan failed, 2 bad input): for drift checks in CI.",
+        ),
+    ] = False,
 ):
-    """Show what `up` would change (and, on GCP, what it costs), changing nothing."""
+    """Show what `up` would change (and, on GCP, what it costs), changing nothing.
+
+    Exit codes: 0 planned, 1 the plan failed, 2 bad input; with --detailed-exitcode, 3 when
+    changes are pending or resources drifted (were changed outside mlinfra)."""
     from mlinfra.console import cost_lines, out, plan_markdown, print_json, print_plan
 
     stack = load(file, env)
@@ -77,10 +89,13 @@ def plan(
             out.print(line, markup=False)
     result = stack.plan(on_event=progress())
     if as_json:
-        return print_json(result)
-    if markdown:
-        return out.print(plan_markdown(result), markup=False, end="")
-    print_plan(result.summary, out)
+        print_json(result)
+    elif markdown:
+        out.print(plan_markdown(result), markup=False, end="")
+    else:
+        print_plan(result.summary, out)
+    if detailed_exitcode and result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -202,6 +217,27 @@ def status(
     healthy = result.deployed and all(n.ready for n in result.nodes) and not result.orphans and not result.incomplete
     if check and not healthy:
         raise typer.Exit(1)
+
+
+@app.command()
+def envs(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
+    """List the stack file's environments: what each overrides, whether it is deployed, its endpoint."""
+    from mlinfra.console import out, print_json
+    from mlinfra.ops.envs import list_environments
+
+    result = list_environments(file)
+    if as_json:
+        return print_json(result)
+    if not result.environments:
+        return out.print(f"{file} defines no environments ([env.<name>] tables).", markup=False)
+    for env in result.environments:
+        state = "deployed" if env.deployed else "not deployed"
+        marks = "".join([" (default)" if env.default else "", " protected" if env.protected else ""])
+        out.print(f"{env.name}{marks}: {env.stack}, {state}", markup=False)
+        for key, value in env.overrides.items():
+            out.print(f"  {key} = {json.dumps(value)}", markup=False)
+        for endpoint in env.endpoints:
+            out.print(f"  endpoint: {endpoint}", markup=False)
 
 
 def _show_status(result, as_json: bool) -> None:
