@@ -25,6 +25,7 @@ from typing import Any
 
 from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import SpecError
+from mlinfra.fields import describe
 
 ENV_KEY = "env"
 DEFAULT_KEY = "default_env"
@@ -55,7 +56,7 @@ def tables(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The file's ``[env.<name>]`` tables (empty when it has none), checked for shape and names."""
     envs = data.get(ENV_KEY, {})
     if not isinstance(envs, dict):
-        raise SpecError(ENV_KEY, "expected tables [env.<name>], like [env.dev] and [env.prod]")
+        raise SpecError(ENV_KEY, f"expected tables [env.<name>], like [env.dev] and [env.prod], got {describe(envs)}")
     for name, table in envs.items():
         if not _ENV_NAME.match(name):
             raise SpecError(
@@ -64,7 +65,7 @@ def tables(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "(it becomes part of resource names)",
             )
         if not isinstance(table, dict):
-            raise SpecError(f"{ENV_KEY}.{name}", f"expected a table [env.{name}], got {type(table).__name__}")
+            raise SpecError(f"{ENV_KEY}.{name}", f"expected a table [env.{name}], got {describe(table)}")
         for key in _FIXED:
             if key in table:
                 raise SpecError(f"{ENV_KEY}.{name}.{key}", "cannot be set per environment")
