@@ -153,7 +153,8 @@ def test_gcp_environment_renders_its_overrides_and_fits_the_provider_schema(tmp_
     result = runner.invoke(app, ["render", "--env", "prod", "--out", str(out)])
     assert result.exit_code == 0, result.output
     tfvars = json.loads((out / "terraform.tfvars.json").read_text())
-    assert tfvars["stack"] == "ranker-prod"  # the prefix of every resource name, and the `stack` label
+    assert tfvars["stack"] == "ranker-prod"  # the prefix of every resource name
+    assert tfvars["labels"] == {"stack": "ranker-prod", "managed-by": "mlinfra", "environment": "prod"}
     assert sorted(tfvars["nodes"]) == ["europe-west4-0", "europe-west4-1", "us-central1-0", "us-central1-1"]
     assert all(not node["spot"] for node in tfvars["nodes"].values())
     assert Stack.load(tmp_path / "mlinfra.toml", "prod").backend.config()["prefix"] == "stacks/ranker/prod"
