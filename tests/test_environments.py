@@ -90,6 +90,32 @@ def test_each_environment_has_its_own_work_dir_state_and_lock(tmp_path):
     assert {Stack.load(plain, e).backend.prefix for e in ("dev", "prod")} == {"mlinfra/ranker-dev", "mlinfra/ranker-prod"}
 
 
+def test_one_environment_holding_its_lock_does_not_block_another(tmp_path):
+    from mlinfra.state.lock import LockHeld
+
+    path = local_envs(tmp_path)
+    dev, prod, dev_again = Stack.load(path, "dev"), Stack.load(path, "prod"), Stack.load(path, "dev")
+    held = dev.lock()
+    held.acquire("apply")
+    try:
+        other = prod.lock()
+        other.acquire("plan")  # prod's own lock: free while dev's is held
+        other.release()
+        with pytest.raises(LockHeld):
+            dev_again.lock().acquire("plan")
+    finally:
+        held.release()
+
+
+def test_envs_lists_nothing_for_a_file_without_environments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_stack(tmp_path, 'name = "single"\n')
+    result = runner.invoke(app, ["envs"])
+    assert result.exit_code == 0 and result.stdout == "mlinfra.toml defines no environments ([env.<name>] tables).\n"
+    monkeypatch.setenv("MLINFRA_ENV", "")  # a CI matrix without environments sets it empty
+    assert runner.invoke(app, ["render", "--json"]).exit_code == 0
+
+
 def test_a_file_without_environments_is_unchanged(tmp_path):
     path = write_stack(tmp_path, 'name = "single"\n')
     stack = Stack.load(path)

@@ -61,7 +61,7 @@ DEFAULT_FILE = Path("mlinfra.toml")
 def load(file: Path, env: str | None = None):
     from mlinfra.api import Stack
 
-    return Stack.load(file, env)
+    return Stack.load(file, env or None)  # MLINFRA_ENV="" (a CI matrix without environments): none
 
 
 def ask(question: str, yes: bool) -> bool:
