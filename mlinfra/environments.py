@@ -156,13 +156,14 @@ def overrides(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def attribute(exc: SpecError, data: dict[str, Any], env: str | None) -> SpecError:
-    """An error about a key the environment set is reported at ``env.<name>.<key>``."""
+    """An error about a key the environment set is reported at ``env.<name>.<key>``; any other
+    error of an environment's stack says which environment it was."""
     if env is None:
         return exc
     for path in overrides(tables(data)[env]):
         if exc.key == path or exc.key.startswith((path + ".", path + "[")):
             return exc.at(f"{ENV_KEY}.{env}.{exc.key}")
-    return exc
+    return SpecError(exc.key, f"{exc.detail} (environment {env!r})", source=exc.source, hint=exc.hint)
 
 
 def load(

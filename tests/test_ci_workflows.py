@@ -53,8 +53,10 @@ def check_common(job: dict, text: str) -> None:
     install = step(job, "Install mlinfra")
     auth = step(job, "google-github-actions/auth")
     assert install["run"] == f"pip install {PINNED} && command -v mlinfra"
-    assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
-                            "service_account": "${{ vars.GCP_PLAN_SERVICE_ACCOUNT }}"}
+    assert auth["with"] == {
+        "workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
+        "service_account": "${{ vars.GCP_PLAN_SERVICE_ACCOUNT }}",
+    }
     assert job["steps"].index(install) < job["steps"].index(auth)
     for banned in ("credentials_json", "GOOGLE_APPLICATION_CREDENTIALS", "secrets.", "key_file"):
         assert banned not in text
@@ -154,10 +156,16 @@ def test_the_drift_step_fails_on_a_real_change_and_passes_without_one(tmp_path, 
     def run_step() -> tuple[int, str]:
         summary = tmp_path / "summary.md"
         summary.write_text("")
-        env = {**os.environ, "STACK": "mlinfra.toml", "MLINFRA_ENV": "staging", "GITHUB_STEP_SUMMARY": str(summary),
-               "PATH": f"{MLINFRA_BIN}:{os.environ['PATH']}"}
-        done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
+        env = {
+            **os.environ,
+            "STACK": "mlinfra.toml",
+            "MLINFRA_ENV": "staging",
+            "GITHUB_STEP_SUMMARY": str(summary),
+            "PATH": f"{MLINFRA_BIN}:{os.environ['PATH']}",
+        }
+        done = subprocess.run(
+            ["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
         return done.returncode, summary.read_text() + done.stdout
 
     code, output = run_step()

@@ -48,7 +48,9 @@ GCP_ENVS = """
 
 
 def local_envs(tmp_path, dev_replicas: int = 1):
-    return write_stack(tmp_path, f"""
+    return write_stack(
+        tmp_path,
+        f"""
         name = "envs-e2e"
         [serve]
         command = "{HTTP_SERVER}"
@@ -59,7 +61,8 @@ def local_envs(tmp_path, dev_replicas: int = 1):
         protected = true
         [env.prod.local]
         regions = ["east", "west"]
-    """)
+    """,
+    )
 
 
 # -- selection and merge ---------------------------------------------------------------------------
@@ -87,7 +90,10 @@ def test_each_environment_has_its_own_work_dir_state_and_lock(tmp_path):
     assert dev.lock().name != prod.lock().name
     # Without an explicit prefix the default one carries the environment through the name.
     plain = write_stack(tmp_path, GCP_ENVS.replace('prefix = "stacks/ranker"\n', ""), name="plain.toml")
-    assert {Stack.load(plain, e).backend.prefix for e in ("dev", "prod")} == {"mlinfra/ranker-dev", "mlinfra/ranker-prod"}
+    assert {Stack.load(plain, e).backend.prefix for e in ("dev", "prod")} == {
+        "mlinfra/ranker-dev",
+        "mlinfra/ranker-prod",
+    }
 
 
 def test_one_environment_holding_its_lock_does_not_block_another(tmp_path):
@@ -116,6 +122,26 @@ def test_envs_lists_nothing_for_a_file_without_environments(tmp_path, monkeypatc
     assert runner.invoke(app, ["render", "--json"]).exit_code == 0
 
 
+def test_an_error_the_environment_causes_elsewhere_names_the_environment(tmp_path):
+    path = write_stack(
+        tmp_path,
+        """
+        name = "open"
+        default_env = "dev"
+        [serve]
+        allow_cidrs = ["0.0.0.0/0"]
+        public = true
+        [env.dev]
+        [env.prod.serve]
+        public = false
+    """,
+    )
+    with pytest.raises(SpecError) as info:
+        Stack.load(path)  # dev is fine; prod is checked too, and is not
+    assert info.value.key == "serve.allow_cidrs"
+    assert info.value.message.endswith("set serve.public = true to mean it (environment 'prod')")
+
+
 def test_a_file_without_environments_is_unchanged(tmp_path):
     path = write_stack(tmp_path, 'name = "single"\n')
     stack = Stack.load(path)
@@ -124,10 +150,13 @@ def test_a_file_without_environments_is_unchanged(tmp_path):
         Stack.load(path, env="prod")
 
 
-@pytest.mark.parametrize("env,message", [
-    ("prd", "no environment 'prd'; the file defines dev, prod — did you mean 'prod'?"),
-    ("staging", "no environment 'staging'; the file defines dev, prod"),
-])
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ("prd", "no environment 'prd'; the file defines dev, prod — did you mean 'prod'?"),
+        ("staging", "no environment 'staging'; the file defines dev, prod"),
+    ],
+)
 def test_unknown_environment_is_bad_input_with_a_suggestion(tmp_path, monkeypatch, env, message):
     monkeypatch.chdir(tmp_path)
     write_stack(tmp_path, GCP_ENVS)
@@ -161,7 +190,9 @@ def test_every_command_that_loads_a_stack_takes_env():
             yield path, cmd
 
     loaders = {path: cmd for path, cmd in commands(group, "") if any("--file" in p.opts for p in cmd.params)}
-    assert {"up", "plan", "down", "status", "verify", "render", "rebuild", "heal", "check", "state pull"} <= set(loaders)
+    assert {"up", "plan", "down", "status", "verify", "render", "rebuild", "heal", "check", "state pull"} <= set(
+        loaders
+    )
     for path, cmd in loaders.items():
         if path in ("ci github", "envs"):  # a path inside the repository; every environment at once
             continue
@@ -209,12 +240,22 @@ def test_the_longest_name_an_environment_allows_still_fits_gcp_names(tmp_path):
 # A `terraform plan -json` line as Terraform prints it for an object changed outside Terraform
 # (internal/command/views/json_view.go, ResourceDrift: "<addr>: Drift detected (<action>)").
 DRIFT_EVENT = {
-    "@level": "info", "@message": "terraform_data.node[\"local-0\"]: Drift detected (update)",
-    "@module": "terraform.ui", "type": "resource_drift",
-    "change": {"resource": {"addr": "terraform_data.node[\"local-0\"]", "module": "",
-                            "resource": "terraform_data.node[\"local-0\"]", "implied_provider": "terraform",
-                            "resource_type": "terraform_data", "resource_name": "node", "resource_key": "local-0"},
-               "action": "update"},
+    "@level": "info",
+    "@message": 'terraform_data.node["local-0"]: Drift detected (update)',
+    "@module": "terraform.ui",
+    "type": "resource_drift",
+    "change": {
+        "resource": {
+            "addr": 'terraform_data.node["local-0"]',
+            "module": "",
+            "resource": 'terraform_data.node["local-0"]',
+            "implied_provider": "terraform",
+            "resource_type": "terraform_data",
+            "resource_name": "node",
+            "resource_key": "local-0",
+        },
+        "action": "update",
+    },
 }
 
 
