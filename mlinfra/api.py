@@ -61,9 +61,9 @@ class Stack(StateCommands):
         self.backend = state.backend(spec, self.workspace)
 
     @classmethod
-    def load(cls, path: str | Path) -> Stack:
-        """Read and validate a stack file; errors name the file and the key."""
-        return cls(StackSpec.load(path))
+    def load(cls, path: str | Path, env: str | None = None) -> Stack:
+        """Read and validate a stack file (``env``: one of its ``[env.<name>]`` environments)."""
+        return cls(StackSpec.load(path, env))
 
     def __getattr__(self, name: str) -> Any:
         if name in _SPEC_NAMES:

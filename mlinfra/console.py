@@ -64,6 +64,8 @@ def print_json(data) -> None:
 
 
 def print_plan(summary: PlanSummary, console: Stream) -> None:
+    for change in summary.drift:
+        console.print(f"  ~ {change.address}: changed outside mlinfra (drift: {change.action})", markup=False)
     for change in summary.changes:
         mark = _ACTION_MARK.get(change.action, "?")
         console.print(f"  {mark} {change.address} ({change.action})", markup=False)
@@ -94,6 +96,11 @@ def plan_markdown(result) -> str:
         lines += ["| action | resource |", "| --- | --- |"]
         lines += [f"| {c.action} | `{c.address}` |" for c in summary.changes]
         lines.append("")
+    if summary.drift:
+        lines += [
+            f"Changed outside mlinfra (drift): {', '.join(f'`{c.address}` ({c.action})' for c in summary.drift)}",
+            "",
+        ]
     if result.cost is not None:
         lines += [f"- {line.strip()}" for line in cost_lines(result.cost)]
     lines += [f"- {note}" for note in result.notes]

@@ -18,11 +18,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class PlanResult(Result):
+    _json_extra = ("drift",)
+
     stack: str
     workdir: Path
     summary: PlanSummary
     notes: list[str] = field(default_factory=list)  # choices made for the user, warnings
     cost: Any | None = None  # prices.Cost where the target has a price
+
+    @property
+    def drift(self) -> list:
+        """Resources changed outside mlinfra since the last apply (refresh found them)."""
+        return self.summary.drift
+
+    @property
+    def exit_code(self) -> int:
+        """``plan --detailed-exitcode``: 0 nothing to do, 3 changes pending or drift found."""
+        return 3 if self.summary.has_changes or self.summary.drift else 0
 
 
 @dataclass

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mlinfra import targets
+from mlinfra import environments, targets
 from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import SpecError
 from mlinfra.fields import Section, describe, in_range, one_of
@@ -295,6 +294,7 @@ class StackSpec(Section):
     # Where the nodes go, as the target resolved it while checking the stack (computed once).
     placement: Any = field(default=None, compare=False, repr=False, init=False)
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False, init=False)  # "serve.port", ...
+    environment: str = field(default="", compare=False, repr=False, init=False)  # [env.<name>] it was loaded as
 
     def __post_init__(self) -> None:
         refuse_replicas_with_autoscale(self.compute, self.autoscale)
@@ -341,28 +341,17 @@ class StackSpec(Section):
         return base.resolve() / ".mlinfra" / self.name
 
     @classmethod
-    def load(cls, path: str | Path):
-        """Read and validate a stack file; errors name the file and the key."""
+    def load(cls, path: str | Path, env: str | None = None):
+        """Read and validate a stack file (with ``env``: that environment of it, see
+        ``environments``); errors name the file and the key."""
         path = Path(path)
-        source = str(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SpecError("", "no such stack file (pass --file, or create mlinfra.toml)", source=source) from None
-        except IsADirectoryError:
-            raise SpecError("", "is a directory, not a stack file", source=source) from None
-        except UnicodeDecodeError:
-            raise SpecError("", "is not UTF-8 text", source=source) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError("", f"invalid TOML: {exc}", source=source) from None
-        except OSError as exc:  # a symlink loop, a permission, an I/O error: still one line
-            raise SpecError("", f"cannot read the stack file: {exc.strerror or exc}", source=source) from None
-        try:
-            spec = _build(cls, data, "", path=path)
+            spec, data, chosen = environments.load(path, env, lambda table: _build(cls, table, "", path=path), NAME_MAX)
         except SpecError as exc:
-            raise exc.with_source(source) from None
+            raise exc.with_source(str(path)) from None
         keys = {f"{section}.{name}" for section, table in data.items() if isinstance(table, dict) for name in table}
         object.__setattr__(spec, "given", spec.given | keys)  # what the file wrote, not the defaults
+        object.__setattr__(spec, "environment", chosen or "")
         return spec
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlinfra.cli.common import JsonOpt, app
+from mlinfra.cli.common import EnvOpt, JsonOpt, app
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
@@ -69,24 +69,50 @@ def github(
     file: Annotated[
         str, typer.Option("--file", "-f", help="The stack file, relative to the repository root.")
     ] = "mlinfra.toml",
+    workflow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--workflow",
+            "-w",
+            help="Which to write (repeatable): rebuild (nightly destroy-rebuild-verify, the default), "
+            "review (plan per environment as one pull-request comment), drift (scheduled drift check).",
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="Environments for review and drift (repeatable; default: all of them)."),
+    ] = None,
     schedule: Annotated[
         str, typer.Option("--schedule", help="Cron schedule (UTC) of the nightly rebuild.")
     ] = "0 3 * * *",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing workflow.")] = False,
+    drift_schedule: Annotated[
+        str, typer.Option("--drift-schedule", help="Cron schedule (UTC) of the drift check.")
+    ] = "0 6 * * *",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing workflows.")] = False,
     install: Annotated[
         str | None,
         typer.Option(
             "--install",
-            help="What the job pip-installs: a pinned git URL or a wheel path "
+            help="What the jobs pip-install: a pinned git URL or a wheel path "
             "(default: -r .github/mlinfra-requirements.txt, written for you to fill in).",
         ),
     ] = None,
     as_json: JsonOpt = False,
 ):
-    """Write .github/workflows/mlinfra-rebuild.yml: a nightly destroy-rebuild-verify job."""
-    from mlinfra.scaffold import DEFAULT_INSTALL, ci_github
+    """Write GitHub Actions workflows: nightly rebuild, plans in pull requests, drift checks."""
+    from mlinfra.ci_workflows import ci_github
+    from mlinfra.scaffold import DEFAULT_INSTALL
 
-    result = ci_github(Path.cwd(), stack_file=file, schedule=schedule, force=force, install=install or DEFAULT_INSTALL)
+    result = ci_github(
+        Path.cwd(),
+        stack_file=file,
+        workflows=tuple(workflow or ("rebuild",)),
+        envs=env,
+        schedule=schedule,
+        drift_schedule=drift_schedule,
+        force=force,
+        install=install or DEFAULT_INSTALL,
+    )
     _show_scaffold(result, as_json)
 
 
@@ -110,6 +136,7 @@ def gpus(
 @app.command()
 def check(
     file: Annotated[Path, typer.Option("--file", "-f", help="The stack file.")] = Path("mlinfra.toml"),
+    env: EnvOpt = None,
     schema: Annotated[
         Path | None,
         typer.Option(
@@ -122,7 +149,7 @@ def check(
     from mlinfra.cli.common import load
     from mlinfra.ops import preflight
 
-    items = preflight.check(load(file), schema)
+    items = preflight.check(load(file, env), schema)
     from mlinfra.console import out, print_json
 
     if as_json:

@@ -30,7 +30,7 @@ def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"^  (\w+) ", result.stdout.split("Commands:")[1], re.M)
-    assert commands == ["render", "plan", "up", "verify", "down", "status", "rebuild", "heal", "serve", "version",
+    assert commands == ["render", "plan", "up", "verify", "down", "status", "envs", "rebuild", "heal", "serve", "version",
                         "new", "gpus", "check", "ci", "state"]
 
 

@@ -59,6 +59,10 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
     return {
         "project": stack.gcp.project,
         "stack": stack.name,
+        # On every resource; a deployment of an [env.<name>] also says which one (values meet GCP's
+        # label rules: the name and environment follow the stricter resource-name rules).
+        "labels": {"stack": stack.name, "managed-by": "mlinfra"}
+        | ({"environment": stack.environment} if stack.environment else {}),
         "network": stack.gcp.network,
         "port": stack.serve.port,
         "health_path": stack.serve.health_path,

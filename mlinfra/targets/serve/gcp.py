@@ -107,7 +107,17 @@ class ServeGcpDriver(GcpDriver):
                 **{k: node[k] for k in ("machine_type", "attached_gpus", "has_gpu", "spot", "spot_termination")},
                 **{k: node[k] for k in ("image", "disk_gb", "disk_type")},
             }
-        keep = ("project", "stack", "network", "port", "serve_cidrs", "ssh_cidrs", "ssh_user", "ssh_public_key")
+        keep = (
+            "project",
+            "stack",
+            "labels",
+            "network",
+            "port",
+            "serve_cidrs",
+            "ssh_cidrs",
+            "ssh_user",
+            "ssh_public_key",
+        )
         return {k: base[k] for k in keep} | {
             "ssh_private_key_file": base["ssh_private_key_file"],
             "service_account": base["service_account"],

@@ -6,7 +6,7 @@
 locals {
   # The firewall rules below apply to exactly the VMs with this tag.
   tag    = "mlinfra-${var.stack}"
-  labels = { stack = var.stack, "managed-by" = "mlinfra" }
+  labels = var.labels
 }
 
 # What runs on a node. A change replaces the VM (disposable by design) instead of leaving the

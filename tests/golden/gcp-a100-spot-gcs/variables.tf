@@ -8,6 +8,11 @@ variable "stack" {
   type        = string
 }
 
+variable "labels" {
+  description = "Labels on every resource: stack, managed-by and, for an [env.<name>], environment."
+  type        = map(string)
+}
+
 variable "network" {
   description = "The VPC network the nodes and firewall rules use."
   type        = string
