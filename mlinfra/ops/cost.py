@@ -60,7 +60,7 @@ def refuse_over_budget(stack: Any, operation: str) -> None:
     if total is None:
         raise SpecError(
             "cost.max_usd_per_hour",
-            f"the {model} estimate is unknown (no price for: {'; '.join(estimate.missing)}), so the limit of "
+            f"the {model} estimate is unknown ({'; '.join(estimate.missing)}), so the limit of "
             f"${limit:,.2f}/hour cannot be checked: choose a priced machine type (`mlinfra gpus`) or remove the limit",
             source=source,
         )
@@ -226,7 +226,8 @@ def _node_spend(stack: Any, node: Any, estimate: Any, priced: Any, environment: 
     else:
         price = priced.spot if estimate.spot else priced.on_demand
         rate = price.usd_per_hour
-        unknown += [f"{node.key}: no {reason}" for reason in price.missing]
+        if price.missing:
+            unknown.append(f"{node.key}: no known price ({'; '.join(price.missing)})")
     return NodeSpend(
         node=node.key,
         name=node.name,
