@@ -216,8 +216,10 @@ def _node_spend(stack: Any, node: Any, estimate: Any, priced: Any, environment: 
     rate = None
     if estimate is None:
         unknown.append(stack.driver.no_price)
+    elif stack.spec.autoscale is not None:  # the estimate prices fixed replicas, not Ray's heads and workers
+        unknown.append("an [autoscale] stack's heads and workers are not priced yet")
     elif priced is None:
-        unknown.append(f"{node.key}: not in the stack file any more (`mlinfra plan` shows what changes)")
+        unknown.append(f"{node.key}: the stack file has no such node now (`mlinfra plan` shows what changes)")
     elif node.machine_type and node.machine_type != priced.machine_type:
         unknown.append(
             f"{node.key}: runs as {node.machine_type}, the stack file says {priced.machine_type} "

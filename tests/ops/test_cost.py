@@ -268,7 +268,8 @@ def gcp_file(project: Path, limit: float, replicas: int = 3, regions: str = '"us
     )
 
 
-@pytest.mark.parametrize("command", [["plan"], ["up", "--yes"], ["plan", "--json"]])
+# rebuild too: it would destroy the stack, then have its `up` refused.
+@pytest.mark.parametrize("command", [["plan"], ["up", "--yes"], ["plan", "--json"], ["rebuild", "--yes"]])
 def test_over_budget_plan_and_up_are_refused_before_terraform(command, tmp_path, monkeypatch, spy_terraform):
     project = tmp_path / "project"
     gcp_file(project, limit=1)
