@@ -322,3 +322,23 @@ def test_the_guard_is_for_changes_only(tmp_path, monkeypatch, spy_terraform):
     assert runner.invoke(app, ["down", "--yes"]).exit_code == 0
     assert runner.invoke(app, ["status"]).exit_code == 0
     assert not spy_terraform.exists()
+
+
+def test_the_refusal_names_the_most_expensive_node_groups_first():
+    from mlinfra.clouds.gcp.prices import Cost, NodeCost, Price
+
+    def node(key: str, region: str, machine: str, gpu: str | None, rate: float) -> NodeCost:
+        return NodeCost(key, region, machine, gpu, 1 if gpu else 0, Price(rate), Price(rate / 3))
+
+    nodes = [node("a-0", "us-central1", "n1-standard-4", "nvidia-tesla-t4", 0.54)]
+    nodes += [node(f"b-{i}", "us-east1", "a2-highgpu-1g", "nvidia-tesla-a100", 3.67) for i in range(2)]
+    nodes += [
+        node("c-0", "us-west1", "g2-standard-4", "nvidia-l4", 0.71),
+        node("d-0", "eu", "n1-standard-4", None, 0.19),
+    ]
+    estimate = Cost(False, tuple(nodes), 8.78, None)
+    assert cost.budget_drivers(estimate) == (
+        "2 × a2-highgpu-1g (1 × nvidia-tesla-a100) in us-east1 at $3.67/hour each = $7.34/hour; "
+        "1 × g2-standard-4 (1 × nvidia-l4) in us-west1 at $0.71/hour each = $0.71/hour; "
+        "1 × n1-standard-4 (1 × nvidia-tesla-t4) in us-central1 at $0.54/hour each = $0.54/hour; and 1 more group(s)"
+    )
