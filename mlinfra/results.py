@@ -76,3 +76,4 @@ class StatusResult(Result):
     incomplete: bool = False  # resources in state without outputs (an interrupted operation)
     autoscale: dict[str, Any] | None = None  # [autoscale] stacks: engine, replicas, bounds, per region
     endpoint: str = ""  # [autoscale] stacks: the serving endpoint (the first region's Serve proxy)
+    cost: Any | None = None  # deployed stacks: what the nodes have cost so far (``ops.cost.Spend``)

@@ -20,6 +20,7 @@ from mlinfra import environments, targets
 from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import SpecError
 from mlinfra.fields import Section, describe, in_range, one_of
+from mlinfra.ops.cost import CostLimits
 from mlinfra.targets.serve.section import Autoscale, refuse_replicas_with_autoscale
 
 _GCP_NAME = re.compile(catalog.NAME_PATTERN)
@@ -273,7 +274,8 @@ class Verify(Section):
             raise SpecError("verify.path", f"{self.path!r} must be a URL path starting with '/', like '/predict'")
 
 
-_SECTIONS = dict(gcp=Gcp, local=Local, compute=Compute, serve=Serve, state=State, verify=Verify, autoscale=Autoscale)
+_SECTIONS = dict(gcp=Gcp, local=Local, compute=Compute, serve=Serve, state=State, verify=Verify)
+_SECTIONS |= dict(autoscale=Autoscale, cost=CostLimits)  # tables declared beside what they drive
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,7 @@ class StackSpec(Section):
     state: State = field(default_factory=State)
     verify: Verify = field(default_factory=Verify)
     autoscale: Autoscale | None = None  # absent: a fixed compute.replicas per region
+    cost: CostLimits = field(default_factory=CostLimits)
     path: Path | None = field(default=None, compare=False, repr=False)
     # Where the nodes go, as the target resolved it while checking the stack (computed once).
     placement: Any = field(default=None, compare=False, repr=False, init=False)
@@ -356,8 +359,7 @@ class StackSpec(Section):
 
 
 def suggest_name(text: str) -> str:
-    """Fold to GCP naming rules (lowercase, digits, hyphens, a letter first, at most NAME_MAX);
-    accents become their letters ('rel-ünï' → 'rel-uni'). May be ''."""
+    """Fold to GCP naming rules (lowercase, digits, hyphens, a letter first, ≤ NAME_MAX): 'rel-ünï' → 'rel-uni'; or ''."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     name = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower())
     name = re.sub(r"^[^a-z]+", "", name)  # a letter first: drops leading digits and hyphens
@@ -373,9 +375,7 @@ def _build(cls, data: dict, key: str, **extra):
         if name not in names:
             raise SpecError(prefix + name, "unknown key" + catalog.did_you_mean(name, names))
     for f in dataclasses.fields(cls):
-        if f.name in data or not f.compare:
-            continue
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if f.name not in data and f.compare and f.default is f.default_factory is dataclasses.MISSING:
             raise SpecError(prefix + f.name, "required key is missing")
     kwargs = dict(data)
     sections = _SECTIONS if issubclass(cls, StackSpec) else {}

@@ -272,6 +272,8 @@ def _show_status(result, as_json: bool) -> None:
     ready = sum(1 for node in result.nodes if node.ready)
     out.print(f"Stack {result.stack!r} ({result.target}): {ready}/{len(result.nodes)} node(s) ready", markup=False)
     print_nodes(result.nodes, out)
+    if result.cost is not None:  # what the nodes have cost so far (`mlinfra cost` for the detail)
+        out.print(result.cost.line(), markup=False)
     scaling = result.autoscale
     if scaling:  # an [autoscale] stack: one endpoint, Serve's replicas per region
         out.print(f"Endpoint: {result.endpoint}  ({scaling['engine']}, policy {scaling['policy']})", markup=False)

@@ -122,15 +122,17 @@ def gpus(
     gpu: Annotated[str | None, typer.Option("--gpu", "-g", help="Only this GPU (alias or accelerator name).")] = None,
     as_json: JsonOpt = False,
 ):
-    """The GPU catalog: types, memory, machine types, zones, $/hour on-demand and spot."""
+    """The GPU catalog: types, memory, machine types, zones, and $/hour on-demand and Spot for one GPU
+    on its own and for the whole VM."""
     from mlinfra.clouds.gcp import prices
 
     rows = prices.gpu_rows(region, gpu)  # an unknown GPU is UnknownGpu: bad input, exit 2
-    from mlinfra.console import gpu_table, out, print_json
+    from mlinfra.console import err, gpu_price_note, gpu_table, out, print_json
 
     if as_json:
         return print_json([row.as_dict() for row in rows])
     out.print(gpu_table(rows, region))
+    err.print(gpu_price_note(rows), markup=False)
 
 
 @app.command()

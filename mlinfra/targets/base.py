@@ -68,6 +68,7 @@ class Driver:
     rebuild_budget_s = 600.0  # what `rebuild` allows by default
     uses_google_cloud = False  # `check` looks for Google credentials
     health_poll_cap_s = 1.0  # the longest pause between two health probes while a node starts
+    no_price = "this target has no price list"  # why `mlinfra cost` shows no rate (where ``cost`` is None)
 
     # -- the stack file ----------------------------------------------------------------------
 
@@ -83,7 +84,7 @@ class Driver:
         return []
 
     def cost(self, spec: StackSpec, placement: Placement) -> Any:
-        """The estimated price (``prices.Cost``), or None where the target costs nothing."""
+        """The estimated price (``prices.Cost``), or None where the target has no price (``no_price`` says why)."""
         return None
 
     # -- rendering ---------------------------------------------------------------------------

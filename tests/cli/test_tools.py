@@ -35,13 +35,29 @@ def test_gpus_for_one_gpu_and_region():
     assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
         ("t4", "nvidia-tesla-t4", n, "n1-standard-4") for n in ("1", "2", "4")]
     assert all(r[-4:] == ["a", "b", "c", "f"] for r in rows)
+    assert "Sources: S5:" in result.stderr  # the prices' region and sources, beside the table
 
 
 def test_gpus_json_marks_spot_only_types_and_unknown_prices():
     rows = json.loads(runner.invoke(app, ["gpus", "--json"]).stdout)
     h100_1g = next(r for r in rows if r["machine_type"] == "a3-highgpu-1g")
     assert h100_1g["on_demand"] is False  # reference §4: no plain on-demand capacity
-    assert all(r["on_demand_usd_per_hour"] is None or r["on_demand_usd_per_hour"] > 0 for r in rows)
+    assert all(r["vm_usd_per_hour"] is None or r["vm_usd_per_hour"] > 0 for r in rows)
+    assert h100_1g["vm_usd_per_hour"] is None and h100_1g["spot_vm_usd_per_hour"] > 0
+
+
+def test_gpus_shows_the_gpu_alone_beside_the_whole_vm():
+    """Issue 13: a T4 costs $0.35/h on its own in us-central1 (reference §6, [S5]); the VM around it more."""
+    rows = json.loads(runner.invoke(app, ["gpus", "--gpu", "t4", "--json"]).stdout)
+    one = rows[0]
+    assert (one["count"], one["gpu_usd_per_hour"], one["spot_gpu_usd_per_hour"]) == (1, 0.35, 0.14)
+    assert one["vm_usd_per_hour"] == 0.54 and one["spot_vm_usd_per_hour"] == 0.18815  # 0.14 + 4 × 0.0081306 + 15 × 0.0010418
+    assert one["price_region"] == "us-central1" and one["price_sources"][0].startswith("S5: skypilot-org")
+    result = runner.invoke(app, ["gpus", "--gpu", "t4"])
+    header, first = result.stdout.splitlines()[:2]
+    assert header.split()[6:12] == ["GPU", "$/h", "VM", "$/h", "spot", "GPU"]
+    assert first.split()[5:9] == ["$0.35", "$0.54", "$0.14", "$0.19"]
+    assert result.stderr.startswith("USD per hour in us-central1: GPU = one GPU on its own; VM = the machine type")
 
 
 def test_gpus_unknown_gpu_is_bad_input():
