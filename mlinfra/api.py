@@ -185,17 +185,16 @@ class Stack(StateCommands):
                 if reviewed:  # the same changes, in other zones: the user approved them already
                     engine.plan()
 
-    def verify(
-        self, *, checks: list[str] | None = None, rate: float | None = None, on_result: OnResult | None = None
-    ) -> VerifyReport:
-        """Run the gpu, health and latency checks (or ``checks``) on every deployed node."""
+    def verify(self, *, checks: list[str] | None = None, **options: Any) -> VerifyReport:
+        """Run the gpu, health and latency checks (or ``checks``) on every deployed node; ``options`` are
+        ``verify.run``'s: ``rate``, ``on_result``, ``fresh`` (GCP nodes re-run their own checks first)."""
         from mlinfra import verify as verification
 
         chosen = verification.parse_checks(checks)  # bad names are bad input, before anything runs
         deployed = self.status()
         if not deployed.nodes:
             raise self.not_deployed()
-        return verification.run(self, deployed.nodes, checks=chosen, rate=rate, on_result=on_result)
+        return verification.run(self, deployed.nodes, checks=chosen, **options)
 
     def run_verify(self, **options: Any) -> VerifyReport:
         """Deprecated alias of ``verify()`` (one release), from when ``stack.verify`` was the settings."""

@@ -142,9 +142,12 @@ def verify(
         float | None,
         typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop)."),
     ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="GCP: each node re-runs its own checks first (else: its latest report).")
+    ] = False,
 ):
     """Prove the deployment works: GPU, health and latency checks on every node."""
-    report = load(file).verify(checks=check, rate=rate)
+    report = load(file).verify(checks=check, rate=rate, fresh=fresh)
     if as_json:
         from mlinfra.console import print_json
 
