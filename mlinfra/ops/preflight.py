@@ -65,10 +65,10 @@ def check(stack, schema: Path | None = None) -> list[Item]:
             items.append(_credentials())
         if stack.state.backend == "gcs":
             items.append(_bucket(stack))
-    for note in getattr(stack.driver, "reach_notes", lambda spec: [])(stack.spec):  # GCP: the latency path
-        items.append(Item("reach", True, note.removeprefix("warning: "), warning=True))
     if schema is not None:
         items.append(_schema(rendered.workdir if rendered else None, schema))
+    for note in getattr(stack.driver, "reach_notes", lambda spec: [])(stack.spec):  # GCP: the latency path
+        items.append(Item("reach", True, note.removeprefix("warning: "), warning=True))
     return items
 
 

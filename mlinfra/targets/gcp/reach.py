@@ -53,13 +53,16 @@ def assess(spec) -> Reach:
         if any(ip in network for network in networks):
             return Reach(ALLOWED, f"this machine ({address}, {CLIENT_IP_ENV}) is in serve.allow_cidrs")
         return Reach(BLOCKED, f"this machine ({address}, {CLIENT_IP_ENV}) is not in serve.allow_cidrs ({cidrs})")
-    if spec.gcp.public_ip and all(network.is_private for network in networks):
+    if spec.gcp.public_ip and not any(network.is_global for network in networks):
         return Reach(
             BLOCKED,
             f"the nodes are reached on their external addresses and serve.allow_cidrs ({cidrs}) admits "
-            "private ranges only, so no machine outside the VPC reaches port "
+            "only ranges that are not on the internet (private), so no machine outside the VPC reaches port "
             f"{serve.port}",
         )
+    stated = os.environ.get(CLIENT_IP_ENV, "").strip()
+    if stated:  # set, but not an address: say so rather than guess
+        return Reach(UNKNOWN, f"{CLIENT_IP_ENV}={stated!r} is not an IP address, so mlinfra cannot tell")
     return Reach(
         UNKNOWN,
         f"mlinfra cannot tell offline whether this machine's public address is in serve.allow_cidrs ({cidrs}); "
