@@ -105,6 +105,9 @@ def test_plan_and_check_say_before_applying_that_latency_cannot_run_from_here(tm
         "MLINFRA_CLIENT_IP) is not in serve.allow_cidrs (10.0.0.0/8)" in check
     write_stack(tmp_path, SEED + '    allow_cidrs = ["203.0.113.0/24", "34.72.10.0/24"]\n')
     assert "latency" not in runner.invoke(app, ["plan"]).stderr
+    monkeypatch.setenv("MLINFRA_CLIENT_IP", "198.18.0.1")  # `up` says it too, before Terraform runs
+    up = runner.invoke(app, ["up", "--yes"]).stderr.splitlines()
+    assert up[2].startswith("warning: the latency check cannot run from this machine: this machine (198.18.0.1")
     # Without the address and with a public range allowed, mlinfra says it cannot tell.
     monkeypatch.delenv("MLINFRA_CLIENT_IP")
     stderr = runner.invoke(app, ["plan"]).stderr
