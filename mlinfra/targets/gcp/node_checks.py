@@ -163,11 +163,11 @@ class NodeReports:
         expected = self.spec.compute.accelerator  # the catalog's Gpu, or None for gpu = "none"
         if expected is None:
             return None  # the usual skip
-        report = self.wait(node, 0.0)
+        report = self.wait(node, self.spec.verify.health_timeout_s)  # at once when health read it already
         if report is None or not report.get("gpu"):
             if self.spec.serve.ssh_cidrs:
                 return None
-            return self._missing(node, "gpu", 0.0)
+            return self._missing(node, "gpu", self.spec.verify.health_timeout_s)
         result = gpu.check_gpu(node.name, expected, self.spec.compute.gpu_count, ReportRunner(report["gpu"]))
         result.details.update(measured=ON_NODE, report_at=report.get("at"))
         result.summary += f" ({ON_NODE})"
@@ -177,11 +177,12 @@ class NodeReports:
     def latency(self, node) -> CheckResult | None:
         """None: this machine reaches the port, measure from here; else the node's own sample."""
         from mlinfra.targets.gcp import reach
+        from mlinfra.verify.health import port_answers
 
         found = reach.assess(self.spec)
-        if found.state == reach.ALLOWED or (found.state == reach.UNKNOWN and reach.port_answers(node.endpoint)):
+        if found.state == reach.ALLOWED or (found.state == reach.UNKNOWN and port_answers(node.endpoint)):
             return None
-        report = self.reports.get(node.name)
+        report = self.wait(node, self.spec.verify.health_timeout_s)  # at once when health read it already
         sample = (report or {}).get("latency")
         if not sample:
             return CheckResult(

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 IAP_RANGE = "35.235.240.0/20"
 CLIENT_IP_ENV = "MLINFRA_CLIENT_IP"
@@ -86,13 +84,3 @@ def warning(spec) -> str | None:
         f"IAP: add {IAP_RANGE} to serve.allow_cidrs and run `gcloud compute start-iap-tunnel INSTANCE {port} "
         f"--local-host-port=localhost:{port} --zone ZONE`"
     )
-
-
-def port_answers(endpoint: str, timeout_s: float = 3.0) -> bool:
-    """Whether a TCP connection to the endpoint opens from here (the firewall let it through)."""
-    parts = urlsplit(endpoint)
-    try:
-        with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
