@@ -75,6 +75,8 @@ def run(
     side = stack.driver.node_side(stack, fresh)
 
     def record(result: CheckResult) -> CheckResult:
+        if side is not None and "measured" not in result.details and not result.skipped:
+            result.summary += " (from this machine)"  # beside rows the nodes measured themselves
         result.details.setdefault("measured", "from this machine")
         results[(result.node, result.check)] = result
         notify(result)
