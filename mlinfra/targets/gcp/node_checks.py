@@ -31,7 +31,10 @@ REQUEST_KEY = "mlinfra-check-request"  # the metadata value guest_report.py watc
 ON_NODE, FROM_HERE = "on the node", "from this machine"
 SAMPLES_MAX = 200  # node-side latency requests at most: the report stays small
 BOOT_GRACE_S = 900.0  # the Deep Learning VM installs its driver before the server starts (launch.py)
-POLL_S = 10.0  # between two reads of a node's guest attributes while it has not reported
+POLL_S = 5.0  # between two reads of a node's guest attributes while it has not reported
+# A run takes the node a while even when all is well (booting; the nvidia-smi query: up to 20 s; the
+# latency sample: up to SAMPLES_MAX requests): heal's 10 s detection must not read that as a failure.
+RUN_MARGIN_S = 60.0
 
 
 def settings(spec) -> str:
@@ -137,7 +140,8 @@ class NodeReports:
     # -- the checks --------------------------------------------------------------------------
 
     def health(self, node, deadline_s: float) -> CheckResult:
-        grace = BOOT_GRACE_S if self.spec.compute.gpu_count and not self.run_id else 0.0
+        # The node's own deadline starts after its boot (and, with a GPU, its driver install): ours, now.
+        grace = RUN_MARGIN_S + (BOOT_GRACE_S if self.spec.compute.gpu_count and not self.run_id else 0.0)
         report = self.wait(node, deadline_s + grace)
         if report is None:
             return self._missing(node, "health", deadline_s + grace)

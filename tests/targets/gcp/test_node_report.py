@@ -153,6 +153,7 @@ def test_an_unhealthy_server_fails_health_on_the_node_and_latency_is_not_run(tmp
 
 def test_a_node_that_never_reports_fails_in_one_line_saying_where_to_look(tmp_path, stack, google, monkeypatch):
     monkeypatch.setattr(node_checks, "BOOT_GRACE_S", 0.0)
+    monkeypatch.setattr(node_checks, "RUN_MARGIN_S", 0.0)
     monkeypatch.setattr(node_checks, "POLL_S", 0.2)
     report = verify.run(stack, [deployed_node()], checks=["health", "gpu"])
     health, gpu = by_check(report)["health"], by_check(report)["gpu"]
