@@ -181,8 +181,9 @@ class Stack(StateCommands):
                     engine.plan()
 
     def verify(self, *, checks: list[str] | None = None, **options: Any) -> VerifyReport:
-        """Run the gpu, health and latency checks (or ``checks``) on every deployed node; ``options``
-        are ``verify.run``'s: ``rate``, ``on_result``, ``idle`` (autoscale: wait for the scale-down)."""
+        """Run the gpu, health and latency checks (or ``checks``) on every deployed node; ``options`` are
+        ``verify.run``'s: ``rate``, ``on_result``, ``idle`` (autoscale: wait for the scale-down), ``fresh``
+        (GCP nodes re-run their own checks first)."""
         from mlinfra import verify as verification
 
         chosen = verification.parse_checks(checks)  # bad names are bad input, before anything runs

@@ -166,9 +166,12 @@ def verify(
         bool,
         typer.Option("--idle", help="With --check autoscale: after the load, wait for replicas to return to min."),
     ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="GCP: each node re-runs its own checks first (else: its latest report).")
+    ] = False,
 ):
     """Prove the deployment works: GPU, health and latency checks on every node."""
-    report = load(file, env).verify(checks=check, rate=rate, idle=idle)
+    report = load(file, env).verify(checks=check, rate=rate, idle=idle, fresh=fresh)
     if as_json:
         from mlinfra.console import print_json
 

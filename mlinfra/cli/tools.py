@@ -159,9 +159,9 @@ def check(
     else:
         for item in items:
             out.print(
-                f"{'ok  ' if item.ok else 'FAIL'}  {item.name:<13} {item.detail}",
+                f"{('warn' if item.warning else 'ok  ') if item.ok else 'FAIL'}  {item.name:<13} {item.detail}",
                 markup=False,
-                style=None if item.ok else "red",
+                style=("yellow" if item.warning else None) if item.ok else "red",
             )
     if not all(item.ok for item in items):
         raise typer.Exit(1)

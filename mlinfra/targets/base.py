@@ -110,6 +110,11 @@ class Driver:
         cannot tell (a remote VM: its health endpoint is all we see)."""
         return None
 
+    def node_side(self, stack: Any, fresh: bool = False) -> Any:
+        """Checks the nodes ran on themselves (GCP: ``targets.gcp.node_checks.NodeReports``), read
+        instead of reaching the node from here; None: every check runs from this machine."""
+        return None
+
     def gpu_runner(self, node: Node, workspace: Workspace) -> Any:
         """How the GPU check reaches the node: a ``verify.gpu.Runner``."""
         raise NotImplementedError

@@ -63,18 +63,26 @@ def run(
     on_result: Callable[[CheckResult], None] | None = None,
     health_deadline_s: float | None = None,
     idle: bool = False,
+    fresh: bool = False,
 ) -> VerifyReport:
     """Run the chosen checks on ``nodes`` (from ``stack.status()``); never prints.
 
     ``health_deadline_s`` overrides ``[verify] health_timeout_s`` (heal detects with a short one).
     ``idle``: the autoscale check also waits for the replicas to return to ``min_replicas``.
+    ``fresh``: where nodes report on themselves (GCP), ask each for a new run first.
     """
     checks = parse_checks(checks)
     notify = on_result or (lambda result: None)
     started = time.monotonic()
     results: dict[tuple[str, str], CheckResult] = {}
 
+    # GCP: gpu and health (and latency when the port is closed to us) from each node's own report.
+    side = stack.driver.node_side(stack, fresh)
+
     def record(result: CheckResult) -> CheckResult:
+        if side is not None and "measured" not in result.details and not result.skipped:
+            result.summary += " (from this machine)"  # beside rows the nodes measured themselves
+        result.details.setdefault("measured", "from this machine")
         results[(result.node, result.check)] = result
         notify(result)
         return result
@@ -83,10 +91,17 @@ def run(
         if "health" in checks:
             deadline = stack.spec.verify.health_timeout_s if health_deadline_s is None else health_deadline_s
             list(
-                pool.map(lambda n: record(_health(n, deadline, stack.exited(n), stack.driver.health_poll_cap_s)), nodes)
+                pool.map(
+                    lambda n: record(
+                        side.health(n, deadline)
+                        if side
+                        else _health(n, deadline, stack.exited(n), stack.driver.health_poll_cap_s)
+                    ),
+                    nodes,
+                )
             )
         if "gpu" in checks:
-            list(pool.map(lambda n: record(_gpu(stack, n)), nodes))
+            list(pool.map(lambda n: record((side and side.gpu(n)) or _gpu(stack, n)), nodes))
     if "latency" in checks:
         for node in nodes:
             health = results.get((node.name, "health"))
@@ -99,7 +114,7 @@ def run(
                 first = cold_start(stack, node, _payload(stack))
                 if first is not None:
                     record(first)
-            record(_latency(stack, node, rate))
+            record((side and side.latency(node)) or _latency(stack, node, rate))
     if "autoscale" in checks:  # after latency: it drives load of its own, one region at a time
         from mlinfra.verify.autoscale import check_autoscale
 

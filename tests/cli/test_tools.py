@@ -106,6 +106,32 @@ def test_public_stack_is_warned_about(tmp_path, monkeypatch):
         in result.stderr.splitlines()
 
 
+def test_plan_and_check_say_before_applying_that_latency_cannot_run_from_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_stack(tmp_path, SEED)
+    warned = [line for line in runner.invoke(app, ["plan"]).stderr.splitlines() if "latency" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: the latency check cannot run from this machine: ")
+    for words in ("admits only ranges that are not on the internet", "measures latency on each node instead (server time, without "
+                  "the network)", "serve.allow_cidrs", "35.235.240.0/20", "gcloud compute start-iap-tunnel"):
+        assert words in warned[0]
+    # This machine's address, when the user states it, decides: out of the list, then in it.
+    monkeypatch.setenv("MLINFRA_CLIENT_IP", "203.0.113.7")
+    check = runner.invoke(app, ["check"]).stdout
+    assert "warn  reach         the latency check cannot run from this machine: this machine (203.0.113.7, " \
+        "MLINFRA_CLIENT_IP) is not in serve.allow_cidrs (10.0.0.0/8)" in check
+    write_stack(tmp_path, SEED + '    allow_cidrs = ["203.0.113.0/24", "34.72.10.0/24"]\n')
+    assert "latency" not in runner.invoke(app, ["plan"]).stderr
+    monkeypatch.setenv("MLINFRA_CLIENT_IP", "198.18.0.1")  # `up` says it too, before Terraform runs
+    up = runner.invoke(app, ["up", "--yes"]).stderr.splitlines()
+    assert up[2].startswith("warning: the latency check cannot run from this machine: this machine (198.18.0.1")
+    # Without the address and with a public range allowed, mlinfra says it cannot tell.
+    monkeypatch.delenv("MLINFRA_CLIENT_IP")
+    stderr = runner.invoke(app, ["plan"]).stderr
+    assert "warning: latency from here: mlinfra cannot tell offline whether this machine's public address is " \
+        "in serve.allow_cidrs (203.0.113.0/24, 34.72.10.0/24); set MLINFRA_CLIENT_IP=ADDRESS to say it. If it cannot, the gate" \
+        in stderr
+
+
 def test_check_schema_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "not-a-real-token")  # credentials: present
@@ -113,7 +139,10 @@ def test_check_schema_offline(tmp_path, monkeypatch):
     result = runner.invoke(app, ["check", "--schema", str(SCHEMA), "--json"])
     items = {item["name"]: item for item in json.loads(result.stdout)}
     assert result.exit_code == 0, result.stdout
-    assert list(items) == ["stack", "engine", "render", "credentials", "schema"]
+    # The default stack (serve.allow_cidrs = 10.0.0.0/8) cannot be reached from here: said, not failed.
+    assert list(items) == ["stack", "engine", "render", "credentials", "schema", "reach"]
+    assert items["reach"]["ok"] and items["reach"]["warning"]
+    assert "measures latency on each node instead" in items["reach"]["detail"]
     assert re.fullmatch(r"Terraform 1\.15\.\d+", items["engine"]["detail"])
     # A module that breaks the schema is caught: an argument the provider does not have.
     main = tmp_path / ".mlinfra" / "seed" / "main.tf"

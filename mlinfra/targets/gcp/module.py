@@ -55,6 +55,8 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
                 "gpus": count,
             },
         }
+    from mlinfra.targets.gcp import node_checks
+
     uses_reference_server = stack.serve.command.split()[:1] == ["mlinfra"]
     return {
         "project": stack.gcp.project,
@@ -82,6 +84,7 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         if uses_reference_server
         else "",
         "nodes": nodes,
+        "node_check": node_checks.settings(stack),  # what each node checks on itself (guest_report.py)
     }
 
 

@@ -29,6 +29,7 @@ class ServeGcpDriver(GcpDriver):
     templates = "serve-gcp"
     node_resource = "google_compute_instance.head"
     rebuild_budget_s = 1200.0
+    reports_from_nodes = False  # serve-gcp's heads and workers carry no guest_report.py (yet)
 
     def validate(self, spec) -> Placement:
         refuse_secrets_with_autoscale(spec)

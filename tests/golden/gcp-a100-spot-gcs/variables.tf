@@ -78,6 +78,13 @@ variable "reference_model" {
   type        = string
 }
 
+# -- node-side checks (guest_report.py) --
+variable "node_check" {
+  description = "The node-side checks' settings (JSON): the nvidia-smi query, health timeout, latency sample."
+  type        = string
+}
+# -- end node-side checks
+
 variable "nodes" {
   description = "One entry per node (region x replica), keyed \"<region>-<replica>\"."
   type = map(object({

@@ -97,6 +97,15 @@ resource "google_compute_instance" "node" {
     "mlinfra-node"             = jsonencode(each.value.node_config)
     "mlinfra-reference-server" = var.reference_server
     "mlinfra-reference-model"  = var.reference_model
+    # -- node-side checks (guest_report.py): the gate reads gpu and health from the node's own
+    # report, a guest attribute the operator reads with the Compute API: no ingress needed.
+    # `mlinfra verify --fresh` sets mlinfra-check-request (Compute API setMetadata, that key
+    # only) and the node re-runs its checks; Terraform ignores that key's value (lifecycle).
+    "enable-guest-attributes" = "TRUE"
+    "mlinfra-guest-report"    = file("${path.module}/guest_report.py")
+    "mlinfra-check"           = var.node_check
+    "mlinfra-check-request"   = "boot"
+    # -- end node-side checks
   }
 
   dynamic "service_account" {
@@ -109,5 +118,6 @@ resource "google_compute_instance" "node" {
 
   lifecycle {
     replace_triggered_by = [terraform_data.node_config[each.key]]
+    ignore_changes       = [metadata["mlinfra-check-request"]] # node-side checks: re-run requests
   }
 }
