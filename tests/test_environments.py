@@ -294,6 +294,14 @@ def test_two_environments_up_at_once_and_down_dev_touches_only_dev(tmp_path, mon
     assert envs["prod"]["endpoints"] == [n.endpoint for n in prod_nodes]
     assert envs["prod"]["overrides"] == {"protected": True, "local.regions": ["east", "west"]}
 
+    # Cost is per environment: prod's two regions are grouped under prod (the local target has no price).
+    spent = runner.invoke(app, ["cost", "--env", "prod", "--json"])
+    assert spent.exit_code == 0, spent.output
+    cost = json.loads(spent.stdout)
+    assert cost["environment"] == "prod" and len(cost["nodes"]) == 2
+    assert sorted((g["region"], g["environment"]) for g in cost["groups"]) == [("east", "prod"), ("west", "prod")]
+    assert cost["usd_so_far"] is None  # unknown, never $0
+
     # prod is protected; dev is not: protection belongs to the one environment.
     refused = runner.invoke(app, ["down", "--env", "prod", "--yes"])
     assert refused.exit_code == 2 and "protected" in refused.stderr
