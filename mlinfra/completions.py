@@ -136,7 +136,7 @@ class Completions:
         except RequestError as exc:
             return self._error(exc)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{next(self._ids):08x}"
-        head = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion"}
+        head: dict = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion"}
         head.update(created=int(time.time()), model=model.name)
         pieces = model.generate(args["prompt"], args["max_tokens"], args["temperature"], args["seed"])
         usage = {"prompt_tokens": len(model.encode(args["prompt"])), "completion_tokens": args["max_tokens"]}

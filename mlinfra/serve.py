@@ -34,6 +34,9 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+# The OpenAI-compatible text endpoints, backed by textgen's model.
+from mlinfra.completions import Completions
+
 # On a GCP node this file runs from /opt/mlinfra, with the model beside it as mlinfra/demand.py.
 from mlinfra.demand import (  # noqa: F401 (re-exported: serve's API)
     DEFAULT_SEED,
@@ -55,7 +58,6 @@ from mlinfra.demand import (  # noqa: F401 (re-exported: serve's API)
     load_weights,
     parse_instances,
 )
-from mlinfra.completions import Completions  # the OpenAI-compatible text endpoints (textgen's model)
 
 if TYPE_CHECKING:
     pass

@@ -102,7 +102,9 @@ class TextModel:
                     p[self.tri_next[lo:hi]] += WEIGHTS[0] * counts / counts.sum()
         return p
 
-    def generate(self, prompt: str, max_tokens: int, temperature: float = 1.0, seed: int | None = None) -> Iterator[str]:
+    def generate(
+        self, prompt: str, max_tokens: int, temperature: float = 1.0, seed: int | None = None
+    ) -> Iterator[str]:
         """Yield ``max_tokens`` pieces of text continuing ``prompt``, one token each."""
         np = self._np
         rng = np.random.default_rng(seed)

@@ -25,6 +25,7 @@ request here lasts for tens of events, so the client's few microseconds per read
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import time
 from dataclasses import dataclass, field
@@ -241,10 +242,14 @@ class _Events:
     an event ends at a blank line; its ``data:`` lines joined by LF; other fields ignored."""
 
     def __init__(self) -> None:
-        self.buffer, self.data, self.done = "", [], False
+        self.buffer, self.done = "", False
+        self.data: list[str] = []
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span reads
 
     def feed(self, chunk: bytes) -> list[str]:
-        text = self.buffer + chunk.decode("utf-8", "replace")
+        if self.done:
+            return []  # nothing after [DONE] is part of the answer
+        text = self.buffer + self.decoder.decode(chunk)
         held = "\r" if text.endswith("\r") else ""  # maybe half a CRLF: wait for the next chunk
         text = text[: len(text) - len(held)].replace("\r\n", "\n").replace("\r", "\n")
         *lines, rest = text.split("\n")
