@@ -169,7 +169,8 @@ class _Connection:
 
     async def _read(self, call, got_token: bool):
         try:
-            return await asyncio.wait_for(call, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # no task per read, unlike wait_for before 3.12
+                return await call
         except TimeoutError:
             kind = "stalled" if got_token else "timeout"
             raise StreamError(kind, f"no byte for {self.timeout_s:g} s") from None
