@@ -14,21 +14,21 @@ On a GCP node this file and ``textgen.json`` are shipped beside ``serve.py`` as
 
 from __future__ import annotations
 
-import base64
 import json
+import os
 import re
-import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
 
-MODEL_FILE = Path(__file__).with_name("textgen.json")
+# os.path, not pathlib, and base64/zlib imported when the model loads: the server imports this
+# module at start, and a server that never generates text should not pay for more.
+MODEL_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "textgen.json")
 FORMAT = "mlinfra-textgen/1"
 # A word (with an inner apostrophe), a number, or one punctuation mark.
-TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+|[^\sA-Za-z\d]")
+TOKEN = r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+|[^\sA-Za-z\d]"  # compiled on first use (re's cache), not at import
 NO_SPACE_BEFORE = frozenset(".,;:!?)'")
 # Interpolation weights of the trigram, bigram and unigram distributions (fixed, not tuned:
 # the point is a real token stream, not perplexity).
@@ -36,7 +36,7 @@ WEIGHTS = (0.6, 0.3, 0.1)
 
 
 def tokenize(text: str) -> list[str]:
-    return TOKEN.findall(text)
+    return re.findall(TOKEN, text)
 
 
 def piece(token: str, first: bool) -> str:
@@ -46,12 +46,18 @@ def piece(token: str, first: bool) -> str:
 
 def pack(array) -> str:
     """An int array as base64 of zlib'd little-endian int32 (the training script writes these)."""
+    import base64
+    import zlib
+
     import numpy as np
 
     return base64.b64encode(zlib.compress(np.asarray(array, dtype="<i4").tobytes(), 9)).decode()
 
 
 def unpack(text: str) -> np.ndarray:
+    import base64
+    import zlib
+
     import numpy as np
 
     return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<i4").astype(np.int64)
@@ -78,8 +84,9 @@ class TextModel:
         self._np = np
 
     @classmethod
-    def load(cls, path: Path = MODEL_FILE) -> TextModel:
-        return cls(json.loads(path.read_text(encoding="utf-8")))
+    def load(cls, path: str = MODEL_FILE) -> TextModel:
+        with open(path, encoding="utf-8") as handle:
+            return cls(json.load(handle))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; an unknown word breaks the context (-1)."""

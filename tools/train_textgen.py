@@ -77,7 +77,7 @@ def train(text: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", type=Path, help="a plain-text file (default: Genesis from `bible`)")
-    parser.add_argument("--out", type=Path, default=MODEL_FILE)
+    parser.add_argument("--out", type=Path, default=Path(MODEL_FILE))
     args = parser.parse_args()
     text = args.text.read_text(encoding="utf-8") if args.text else read_genesis()
     model = train(text)
