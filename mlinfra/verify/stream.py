@@ -25,22 +25,16 @@ request here lasts for tens of events, so the client's few microseconds per read
 from __future__ import annotations
 
 import asyncio
-import codecs
 import json
 import time
 from dataclasses import dataclass, field
 
 from mlinfra.verify.histogram import Histogram
 from mlinfra.verify.http1 import prepare_request
+from mlinfra.verify.sse import Events, Sample, StreamError, take_event
 
 PERCENTILES = (50, 90, 95, 99)
 _clock = time.monotonic
-
-
-class StreamError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass
@@ -133,25 +127,12 @@ def request_body(prompt: str, max_tokens: int, chat: bool, model: str = "") -> b
     return json.dumps(body).encode()
 
 
-@dataclass
-class Sample:
-    """One request's timestamps (``_clock``): sent, each token event, end of stream."""
-
-    sent: float
-    tokens: list[float] = field(default_factory=list)
-    done: float = 0.0
-    usage_tokens: int = 0  # usage.completion_tokens when the server reported it
-
-    @property
-    def output_tokens(self) -> int:
-        return self.usage_tokens or len(self.tokens)
-
-
 class _Connection:
     def __init__(self, host: str, port: int, tls, timeout_s: float) -> None:
         self.host, self.port, self.tls, self.timeout_s = host, port, tls, timeout_s
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.reused = False  # has carried a whole exchange: the server may drop it while idle
 
     async def open(self) -> None:
         if self.writer is None or self.writer.is_closing():
@@ -166,6 +147,7 @@ class _Connection:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
+        self.reused = False
 
     async def _read(self, call, got_token: bool):
         try:
@@ -174,10 +156,14 @@ class _Connection:
         except TimeoutError:
             kind = "stalled" if got_token else "timeout"
             raise StreamError(kind, f"no byte for {self.timeout_s:g} s") from None
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        except asyncio.IncompleteReadError as exc:
+            raise StreamError("closed_early", "the connection closed mid-stream", not exc.partial) from None
+        except ConnectionError as exc:
             raise StreamError("closed_early", f"the connection closed mid-stream ({exc!r})") from None
         except asyncio.LimitOverrunError:
             raise StreamError("protocol", "a line or head over 64 KiB") from None
+        except OSError as exc:  # TLS errors, and whatever else the socket says
+            raise StreamError("connection", f"{exc!r}") from None
 
     async def exchange(self, request: bytes) -> Sample:
         """Send ``request``; read the response to its end. Raises ``StreamError``."""
@@ -199,75 +185,21 @@ class _Connection:
         if not headers.get("content-type", "").startswith("text/event-stream"):
             text = await body.read_all(sample)
             raise StreamError("not_streaming", f"Content-Type {headers.get('content-type')!r}, not text/event-stream")
-        events = _Events()
+        events = Events()
         while not events.done:
             chunk = await body.read(bool(sample.tokens))
             if not chunk:
                 raise StreamError("closed_early", f"the stream ended after {len(sample.tokens)} tokens without [DONE]")
             now = _clock()
             for data in events.feed(chunk):
-                _take(data, sample, now)
+                take_event(data, sample, now)
         sample.done = _clock()
-        await body.drain()
         if headers.get("connection", "").lower() == "close" or body.until_close:
-            self.close()
+            self.close()  # nothing to drain: the server ends the body by closing
+        else:
+            await body.drain()
+            self.reused = True
         return sample
-
-
-def _take(data: str, sample: Sample, now: float) -> None:
-    """One event's data: a token (its text is not kept), the usage, or [DONE] (``_Events``)."""
-    try:
-        event = json.loads(data)
-    except ValueError:
-        raise StreamError("malformed_event", f"an event is not JSON: {data[:120]!r}") from None
-    if not isinstance(event, dict):
-        raise StreamError("malformed_event", f"an event is not a JSON object: {data[:120]!r}")
-    if "error" in event:
-        raise StreamError("server_error", f"the server sent an error event: {data[:200]!r}")
-    choices = event.get("choices")
-    if not isinstance(choices, list):
-        raise StreamError("malformed_event", f"an event has no 'choices' list: {data[:120]!r}")
-    for choice in choices:
-        if not isinstance(choice, dict):
-            raise StreamError("malformed_event", f"a choice is not an object: {data[:120]!r}")
-        text = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
-        if text:
-            sample.tokens.append(now)
-    usage = event.get("usage")
-    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-        sample.usage_tokens = usage["completion_tokens"]
-
-
-class _Events:
-    """Server-sent events (WHATWG HTML, "Server-sent events"): lines ending in LF, CRLF or CR;
-    an event ends at a blank line; its ``data:`` lines joined by LF; other fields ignored."""
-
-    def __init__(self) -> None:
-        self.buffer, self.done = "", False
-        self.data: list[str] = []
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span reads
-
-    def feed(self, chunk: bytes) -> list[str]:
-        if self.done:
-            return []  # nothing after [DONE] is part of the answer
-        text = self.buffer + self.decoder.decode(chunk)
-        held = "\r" if text.endswith("\r") else ""  # maybe half a CRLF: wait for the next chunk
-        text = text[: len(text) - len(held)].replace("\r\n", "\n").replace("\r", "\n")
-        *lines, rest = text.split("\n")
-        self.buffer = rest + held
-        events = []
-        for line in lines:
-            if not line:
-                if self.data:
-                    data, self.data = "\n".join(self.data), []
-                    if data.strip() == "[DONE]":
-                        self.done = True
-                        break
-                    events.append(data)
-            elif line.startswith("data:"):
-                value = line[5:]
-                self.data.append(value[1:] if value.startswith(" ") else value)
-        return events
 
 
 class _Body:
@@ -352,7 +284,13 @@ async def run_stream_async(
         async def worker(conn: _Connection) -> None:
             for i in next_index:
                 try:
-                    sample = await conn.exchange(heads[i % len(heads)])
+                    try:
+                        sample = await conn.exchange(heads[i % len(heads)])
+                    except StreamError as exc:
+                        if not (conn.reused and exc.before_any_byte):
+                            raise
+                        conn.close()  # the server dropped the idle keep-alive as we sent: once more
+                        sample = await conn.exchange(heads[i % len(heads)])
                 except StreamError as exc:
                     conn.close()  # out of sync or gone: the next request opens a new one
                     if record is not None:

@@ -20,7 +20,8 @@ from mlinfra.cli import app
 from mlinfra.spec import Verify
 from mlinfra.verify.budget import check_stream
 from mlinfra.verify.report import markdown
-from mlinfra.verify.stream import _Events, run_stream
+from mlinfra.verify.sse import Events, Sample, StreamError, take_event
+from mlinfra.verify.stream import run_stream
 
 runner = CliRunner()
 SERVE = f"exec {sys.executable} -m mlinfra.serve"
@@ -158,7 +159,7 @@ def test_events_split_anywhere_parse_the_same():
         'data: [DONE]\r\n\r\ndata: {"after": 1}\n\n'
     ).encode()
     for size in (1, 2, 3, 7, len(stream)):
-        events = _Events()
+        events = Events()
         got = [e for i in range(0, len(stream), size) for e in events.feed(stream[i : i + size])]
         assert got == ['{"a": "é"}', '{"b":\n2}'] and events.done, size
 
@@ -201,3 +202,24 @@ def test_openai_stack_on_the_local_target_reports_a_token_row_per_node(tmp_path,
     assert suite.get("failures") == "0" and len(list(suite.iter("testcase"))) == 4
     report = stack.verify(checks=["latency"])
     assert "| v-tok-a-0 | latency | ✅ pass | TTFT p50 " in markdown("v-tok", report.results)
+
+
+@pytest.mark.parametrize("data,kind", [
+    ('{"choices": [{"index": 0, "delta": "x"}]}', "malformed_event"),
+    ('{"choices": "x"}', "malformed_event"),
+    ('[1, 2]', "malformed_event"),
+    ('{"error": {"message": "overloaded"}}', "server_error"),
+])
+def test_a_wrong_chunk_is_a_stream_error_of_its_kind(data, kind):
+    with pytest.raises(StreamError) as raised:
+        take_event(data, Sample(0.0), 1.0)
+    assert raised.value.kind == kind
+
+
+def test_chunks_count_tokens_with_text_and_take_the_reported_usage():
+    sample = Sample(0.0)
+    for i, data in enumerate(['{"choices": [{"delta": {"role": "assistant", "content": ""}}]}',
+                              '{"choices": [{"delta": {"content": " In"}}]}', '{"choices": [{"text": " the"}]}',
+                              '{"choices": [], "usage": {"completion_tokens": 5}}']):
+        take_event(data, sample, float(i))
+    assert sample.tokens == [1.0, 2.0] and sample.output_tokens == 5
