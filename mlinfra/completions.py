@@ -157,8 +157,9 @@ class Completions:
         if chat:
             await send({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
         for text in pieces:
-            if self.token_s:
-                await asyncio.sleep(self.token_s)  # the decode step of a slower model
+            # A decode step: paced like a slower model, or at least a turn of the event loop, so
+            # concurrent streams interleave token by token as on a batching server.
+            await asyncio.sleep(self.token_s)
             if chat:
                 await send({"index": 0, "delta": {"content": text}, "finish_reason": None})
             else:
