@@ -65,6 +65,8 @@ def run(
     ``health_deadline_s`` overrides ``[verify] health_timeout_s`` (heal detects with a short one).
     """
     checks = parse_checks(checks)
+    if rate and stack.spec.verify.protocol == "openai":
+        raise UsageError("--rate: verify.protocol 'openai' runs a closed loop at verify.concurrency")
     notify = on_result or (lambda result: None)
     started = time.monotonic()
     results: dict[tuple[str, str], CheckResult] = {}

@@ -123,6 +123,12 @@ def test_reference_server_answers_openai_errors(reference_server):
     assert whole["usage"]["completion_tokens"] == 7 and whole["choices"][0]["text"].strip()
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["choices"] == whole["choices"]  # a seed makes it repeatable
+    with urllib.request.urlopen(url + "/v1/models", timeout=10) as response:
+        assert [m["id"] for m in json.loads(response.read())["data"]] == [whole["model"]] == ["genesis-trigram"]
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'mlinfra_requests_total{path="/v1/completions",code="200"} 2' in metrics
+    assert 'mlinfra_requests_total{path="/v1/completions",code="404"} 1' in metrics
 
 
 @pytest.mark.parametrize(
@@ -202,6 +208,9 @@ def test_openai_stack_on_the_local_target_reports_a_token_row_per_node(tmp_path,
     assert suite.get("failures") == "0" and len(list(suite.iter("testcase"))) == 4
     report = stack.verify(checks=["latency"])
     assert "| v-tok-a-0 | latency | ✅ pass | TTFT p50 " in markdown("v-tok", report.results)
+    result = runner.invoke(app, ["verify", "--rate", "50"])
+    assert (result.exit_code, result.stderr) == (
+        2, "error: --rate: verify.protocol 'openai' runs a closed loop at verify.concurrency\n")
 
 
 @pytest.mark.parametrize("data,kind", [
