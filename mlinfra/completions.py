@@ -154,6 +154,15 @@ class Completions:
             event = {**head, "choices": [choice] if choice is not None else [], **extra}
             await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
 
+        try:
+            await self._stream(send, pieces, chat, usage if args["usage"] else None)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away mid-stream: stop generating for it
+            pass
+        return response
+
+    async def _stream(self, send, pieces, chat: bool, usage: dict | None) -> None:
         if chat:
             await send({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
         for text in pieces:
@@ -166,8 +175,5 @@ class Completions:
                 await send({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
         end = {"index": 0, "finish_reason": "length"}
         await send({**end, "delta": {}} if chat else {**end, "text": "", "logprobs": None})
-        if args["usage"]:
+        if usage is not None:
             await send(None, usage=usage)
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
