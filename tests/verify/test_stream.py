@@ -232,3 +232,22 @@ def test_chunks_count_tokens_with_text_and_take_the_reported_usage():
                               '{"choices": [], "usage": {"completion_tokens": 5}}']):
         take_event(data, sample, float(i))
     assert sample.tokens == [1.0, 2.0] and sample.output_tokens == 5
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_its_generation_cleanly(reference_server):
+    url = reference_server(token_ms=5)
+    port = int(url.rsplit(":", 1)[1])
+    body = b'{"prompt": "In the", "max_tokens": 4000, "stream": true}'
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert b"data: " in sock.recv(65536) + sock.recv(65536)
+    metrics = ""
+    for _ in range(100):  # the server notices at its next write, 5 ms later
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        if 'path="/v1/completions"' in metrics:
+            break
+        time.sleep(0.05)
+    assert 'mlinfra_requests_total{path="/v1/completions",code="200"} 1' in metrics  # not a 500
+    result = run_stream(url + "/v1/completions", PROMPTS, max_tokens=3, requests=2, concurrency=1, warmup=0)
+    assert result.ok == 2
