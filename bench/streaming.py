@@ -15,7 +15,8 @@ Above concurrency 1 the two do not offer the same load: mlinfra's connections st
 every stream being as long, stay in step, so requests reach the server in bursts and wait for
 each other's first token; the plain client's threads drift apart. Holding the plain client's
 sends to a barrier raised its TTFT p50 from 2.9-3.5 ms to 4.4 ms (token-ms 2, concurrency 4):
-that, not the measurement, is most of the TTFT difference in that row.
+that, not the measurement, is most of the TTFT difference that row shows on a busy machine
+(mlinfra/plain TTFT p50 from 1.04 to 1.45 across runs here; at concurrency 1, 1.00-1.01).
 
     .venv/bin/python bench/loadgen.py --only-streaming [--token-ms 2] [--max-tokens 64]
 """
