@@ -24,7 +24,11 @@ hey prints latencies in seconds with 4 decimals: 0.1 ms resolution.
 Targets (issue "Speed"), closed loop against the trivial server: at least 0.7 of wrk's
 request rate, and p50 within 1.2x of wrk's at equal concurrency.
 
+A streaming row (bench/streaming.py) follows: mlinfra's time to first token and inter-token
+latency against the same figures computed from a plain client's raw recv timestamps.
+
     .venv/bin/python bench/loadgen.py [--duration 3] [--rounds 5] [--concurrency 8]
+    .venv/bin/python bench/loadgen.py --only-streaming [--token-ms 2] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -129,6 +133,15 @@ def start_reference() -> tuple[subprocess.Popen, str]:
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"http://127.0.0.1:{port}/health", proc)
     return proc, f"http://127.0.0.1:{port}/predict"
+
+
+def start_streaming_reference(token_ms: float) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, sys.executable, "-m", "mlinfra.serve", "--port", str(port),
+                             "--token-ms", str(token_ms)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(f"http://127.0.0.1:{port}/health", proc)
+    return proc, port
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -256,10 +269,25 @@ def main() -> None:
     parser.add_argument("--rate-trivial", type=float, default=2000.0, help="constant rate against nginx, req/s")
     parser.add_argument("--rate-reference", type=float, default=500.0, help="constant rate against mlinfra serve")
     parser.add_argument("--inner", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--only-streaming", action="store_true", help="run the streaming row alone")
+    parser.add_argument("--token-ms", type=float, default=2.0, help="streaming row: the server's ms per token")
+    parser.add_argument("--max-tokens", type=int, default=64, help="streaming row: tokens per request")
+    parser.add_argument("--stream-requests", type=int, default=40, help="streaming row: requests per run")
+    parser.add_argument("--inner-streaming", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         url, concurrency, duration, rate, event_loop = args.inner
         return inner(url, int(concurrency), float(duration), float(rate), event_loop)
+    from streaming import inner as inner_streaming
+    from streaming import streaming_row
+
+    if args.inner_streaming:
+        tool, *numbers = args.inner_streaming
+        return inner_streaming(tool, *map(int, numbers))
+    stream_args = (start_streaming_reference, ["taskset", "-c", GENERATOR_CPU], args.token_ms, args.max_tokens,
+                   args.stream_requests, min(args.concurrency, 4), args.rounds)
+    if args.only_streaming:
+        return streaming_row(*stream_args)
 
     have = ensure_tools()
     if not have["nginx"]:
@@ -305,6 +333,7 @@ def main() -> None:
             print_table(f"== {name} server ({what}): equal constant rate {rate:g} req/s over {c} connections "
                         f"(wrk: no constant-rate mode) ==", rows, True)
             print_ratios(rows, True, name)
+    streaming_row(*stream_args)
 
 
 if __name__ == "__main__":

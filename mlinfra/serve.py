@@ -34,6 +34,9 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+# The OpenAI-compatible text endpoints, backed by textgen's model.
+from mlinfra.completions import Completions
+
 # On a GCP node this file runs from /opt/mlinfra, with the model beside it as mlinfra/demand.py.
 from mlinfra.demand import (  # noqa: F401 (re-exported: serve's API)
     DEFAULT_SEED,
@@ -154,6 +157,7 @@ def _import_web(bare: bool = False):
 
             return types.SimpleNamespace(
                 Response=web_response.Response,
+                StreamResponse=web_response.StreamResponse,
                 HTTPException=web_exceptions.HTTPException,
                 HTTPExpectationFailed=web_exceptions.HTTPExpectationFailed,
                 Server=web_server.Server,
@@ -195,7 +199,7 @@ class InferenceServer:
     routes a request, and every request is counted by route template (404s and 405s as
     ``unmatched``), never by raw URL, so scanners cannot blow up metric cardinality."""
 
-    def __init__(self, delay_ms: float = 0.0, web=None) -> None:
+    def __init__(self, delay_ms: float = 0.0, web=None, token_ms: float = 0.0) -> None:
         self.web = web or _import_web()
         self.delay_s = max(delay_ms, 0.0) / 1000.0
         self.model: FittedWeights | None = None
@@ -204,6 +208,7 @@ class InferenceServer:
         self.routes.update(
             {"/predict": ("/predict", _POST, self.predict), "/metrics": ("/metrics", _GET, self.metrics_handler)}
         )
+        self.routes.update(Completions(self.web, token_ms).routes())
 
     def make_app(self):
         """An ``aiohttp.web.Application`` with these endpoints, to embed elsewhere."""
@@ -279,8 +284,8 @@ class InferenceServer:
         )
 
 
-async def _serve(host: str, port: int, load_seconds: float, delay_ms: float, web=None) -> None:
-    server = InferenceServer(delay_ms, web)
+async def _serve(host: str, port: int, load_seconds: float, delay_ms: float, web=None, token_ms: float = 0.0) -> None:
+    server = InferenceServer(delay_ms, web, token_ms)
     runner = server.web.ServerRunner(server.web.Server(server.handle, access_log=None), shutdown_timeout=5.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -312,9 +317,11 @@ async def _serve(host: str, port: int, load_seconds: float, delay_ms: float, web
     _log("stopped")
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, load_seconds: float = 0.0, delay_ms: float = 0.0, web=None) -> None:
+def run(
+    host: str = "127.0.0.1", port: int = 8000, load_seconds: float = 0.0, delay_ms: float = 0.0, web=None, token_ms=0.0
+) -> None:
     """Serve until SIGTERM or SIGINT. Raises OSError if the port can't be bound."""
-    asyncio.run(_serve(host, port, load_seconds, delay_ms, web))
+    asyncio.run(_serve(host, port, load_seconds, delay_ms, web, token_ms))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         help="extra simulated model load time: a server that becomes ready late",
     )
     parser.add_argument("--delay-ms", type=float, default=0.0, help="latency added to every /predict: a slow server")
+    parser.add_argument("--token-ms", type=float, default=0.0, help="time per streamed token of /v1/completions")
     args = parser.parse_args(argv)
     port = args.port
     if port is None:
@@ -339,10 +347,10 @@ def main(argv: list[str] | None = None) -> int:
             port = int(os.environ.get("PORT", "8000"))
         except ValueError:
             parser.error(f"PORT must be an integer, got {os.environ['PORT']!r}")
-    if args.load_seconds < 0 or args.delay_ms < 0:
-        parser.error("--load-seconds and --delay-ms must not be negative")
+    if args.load_seconds < 0 or args.delay_ms < 0 or args.token_ms < 0:
+        parser.error("--load-seconds, --delay-ms and --token-ms must not be negative")
     try:  # this process is nothing but the server: aiohttp's server half is enough
-        run(args.host, port, args.load_seconds, args.delay_ms, _import_web(bare=True))
+        run(args.host, port, args.load_seconds, args.delay_ms, _import_web(bare=True), args.token_ms)
     except OSError as exc:
         _log(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
         return 1

@@ -22,6 +22,7 @@ from mlinfra.errors import SpecError
 from mlinfra.fields import Section, describe, in_range, one_of
 from mlinfra.ops.cost import CostLimits
 from mlinfra.targets.serve.section import Autoscale, refuse_replicas_with_autoscale
+from mlinfra.verify.section import Verify
 
 _GCP_NAME = re.compile(catalog.NAME_PATTERN)
 # Node names are "<stack>-<region>-<replica>" and GCP caps names at 63 characters; the longest
@@ -252,26 +253,6 @@ class State(Section):
             )
         if self.endpoint and not re.match(r"^https?://[^\s/]+", self.endpoint):
             raise SpecError("state.endpoint", f"{self.endpoint!r} must be an http(s):// URL")
-
-
-@dataclass(frozen=True)
-class Verify(Section):
-    _key: ClassVar[str] = "verify"
-    p95_ms: float = field(default=250.0, metadata=in_range(0.1, 600_000))
-    p99_ms: float = field(default=0.0, metadata=in_range(0, 600_000))  # 0: no p99 budget
-    max_error_rate: float = field(default=0.01, metadata=in_range(0, 1))
-    min_rps: float = field(default=0.0, metadata=in_range(0, 10_000_000))
-    requests: int = field(default=200, metadata=in_range(1, 10_000_000))
-    concurrency: int = field(default=8, metadata=in_range(1, 10_000))
-    warmup: int = field(default=20, metadata=in_range(0, 1_000_000))
-    health_timeout_s: float = field(default=600.0, metadata=in_range(1, 86_400))
-    rate: float = field(default=0.0, metadata=in_range(0, 1_000_000))  # req/s open loop; 0: closed loop
-    path: str = "/predict"  # where the latency benchmark sends its requests
-    payload: dict[str, Any] | None = None  # the request body; None: one the reference server accepts
-
-    def _check(self) -> None:
-        if not self.path.startswith("/") or any(c.isspace() for c in self.path):
-            raise SpecError("verify.path", f"{self.path!r} must be a URL path starting with '/', like '/predict'")
 
 
 _SECTIONS = dict(gcp=Gcp, local=Local, compute=Compute, serve=Serve, state=State, verify=Verify)

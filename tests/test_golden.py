@@ -42,6 +42,10 @@ def normalized(tfvars: dict, workdir: Path, stack_dir: Path) -> dict:
         data["ssh_public_key"] = "<SSH_PUBLIC_KEY>"
     if data.get("reference_server"):
         data["reference_server"] = "<mlinfra/serve.py>"
+    for key, name in (("reference_completions", "completions.py"), ("reference_textgen", "textgen.py"),
+                      ("reference_textgen_data", "textgen.json")):
+        if data.get(key):
+            data[key] = f"<mlinfra/{name}>"
     for node in data.get("nodes", {}).values():
         if "cwd" in node:  # local nodes: a port is picked from what is free at render time
             node["port"] = "<PORT>"

@@ -20,6 +20,7 @@ def test_wheel_ships_templates_and_renders_outside_the_checkout(tmp_path):
         if template.is_file() and "__pycache__" not in template.parts:
             assert f"mlinfra/templates/{template.relative_to(ROOT / 'templates')}" in names
     assert "mlinfra/clouds/gcp/gpus.toml" in names
+    assert "mlinfra/textgen.json" in names  # the reference server's language model
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

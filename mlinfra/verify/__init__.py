@@ -72,6 +72,8 @@ def run(
     ``fresh``: where nodes report on themselves (GCP), ask each for a new run first.
     """
     checks = parse_checks(checks)
+    if rate and stack.spec.verify.protocol == "openai":
+        raise UsageError("--rate: verify.protocol 'openai' runs a closed loop at verify.concurrency")
     notify = on_result or (lambda result: None)
     started = time.monotonic()
     results: dict[tuple[str, str], CheckResult] = {}
@@ -147,6 +149,8 @@ def _latency(stack, node, rate: float | None) -> CheckResult:
     from mlinfra.verify import latency
 
     verify = stack.spec.verify
+    if verify.protocol == "openai":  # streamed tokens: TTFT, inter-token latency, tokens/s
+        return _tokens(node, verify)
     payload = verify.payload if verify.payload is not None else latency.default_payload()
     result = latency.run_load(
         node.endpoint + verify.path,
@@ -159,6 +163,24 @@ def _latency(stack, node, rate: float | None) -> CheckResult:
         rate=verify.rate if rate is None else rate,
     )
     return latency.check_latency(node.name, result, verify)
+
+
+def _tokens(node, verify) -> CheckResult:
+    from mlinfra.verify.budget import check_stream
+    from mlinfra.verify.stream import run_stream
+
+    result = run_stream(
+        node.endpoint + verify.path,
+        verify.prompts,
+        max_tokens=verify.max_tokens,
+        requests=verify.requests,
+        concurrency=verify.concurrency,
+        warmup=verify.warmup,
+        chat=verify.chat,
+        model=verify.model_name,
+        token_timeout_s=verify.token_timeout_s,
+    )
+    return check_stream(node.name, result, verify)
 
 
 def _payload(stack) -> dict:

@@ -8,6 +8,7 @@ from mlinfra.verify.result import CheckResult
 
 if TYPE_CHECKING:
     from mlinfra.verify.latency import LoadResult
+    from mlinfra.verify.stream import StreamResult
 
 
 def check_latency(node: str, result: LoadResult, verify) -> CheckResult:
@@ -59,3 +60,49 @@ def check_latency(node: str, result: LoadResult, verify) -> CheckResult:
 def _describe(errors: dict[str, int]) -> str:
     """'12 x http_500, 3 x timeout', most frequent first."""
     return ", ".join(f"{count} x {kind}" for kind, count in sorted(errors.items(), key=lambda kv: -kv[1]))
+
+
+def check_stream(node: str, result: StreamResult, verify) -> CheckResult:
+    """Judge a token-level run (``verify.protocol = "openai"``) against request latency, error
+    rate and the token budgets: ttft_p95_ms, itl_p95_ms, min_tokens_per_s (0: none), the last
+    against the per-request rate that 95 % of requests reached (its 5th percentile)."""
+    latency, ttft, itl = result.percentiles_ms("latency"), result.percentiles_ms("ttft"), result.percentiles_ms("itl")
+    slowest = result.rate_percentile(5)
+    problems = []
+    if result.aborted:
+        problems.append(result.aborted)
+    elif not result.ok:
+        problems.append(f"no successful stream in {result.requests} requests ({_describe(result.errors)})")
+    else:
+        if latency["p95_ms"] > verify.p95_ms:
+            problems.append(f"p95 {latency['p95_ms']:.1f} ms > budget {verify.p95_ms:g} ms")
+        if verify.p99_ms and latency["p99_ms"] > verify.p99_ms:
+            problems.append(f"p99 {latency['p99_ms']:.1f} ms > budget {verify.p99_ms:g} ms")
+        if verify.ttft_p95_ms and ttft["p95_ms"] > verify.ttft_p95_ms:
+            problems.append(f"TTFT p95 {ttft['p95_ms']:.1f} ms > budget {verify.ttft_p95_ms:g} ms")
+        if verify.itl_p95_ms and itl["p95_ms"] > verify.itl_p95_ms:
+            problems.append(f"ITL p95 {itl['p95_ms']:.1f} ms > budget {verify.itl_p95_ms:g} ms")
+        if verify.min_tokens_per_s and slowest < verify.min_tokens_per_s:
+            problems.append(f"tokens/s p5 {slowest:.1f} < min {verify.min_tokens_per_s:g}")
+        if result.error_rate > verify.max_error_rate:
+            problems.append(
+                f"error rate {result.error_rate:.1%} > max {verify.max_error_rate:.1%} ({_describe(result.errors)})"
+            )
+    if result.first_error and problems:
+        problems.append(f"first error: {result.first_error}")
+    if result.ok:
+        summary = (
+            f"TTFT p50 {ttft['p50_ms']:.1f} ms, p95 {ttft['p95_ms']:.1f} ms; ITL p50 {itl['p50_ms']:.2f} ms, "
+            f"p95 {itl['p95_ms']:.2f} ms; tokens/s p50 {result.rate_percentile(50):.0f}, p5 {slowest:.0f}; "
+            f"request p95 {latency['p95_ms']:.1f} ms, errors {result.error_rate:.1%}"
+        )
+    else:
+        summary = "no successful stream"
+    details = result.to_dict()
+    details["budget"] = {
+        name: getattr(verify, name)
+        for name in ("p95_ms", "p99_ms", "max_error_rate", "ttft_p95_ms", "itl_p95_ms", "min_tokens_per_s")
+    }
+    return CheckResult(
+        node, "latency", not problems, summary, message="; ".join(problems), elapsed_s=result.elapsed_s, details=details
+    )

@@ -21,6 +21,10 @@ metadata mlinfra-reference-server >/opt/mlinfra/serve.py || true
 install -d -m 0755 /opt/mlinfra/mlinfra
 : >/opt/mlinfra/mlinfra/__init__.py
 metadata mlinfra-reference-model >/opt/mlinfra/mlinfra/demand.py || true
+# Its OpenAI-compatible endpoints and their language model (mlinfra.completions, mlinfra.textgen).
+metadata mlinfra-reference-completions >/opt/mlinfra/mlinfra/completions.py || true
+metadata mlinfra-reference-textgen >/opt/mlinfra/mlinfra/textgen.py || true
+metadata mlinfra-reference-textgen-data >/opt/mlinfra/mlinfra/textgen.json || true
 
 # The model server runs as an unprivileged system user with its own home for caches.
 if ! id -u mlserve >/dev/null 2>&1; then

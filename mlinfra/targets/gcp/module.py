@@ -83,9 +83,24 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         "reference_model": resources.files("mlinfra").joinpath("demand.py").read_text()
         if uses_reference_server
         else "",
+        # Its OpenAI-compatible endpoints and their language model (issue 11), beside demand.py.
+        **{
+            variable: resources.files("mlinfra").joinpath(name).read_text() if uses_reference_server else ""
+            for variable, name in REFERENCE_TEXTGEN.items()
+        },
         "nodes": nodes,
         "node_check": node_checks.settings(stack),  # what each node checks on itself (guest_report.py)
     }
+
+
+# terraform variable -> file of the package. Each is one metadata value on the node, which holds
+# 256 KiB at most (all of an instance's keys and values together: 512 KB; Compute Engine API,
+# Metadata.items[].value): textgen.json is about 94 KB.
+REFERENCE_TEXTGEN = {
+    "reference_completions": "completions.py",
+    "reference_textgen": "textgen.py",
+    "reference_textgen_data": "textgen.json",
+}
 
 
 def image_path(image: str, gpu: Gpu | None) -> str:

@@ -89,14 +89,17 @@ resource "google_compute_instance" "node" {
 
   metadata = {
     # Only the stack's own key logs in: keys in the project's metadata do not reach its VMs.
-    "block-project-ssh-keys"   = "true"
-    "ssh-keys"                 = "${var.ssh_user}:${var.ssh_public_key}"
-    "install-nvidia-driver"    = each.value.has_gpu ? "True" : "False"
-    "startup-script"           = file("${path.module}/startup.sh")
-    "mlinfra-launcher"         = file("${path.module}/launch.py")
-    "mlinfra-node"             = jsonencode(each.value.node_config)
-    "mlinfra-reference-server" = var.reference_server
-    "mlinfra-reference-model"  = var.reference_model
+    "block-project-ssh-keys"         = "true"
+    "ssh-keys"                       = "${var.ssh_user}:${var.ssh_public_key}"
+    "install-nvidia-driver"          = each.value.has_gpu ? "True" : "False"
+    "startup-script"                 = file("${path.module}/startup.sh")
+    "mlinfra-launcher"               = file("${path.module}/launch.py")
+    "mlinfra-node"                   = jsonencode(each.value.node_config)
+    "mlinfra-reference-server"       = var.reference_server
+    "mlinfra-reference-model"        = var.reference_model
+    "mlinfra-reference-completions"  = var.reference_completions
+    "mlinfra-reference-textgen"      = var.reference_textgen
+    "mlinfra-reference-textgen-data" = var.reference_textgen_data
     # -- node-side checks (guest_report.py): the gate reads gpu and health from the node's own
     # report, a guest attribute the operator reads with the Compute API: no ingress needed.
     # `mlinfra verify --fresh` sets mlinfra-check-request (Compute API setMetadata, that key

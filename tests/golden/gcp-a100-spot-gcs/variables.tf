@@ -85,6 +85,21 @@ variable "node_check" {
 }
 # -- end node-side checks
 
+variable "reference_completions" {
+  description = "The reference server's OpenAI-compatible endpoints (completions.py), shipped beside it."
+  type        = string
+}
+
+variable "reference_textgen" {
+  description = "The reference server's language model (textgen.py), shipped beside it."
+  type        = string
+}
+
+variable "reference_textgen_data" {
+  description = "The language model's counts (textgen.json, about 94 KB), shipped beside it."
+  type        = string
+}
+
 variable "nodes" {
   description = "One entry per node (region x replica), keyed \"<region>-<replica>\"."
   type = map(object({

@@ -186,7 +186,7 @@ KMS_KEY = "projects/ml-demo-123456/locations/us-central1/keyRings/mlinfra/crypto
 
 def test_every_node_blocks_project_ssh_keys_and_is_a_shielded_vm(tmp_path):
     main = (seed_stack(tmp_path).render().workdir / "main.tf").read_text()
-    assert '"block-project-ssh-keys"   = "true"' in main
+    assert re.search(r'\n +"block-project-ssh-keys" += "true"\n', main)  # aligned by terraform fmt
     shielded = main.split("shielded_instance_config {")[1].split("}")[0]
     assert "enable_vtpm                 = true" in shielded
     assert "enable_integrity_monitoring = true" in shielded
@@ -314,10 +314,18 @@ def test_reference_server_ships_only_for_mlinfra_serve(tmp_path):
     own = gcp_stack(tmp_path, "ownsrv", serve={"command": "python3 -m http.server $PORT"})
     values = json.loads((own.render().workdir / "terraform.tfvars.json").read_text())
     assert values["reference_server"] == "" and values["reference_model"] == ""
+    assert "class Completions" in default["reference_completions"] and "class TextModel" in default["reference_textgen"]
+    assert json.loads(default["reference_textgen_data"])["format"] == "mlinfra-textgen/1"
+    assert len(default["reference_textgen_data"].encode()) <= 256 * 1024  # one metadata value's limit
+    shipped = ("reference_server", "reference_model", "reference_completions", "reference_textgen",
+               "reference_textgen_data")
+    assert sum(len(default[key].encode()) for key in shipped) < 400 * 1024  # all metadata: 512 KB
+    assert all(values[key] == "" for key in shipped)
 
 
 def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
-    """What a GCP node gets: serve.py, and its model as mlinfra/demand.py beside it."""
+    """What a GCP node gets: serve.py, its model as mlinfra/demand.py and its language model
+    (mlinfra/completions.py, textgen.py, textgen.json) beside it."""
     import socket
     import subprocess
     import sys
@@ -331,6 +339,9 @@ def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
     (node / "mlinfra").mkdir()  # as startup.sh lays it out
     (node / "mlinfra" / "__init__.py").write_text("")
     (node / "mlinfra" / "demand.py").write_text(values["reference_model"])
+    for key, name in (("reference_completions", "completions.py"), ("reference_textgen", "textgen.py"),
+                      ("reference_textgen_data", "textgen.json")):
+        (node / "mlinfra" / name).write_text(values[key])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -350,6 +361,10 @@ def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
             except OSError:
                 time.sleep(0.1)
         assert status == 200, server.stderr.read() if server.poll() is not None else "no answer"
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                         data=b'{"prompt": "In the beginning", "max_tokens": 5}')
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["usage"]["completion_tokens"] == 5  # the node's own textgen
     finally:
         server.kill()
         server.wait()
@@ -405,3 +420,14 @@ def test_tfvars_satisfy_the_variable_types(tmp_path, case):
         result = subprocess.run([sys.executable, "-m", "mlinfra.engine._exec", *args], cwd=module, env=env,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_startup_writes_every_reference_file_the_instance_metadata_carries():
+    """A file shipped as metadata but never written (or written under another name) would leave
+    the node's server without a module it imports."""
+    keys = set(re.findall(r'"(mlinfra-reference-[a-z-]+)"\s*=', (TEMPLATES / "gcp" / "main.tf.j2").read_text()))
+    written = dict(re.findall(r"^metadata (mlinfra-reference-[a-z-]+) >(\S+)", (TEMPLATES / "gcp" / "startup.sh").read_text(),
+                              re.M))
+    assert keys == set(written) and len(keys) == 5
+    imported = {f"/opt/mlinfra/mlinfra/{name}" for name in ("demand.py", "completions.py", "textgen.py", "textgen.json")}
+    assert imported <= set(written.values()) and "/opt/mlinfra/serve.py" in written.values()
