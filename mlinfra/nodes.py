@@ -8,7 +8,7 @@ keeps beside the state (the local target: the node's process record).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -31,6 +31,9 @@ class Node:
     ssh_user: str = ""
     ssh_key: str = ""  # the stack's private key (GCP), for the GPU check over SSH
     zone: str = ""
+    # What the node runs (issue 11): image or command, model URI, generation and checksum, setup
+    # result; the local launcher's record, or what the stack asked of a GCP node.
+    workload: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

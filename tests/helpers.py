@@ -64,6 +64,10 @@ def gcp_stack(tmp_path: Path, name: str = "gpu", **sections) -> "Stack":
 
 def seed_stack(tmp_path: Path, **serve) -> "Stack":
     """n1-standard-4 + one T4 in us-central1-a serving on port 8000 (disposable-ml-infrastructure.txt)."""
-    return gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
-                     compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
-                     serve={"port": 8000, **serve})
+    return gcp_stack(
+        tmp_path,
+        "demand-predictor",
+        gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
+        compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
+        serve={"port": 8000, **serve},
+    )

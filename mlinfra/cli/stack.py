@@ -196,7 +196,7 @@ def status(
 
 
 def _show_status(result, as_json: bool) -> None:
-    from mlinfra.console import out, print_json, print_nodes
+    from mlinfra.console import out, print_json, print_nodes, print_workloads
 
     if as_json:
         return print_json(result)
@@ -223,6 +223,7 @@ def _show_status(result, as_json: bool) -> None:
     ready = sum(1 for node in result.nodes if node.ready)
     out.print(f"Stack {result.stack!r} ({result.target}): {ready}/{len(result.nodes)} node(s) ready", markup=False)
     print_nodes(result.nodes, out)
+    print_workloads(result.nodes, out)
     scaling = result.autoscale
     if scaling:  # an [autoscale] stack: one endpoint, Serve's replicas per region
         out.print(f"Endpoint: {result.endpoint}  ({scaling['engine']}, policy {scaling['policy']})", markup=False)

@@ -31,6 +31,7 @@ class VerifyReport(Result):
     stack: str
     results: list[CheckResult] = field(default_factory=list)
     elapsed_s: float = 0.0
+    runs: dict[str, dict] = field(default_factory=dict)  # node name → what it runs (issue 11), if more than a command
 
     @property
     def passed(self) -> bool:
@@ -96,7 +97,8 @@ def run(
             record(check_autoscale(stack, node, _payload(stack)))
     order = {check: i for i, check in enumerate(CHECKS)}
     ordered = sorted(results.values(), key=lambda r: ([n.name for n in nodes].index(r.node), order[r.check]))
-    return VerifyReport(stack.name, ordered, time.monotonic() - started)
+    runs = {node.name: node.workload for node in nodes if node.workload}
+    return VerifyReport(stack.name, ordered, time.monotonic() - started, runs)
 
 
 def _health(node, deadline_s: float, exited, cap_s: float) -> CheckResult:

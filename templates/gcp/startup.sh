@@ -21,6 +21,9 @@ metadata mlinfra-reference-server >/opt/mlinfra/serve.py || true
 install -d -m 0755 /opt/mlinfra/mlinfra
 : >/opt/mlinfra/mlinfra/__init__.py
 metadata mlinfra-reference-model >/opt/mlinfra/mlinfra/demand.py || true
+# serve.image, serve.setup and [model] (issue 11): launch.py's helpers, beside it.
+metadata mlinfra-workload >/opt/mlinfra/workload.py
+metadata mlinfra-workload-gcp >/opt/mlinfra/workload_gcp.py
 
 # The model server runs as an unprivileged system user with its own home for caches.
 if ! id -u mlserve >/dev/null 2>&1; then

@@ -15,14 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mlinfra import workload
 from mlinfra.errors import SpecError
-from mlinfra.targets.base import Driver, Placement
+from mlinfra.targets.base import Driver, Placement, read_json
 from mlinfra.targets.local import ports, process
 
 
 class LocalDriver(Driver):
     name = "local"
     templates = "local"
+    node_files: tuple[str, ...] = ("workload.py",)
     node_resource = "terraform_data.node"
     rebuild_budget_s = 60.0  # a local node starts in seconds
     health_poll_cap_s = 0.25  # a probe on loopback costs microseconds: ready is seen within 250 ms
@@ -40,6 +42,7 @@ class LocalDriver(Driver):
                     f"{ref!r}: the local target reads secrets from this machine's "
                     "environment when a node starts: use 'env:NAME'",
                 )
+        workload.check_local(spec)
         return super().validate(spec)
 
     def cost(self, spec, placement: Placement) -> Any:
@@ -66,6 +69,7 @@ class LocalDriver(Driver):
                     "cwd": cwd,
                     "env": dict(spec.serve.env),
                     "secrets": dict(spec.serve.secrets),  # references only: the launcher reads the values
+                    "workload": workload.node_values(spec),  # image, setup, model (templates/node/workload.py)
                 }
                 for node in placement.nodes
             },
@@ -74,7 +78,15 @@ class LocalDriver(Driver):
     def discover(self, outputs: dict[str, Any], workspace) -> list:
         found = super().discover(outputs, workspace)
         records = {node.key: process.read_record(workspace.nodes_dir, node.key) for node in found}
-        return [replace(node, pid=records[node.key].get("pid"), log=records[node.key].get("log", "")) for node in found]
+        return [
+            replace(
+                node,
+                pid=records[node.key].get("pid"),
+                log=records[node.key].get("log", ""),
+                workload=read_json(workspace.nodes_dir / f"{node.key}.workload.json"),
+            )
+            for node in found
+        ]
 
     def exited(self, node, workspace) -> Callable[[], str | None] | None:
         if not node.pid:

@@ -23,6 +23,7 @@ RAY_PORT = 6379
 
 class ServeGcpDriver(GcpDriver):
     templates = "serve-gcp"
+    node_files = ()  # the Ray templates run no workload.py (serve.image, setup and [model] are refused)
     node_resource = "google_compute_instance.head"
     rebuild_budget_s = 1200.0
 

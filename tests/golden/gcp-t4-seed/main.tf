@@ -97,6 +97,8 @@ resource "google_compute_instance" "node" {
     "mlinfra-node"             = jsonencode(each.value.node_config)
     "mlinfra-reference-server" = var.reference_server
     "mlinfra-reference-model"  = var.reference_model
+    "mlinfra-workload"         = file("${path.module}/workload.py")
+    "mlinfra-workload-gcp"     = file("${path.module}/workload_gcp.py")
   }
 
   dynamic "service_account" {

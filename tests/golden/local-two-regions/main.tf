@@ -16,6 +16,7 @@ resource "terraform_data" "node" {
     cwd     = each.value.cwd
     env     = each.value.env
     secrets = each.value.secrets
+    workload = each.value.workload
   }
 
   # What the destroy-time provisioner needs: it may only read self.
@@ -38,6 +39,9 @@ resource "terraform_data" "node" {
       MLINFRA_ENV     = jsonencode(each.value.env)
       MLINFRA_SECRETS = jsonencode(each.value.secrets)
       MLINFRA_RUN_DIR = local.run_dir
+      # serve.image, serve.setup, [model]: data for workload.py; the model cache is the stack's.
+      MLINFRA_WORKLOAD    = jsonencode(each.value.workload)
+      MLINFRA_MODEL_CACHE = abspath("${path.module}/models")
     }
   }
 

@@ -19,5 +19,13 @@ variable "nodes" {
     cwd         = string
     env         = map(string)
     secrets     = map(string)
+    workload = object({
+      image        = string
+      args         = list(string)
+      setup        = list(string)
+      model_uri    = string
+      model_sha256 = string
+      model_dir    = string
+    })
   }))
 }
