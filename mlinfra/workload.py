@@ -111,7 +111,7 @@ def check_local(spec: Any) -> None:
         return
     path = model_path(spec)
     if not path.exists():
-        raise SpecError("model.uri", f"{model.uri!r}: no such file or directory ({path})")
+        raise SpecError("model.uri", f"{model.uri!r}: no such file or directory (a path is relative to the stack file)")
 
 
 def check_gcp(spec: Any) -> None:
