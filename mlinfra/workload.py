@@ -90,6 +90,13 @@ def check_serve(serve: Any) -> None:
             f"{serve.image!r} is not an image reference: use NAME[:TAG][@sha256:DIGEST], "
             "like 'vllm/vllm-openai@sha256:<64 hex digits>'",
         )
+    if serve.image:
+        try:
+            shlex.split(serve.command)
+        except ValueError as exc:
+            raise SpecError(
+                "serve.command", f"with serve.image it is the container's arguments, split like a shell line: {exc}"
+            ) from None
     for i, step in enumerate(serve.setup):
         if not step.strip():
             raise SpecError(f"serve.setup[{i}]", "must not be empty")

@@ -27,6 +27,7 @@ import workload  # workload.py, copied beside this file by startup.sh
 STATE = os.environ.get("MLINFRA_STATE_DIR", "/var/lib/mlinfra")
 SETUP_LOG = os.path.join(STATE, "setup.log")
 SERVICE_USER = "mlserve"
+SERVICE_HOME = os.environ.get("MLINFRA_SERVICE_HOME", "/var/lib/mlserve")  # startup.sh makes it
 CONTAINER = "mlinfra-serve"
 # GCE_METADATA_HOST is the override Google's client libraries honour; the GCS URL is overridable
 # for tests against a stand-in (fake-gcs-server serves the same JSON API).
@@ -88,7 +89,7 @@ def prepare(node):
         os.makedirs(STATE, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root"}
         env.update(node.get("env") or {})
-        status["setup"] = workload.run_setup(spec.get("setup", []), env, "/var/lib/mlserve", SETUP_LOG,
+        status["setup"] = workload.run_setup(spec.get("setup", []), env, SERVICE_HOME, SETUP_LOG,
                                              os.path.join(STATE, "setup.json"))
         if spec.get("model_uri"):
             cache = model_cache(spec)
@@ -108,7 +109,8 @@ def prepare(node):
                 raise workload.WorkloadError("serve.image: `docker pull %s` failed (see the startup log)" % spec["image"])
             # The unit runs as the service user; the docker group lets it start the container
             # (root-equivalent on this VM, which exists to run this one server).
-            subprocess.check_call(["usermod", "-aG", "docker", SERVICE_USER])
+            if subprocess.call(["usermod", "-aG", "docker", SERVICE_USER]) != 0:
+                raise workload.WorkloadError("serve.image: cannot add %s to the docker group" % SERVICE_USER)
     except workload.WorkloadError as exc:
         status["error"] = str(exc)
         _publish(status)

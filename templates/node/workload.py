@@ -231,8 +231,11 @@ def run_setup(steps, env, cwd, log_path, marker):
         for i, step in enumerate(steps):
             log.write(("mlinfra: setup step %d of %d: %s\n" % (i + 1, len(steps), step)).encode())
             log.flush()
-            code = subprocess.call(["/bin/sh", "-c", step], cwd=cwd or None, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT)
+            try:
+                code = subprocess.call(["/bin/sh", "-c", step], cwd=cwd or None, env=env, stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT)
+            except OSError as exc:  # the working directory is gone, /bin/sh is missing
+                raise WorkloadError("setup step %d of %d (%s) could not start: %s" % (i + 1, len(steps), step, exc))
             if code != 0:
                 log.flush()
                 raise WorkloadError("setup step %d of %d (%s) failed with exit code %d; last log lines: %s"
