@@ -74,7 +74,11 @@ def _check_docker(gpus):
     """Docker, and with GPUs the NVIDIA Container Toolkit's runtime hook, must be on the image.
     Checked, not assumed, and nothing is installed: the default boot image for a GPU is a Deep
     Learning VM family (clouds/gcp/catalog.default_image), and what an image ships changes with
-    its release; a custom gcp.image may have neither."""
+    its release; a custom gcp.image may have neither. (Source: none found. Searching public
+    references for what the Deep Learning VM images ship — Docker, nvidia-container-toolkit —
+    gave no authoritative page, so this check is the contract, and its message the diagnosis.)
+    `--gpus all` is Docker's flag for the toolkit's hook (docs.nvidia.com/datacenter/cloud-native/
+    container-toolkit/latest/docker-specialized.html); podman uses CDI: --device nvidia.com/gpu=all."""
     engine = workload.find_engine("docker")
     if gpus and not (shutil.which("nvidia-container-cli") or shutil.which("nvidia-ctk")):
         raise workload.WorkloadError("serve.image with GPUs needs the NVIDIA Container Toolkit on the boot image "
