@@ -116,7 +116,7 @@ def start(key: str) -> int:
             return 1
     pid = _server_pid(supervisor)
     record = {"pid": pid, "token": token, "port": port, "started_at": time.time(), "log": str(log_path),
-              "supervisor": supervisor.pid, "container": container}
+              "supervisor": supervisor.pid, **({"container": container} if container else {})}
     try:
         _write_json(record_path, record)
     except BaseException:

@@ -11,11 +11,11 @@ resource "terraform_data" "node" {
 
   # A change to what runs on a node restarts it (destroy, then create).
   triggers_replace = {
-    command = each.value.command
-    port    = each.value.port
-    cwd     = each.value.cwd
-    env     = each.value.env
-    secrets = each.value.secrets
+    command  = each.value.command
+    port     = each.value.port
+    cwd      = each.value.cwd
+    env      = each.value.env
+    secrets  = each.value.secrets
     workload = each.value.workload
   }
 
