@@ -163,7 +163,8 @@ def _prepare_workload(key: str, run_dir: Path, env: dict, log_path: Path) -> lis
         name = f"mlinfra-{os.environ.get(STACK_VAR, 'stack')}-{key}"
         passed = [n for n in env if n not in KEPT_VARS and not n.startswith("MLINFRA_") and n not in BLAS_THREAD_VARS]
         argv = workload.container_argv(engine, spec["image"], name, int(os.environ["MLINFRA_PORT"]), passed,
-                                       spec.get("args", []), model_host_dir, spec.get("model_dir", ""))
+                                       spec.get("args", []), model_host_dir, spec.get("model_dir", ""),
+                                       int(os.environ.get("MLINFRA_GPUS") or 0))
         env["MLINFRA_COMMAND"] = "exec " + shlex.join(argv)
         ran["command"] = shlex.join(argv)
         container = [engine, name]

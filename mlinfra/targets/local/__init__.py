@@ -70,6 +70,7 @@ class LocalDriver(Driver):
                     "env": dict(spec.serve.env),
                     "secrets": dict(spec.serve.secrets),  # references only: the launcher reads the values
                     "workload": workload.node_values(spec),  # image, setup, model (templates/node/workload.py)
+                    "gpus": spec.compute.gpu_count if spec.compute.accelerator else 0,  # a container's GPU flags
                 }
                 for node in placement.nodes
             },

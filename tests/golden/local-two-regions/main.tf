@@ -42,6 +42,7 @@ resource "terraform_data" "node" {
       # serve.image, serve.setup, [model]: data for workload.py; the model cache is the stack's.
       MLINFRA_WORKLOAD    = jsonencode(each.value.workload)
       MLINFRA_MODEL_CACHE = abspath("${path.module}/models")
+      MLINFRA_GPUS        = tostring(each.value.gpus)
     }
   }
 

@@ -19,6 +19,7 @@ variable "nodes" {
     cwd         = string
     env         = map(string)
     secrets     = map(string)
+    gpus        = number
     workload = object({
       image        = string
       args         = list(string)

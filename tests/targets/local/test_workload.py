@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import HTTP_SERVER, Emulator, write_stack
+from helpers import HTTP_SERVER, TEMPLATES, Emulator, write_stack
 
 from mlinfra import Stack
 from mlinfra.errors import EngineError, MlinfraError
@@ -324,3 +324,17 @@ def test_the_cli_prints_what_each_node_runs(tmp_path):
         assert data["nodes"][0]["workload"]["setup"] == {"steps": 1, "result": "ok"}
     finally:
         subprocess.run(MLINFRA + ["down", "--yes"], cwd=path.parent, capture_output=True, timeout=120)
+
+
+def test_gpus_are_attached_the_way_each_engine_takes_them():
+    """docker: --gpus all (the NVIDIA Container Toolkit's hook); podman: the CDI device name."""
+    sys.path.insert(0, str(TEMPLATES / "node"))
+    try:
+        import workload
+    finally:
+        sys.path.pop(0)
+    for engine, flags in (("/usr/bin/docker", ["--gpus", "all"]), ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"])):
+        argv = workload.container_argv(engine, "img@sha256:" + "a" * 64, "n", 8000, ["PORT"], ["--x"], gpus=1)
+        assert argv == [engine, "run", "--rm", "--name", "n", "--publish", "127.0.0.1:8000:8000", "--env", "PORT",
+                        *flags, "img@sha256:" + "a" * 64, "--x"]
+    assert "--gpus" not in workload.container_argv("docker", "img", "n", 8000, [], [], gpus=0)
