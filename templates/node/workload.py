@@ -159,6 +159,10 @@ def fetch_model(uri, sha256, cache, log, endpoint=GCS_API, token=""):
         raise WorkloadError("model %s: cannot list it (%s)" % (uri, exc)) from None
     if not objects:
         raise WorkloadError("model %s: no such object or prefix (nothing to download)" % uri)
+    for rel, _, _, _ in objects:  # an object name is any text: "../x" must not leave the cache
+        parts = rel.replace("\\", "/").split("/")
+        if not rel or rel.startswith("/") or ".." in parts or "" in parts or "\0" in rel:
+            raise WorkloadError("model %s: object name %r is not a safe relative path" % (uri, rel))
     listing = [[rel, size, generation] for rel, size, generation, _ in objects]
     generation = objects[0][2] if single else max((o[2] for o in objects), key=int)  # the newest
     record = {"uri": uri, "generation": generation, "files": len(objects), "bytes": sum(o[1] for o in objects)}
