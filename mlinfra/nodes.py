@@ -26,14 +26,14 @@ class Node:
     ready: bool | None = None  # the health path answered 200
     health_status: int | None = None
     log: str = ""
+    # What the node runs (issue 11): image or command, model URI, generation and checksum, setup
+    # result; the local launcher's record, or what the stack asked of a GCP node.
+    workload: dict[str, Any] = field(default_factory=dict)
     ssh_host: str = ""
     ssh_port: int = 22
     ssh_user: str = ""
     ssh_key: str = ""  # the stack's private key (GCP), for the GPU check over SSH
     zone: str = ""
-    # What the node runs (issue 11): image or command, model URI, generation and checksum, setup
-    # result; the local launcher's record, or what the stack asked of a GCP node.
-    workload: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

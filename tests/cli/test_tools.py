@@ -33,8 +33,7 @@ def test_gpus_for_one_gpu_and_region():
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     # Reference §2.1: T4 comes in 1, 2 or 4; §5: us-central1-a, -b, -c and -f offer it.
     assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
-        ("t4", "nvidia-tesla-t4", n, "n1-standard-4") for n in ("1", "2", "4")
-    ]
+        ("t4", "nvidia-tesla-t4", n, "n1-standard-4") for n in ("1", "2", "4")]
     assert all(r[-4:] == ["a", "b", "c", "f"] for r in rows)
 
 
@@ -80,18 +79,15 @@ def test_gcp_plan_offline_says_what_to_do_in_one_line(tmp_path, monkeypatch):
     spot = 0.14 + 4 * 0.0081306 + 15 * 0.0010418
     assert result.stdout.splitlines() == [
         f"Estimated cost (on-demand): ${on_demand:.2f}/hour, ${on_demand * 730:,.0f}/month",
-        f"  spot would be: ${spot:.2f}/hour, ${spot * 730:,.0f}/month",
-    ]
+        f"  spot would be: ${spot:.2f}/hour, ${spot * 730:,.0f}/month"]
 
 
 def test_public_stack_is_warned_about(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_stack(tmp_path, SEED + '    public = true\n    allow_cidrs = ["0.0.0.0/0"]\n')
     result = runner.invoke(app, ["plan"])
-    assert (
-        "warning: serve.public = true: port 8000 on every node is open to the whole internet (0.0.0.0/0)"
+    assert "warning: serve.public = true: port 8000 on every node is open to the whole internet (0.0.0.0/0)" \
         in result.stderr.splitlines()
-    )
 
 
 def test_check_schema_offline(tmp_path, monkeypatch):
@@ -117,8 +113,4 @@ def test_check_local_stack(tmp_path, monkeypatch):
     write_stack(tmp_path, 'name = "pre"\n')
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 0
-    assert [line.split()[:2] for line in result.stdout.splitlines()] == [
-        ["ok", "stack"],
-        ["ok", "engine"],
-        ["ok", "render"],
-    ]
+    assert [line.split()[:2] for line in result.stdout.splitlines()] == [["ok", "stack"], ["ok", "engine"], ["ok", "render"]]
