@@ -5,6 +5,7 @@
 - back to zero: time from the end of the load until no replica runs (downscale_delay_s included)
 - Serve path overhead: per-request latency through the endpoint vs calling the same server
   directly, sequential requests, medians and p95
+- queue depth: the largest `mlinfra status` showed during the ramp (Serve's router gauges)
 
     .venv/bin/python bench/autoscale.py [--clients 8] [--max-replicas 4] [--requests 300]
 """
@@ -109,9 +110,17 @@ def main() -> None:
         load_start = time.monotonic()
         for thread in threads:
             thread.start()
-        first = until(lambda: replicas(stack) >= 1, 60)
-        above = until(lambda: replicas(stack) > 1, 60)
-        full = until(lambda: replicas(stack) >= args.max_replicas, 90)
+        depths: list[int] = []
+
+        def ramp() -> int:  # replicas, noting the queue depth status shows on the way
+            scaling = stack.status().autoscale or {}
+            if scaling.get("queue_depth") is not None:
+                depths.append(scaling["queue_depth"])
+            return int(scaling.get("replicas", 0))
+
+        first = until(lambda: ramp() >= 1, 60)
+        above = until(lambda: ramp() > 1, 60)
+        full = until(lambda: ramp() >= args.max_replicas, 90)
         reached = time.monotonic() - load_start
         stop.set()
         for thread in threads:
@@ -120,6 +129,7 @@ def main() -> None:
         rows.append((f"0→>1 under {args.clients} clients", _fmt(None if above is None else (first or 0) + above)))
         rows.append((f"0→{args.max_replicas} under {args.clients} clients", f"{reached:.1f} s" if full is not None else "not reached"))
         rows.append(("requests during the ramp / non-200", f"{len(codes)} / {sum(1 for c in codes if c != 200)}"))
+        rows.append(("peak queue depth in status during the ramp", f"{max(depths)} ({len(depths)} polls)" if depths else "none read"))
         rows.append(("load end → 0 replicas (downscale_delay_s 5)", _fmt(until(lambda: replicas(stack) == 0, 120))))
     finally:
         if direct is not None:

@@ -25,6 +25,7 @@ from mlinfra import nodes as node_probe
 from mlinfra import state
 from mlinfra.engine.events import PlanSummary, Progress
 from mlinfra.errors import Aborted, EngineError, MlinfraError, StateLocked, UsageError
+from mlinfra.ops import cost as spending
 from mlinfra.render import RenderResult, render
 from mlinfra.results import DownResult, PlanResult, StatusResult, UpResult
 from mlinfra.spec import StackSpec
@@ -61,9 +62,9 @@ class Stack(StateCommands):
         self.backend = state.backend(spec, self.workspace)
 
     @classmethod
-    def load(cls, path: str | Path) -> Stack:
-        """Read and validate a stack file; errors name the file and the key."""
-        return cls(StackSpec.load(path))
+    def load(cls, path: str | Path, env: str | None = None) -> Stack:
+        """Read and validate a stack file (``env``: one of its ``[env.<name>]`` environments)."""
+        return cls(StackSpec.load(path, env))
 
     def __getattr__(self, name: str) -> Any:
         if name in _SPEC_NAMES:
@@ -121,14 +122,8 @@ class Stack(StateCommands):
             stray = self.driver.orphans(self.workspace)
             swept = self.driver.sweep(self.workspace, stray) if stray else 0
             if swept and on_event:
-                on_event(
-                    Progress(
-                        "",
-                        "sweep",
-                        "output",
-                        message=f"stopped {swept} process(es) of this stack that were running outside its state",
-                    )
-                )
+                stopped = f"stopped {swept} process(es) of this stack that were running outside its state"
+                on_event(Progress("", "sweep", "output", message=stopped))
             if confirm is None:  # nobody reviews the plan: one Terraform run plans and applies
                 summary, outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event, reviewed=False)
             else:
@@ -185,17 +180,17 @@ class Stack(StateCommands):
                 if reviewed:  # the same changes, in other zones: the user approved them already
                     engine.plan()
 
-    def verify(
-        self, *, checks: list[str] | None = None, rate: float | None = None, on_result: OnResult | None = None
-    ) -> VerifyReport:
-        """Run the gpu, health and latency checks (or ``checks``) on every deployed node."""
+    def verify(self, *, checks: list[str] | None = None, **options: Any) -> VerifyReport:
+        """Run the gpu, health and latency checks (or ``checks``) on every deployed node; ``options`` are
+        ``verify.run``'s: ``rate``, ``on_result``, ``idle`` (autoscale: wait for the scale-down), ``fresh``
+        (GCP nodes re-run their own checks first)."""
         from mlinfra import verify as verification
 
         chosen = verification.parse_checks(checks)  # bad names are bad input, before anything runs
         deployed = self.status()
         if not deployed.nodes:
             raise self.not_deployed()
-        return verification.run(self, deployed.nodes, checks=chosen, rate=rate, on_result=on_result)
+        return verification.run(self, deployed.nodes, checks=chosen, **options)
 
     def run_verify(self, **options: Any) -> VerifyReport:
         """Deprecated alias of ``verify()`` (one release), from when ``stack.verify`` was the settings."""
@@ -248,6 +243,7 @@ class Stack(StateCommands):
         if found:  # an [autoscale] stack: Serve's replicas, and the one endpoint in front of them
             result.autoscale = self.driver.autoscale_status(self.spec, self.workspace, found)
             result.endpoint = found[0].endpoint if result.autoscale else ""
+            result.cost = spending.report(self, found)  # what the nodes have cost so far (ops.cost)
         return result
 
     def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:
@@ -286,7 +282,7 @@ class Stack(StateCommands):
         return notes
 
     def cost(self) -> Any:
-        """Estimated $/hour and $/month, Spot and on-demand (``prices.Cost``)."""
+        """Estimated $/hour and $/month, Spot and on-demand (``prices.Cost``); None where the target has no price."""
         return self.driver.cost(self.spec, self.placement)
 
     def node_address(self, key: str) -> str:
@@ -339,6 +335,7 @@ class Stack(StateCommands):
         rewrite ports under the winner's apply). One exception: the first contact with a remote
         backend, where Terraform writes an empty state under its own lock — that init runs first.
         """
+        spending.refuse_over_budget(self, name)  # [cost] max_usd_per_hour: before the lock, the work dir, Terraform
         if self.backend.remote and self.workspace.backend_initialized() != self.backend.kind:
             self._engine(on_event, migrate)
         with self._locked(name):

@@ -64,6 +64,8 @@ def print_json(data) -> None:
 
 
 def print_plan(summary: PlanSummary, console: Stream) -> None:
+    for change in summary.drift:
+        console.print(f"  ~ {change.address}: changed outside mlinfra (drift: {change.action})", markup=False)
     for change in summary.changes:
         mark = _ACTION_MARK.get(change.action, "?")
         console.print(f"  {mark} {change.address} ({change.action})", markup=False)
@@ -94,6 +96,11 @@ def plan_markdown(result) -> str:
         lines += ["| action | resource |", "| --- | --- |"]
         lines += [f"| {c.action} | `{c.address}` |" for c in summary.changes]
         lines.append("")
+    if summary.drift:
+        lines += [
+            f"Changed outside mlinfra (drift): {', '.join(f'`{c.address}` ({c.action})' for c in summary.drift)}",
+            "",
+        ]
     if result.cost is not None:
         lines += [f"- {line.strip()}" for line in cost_lines(result.cost)]
     lines += [f"- {note}" for note in result.notes]
@@ -198,13 +205,16 @@ def print_verify(report, console: Stream = out) -> None:
 
 
 def gpu_table(rows, region: str | None) -> Table:
+    """One row per GPU × count: one GPU's own price beside the whole VM's (the default machine
+    type with that many GPUs), on-demand and Spot; '?' where the catalog has no price."""
     from rich.table import Table
 
     def money(value):
         return f"${value:,.2f}" if value is not None else "?"
 
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("gpu", "accelerator", "mem", "n", "machine type", "$/h", "spot $/h", "zones"):
+    columns = ("gpu", "accelerator", "mem", "n", "machine type", "GPU $/h", "VM $/h", "spot GPU", "spot VM", "zones")
+    for column in columns:
         table.add_column(column, no_wrap=True)
     for row in rows:
         if row.zones is None:
@@ -213,15 +223,26 @@ def gpu_table(rows, region: str | None) -> Table:
             zones = " ".join(zone.rsplit("-", 1)[-1] for zone in row.zones) or "none"
         else:
             zones = f"{len(row.zones)} zones"
-        on_demand = money(row.on_demand_usd_per_hour) if row.on_demand else "spot only"
         table.add_row(
             row.alias,
             row.gpu,
             f"{row.memory_gb}G",
             str(row.count),
             row.machine_type,
-            on_demand,
-            money(row.spot_usd_per_hour),
+            money(row.gpu_usd_per_hour),
+            money(row.vm_usd_per_hour) if row.on_demand else "spot-only",
+            money(row.spot_gpu_usd_per_hour),
+            money(row.spot_vm_usd_per_hour),
             zones,
         )
     return table
+
+
+def gpu_price_note(rows) -> str:
+    """Where the table's prices come from: their region and sources (with dates)."""
+    regions = sorted({row.price_region for row in rows})
+    sources = list(dict.fromkeys(source for row in rows for source in row.price_sources))
+    return (
+        f"USD per hour in {', '.join(regions) or '-'}: GPU = one GPU on its own; VM = the machine type with n GPUs. "
+        "'?' = no price in the catalog. Sources: " + ("; ".join(sources) or "none")
+    )

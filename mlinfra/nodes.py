@@ -34,6 +34,10 @@ class Node:
     ssh_user: str = ""
     ssh_key: str = ""  # the stack's private key (GCP), for the GPU check over SSH
     zone: str = ""
+    # When the node was created (epoch s; GCP: the instance's creation_timestamp, local: its start)
+    # and the machine type it runs as (GCP): what `mlinfra cost` prices. None/"": not known.
+    created_at: float | None = None
+    machine_type: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -41,6 +45,8 @@ class Node:
 
 def from_outputs(outputs: dict[str, Any]) -> list[Node]:
     """The nodes in the ``nodes`` output, sorted by key."""
+    from mlinfra.timeutil import parse_epoch
+
     found = []
     for key, out in sorted((outputs.get("nodes") or {}).items()):
         user, _, host = (out.get("ssh") or "").rpartition("@")  # GCP: "user@external-ip"
@@ -57,6 +63,8 @@ def from_outputs(outputs: dict[str, Any]) -> list[Node]:
                 ssh_port=int(out.get("ssh_port", 22)),
                 ssh_key=out.get("ssh_key") or "",
                 zone=out.get("zone") or "",
+                created_at=parse_epoch(out["creation_timestamp"]) if out.get("creation_timestamp") else None,
+                machine_type=out.get("machine_type") or "",
             )
         )
     return found

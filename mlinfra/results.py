@@ -18,11 +18,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class PlanResult(Result):
+    _json_extra = ("drift",)
+
     stack: str
     workdir: Path
     summary: PlanSummary
     notes: list[str] = field(default_factory=list)  # choices made for the user, warnings
     cost: Any | None = None  # prices.Cost where the target has a price
+
+    @property
+    def drift(self) -> list:
+        """Resources changed outside mlinfra since the last apply (refresh found them)."""
+        return self.summary.drift
+
+    @property
+    def exit_code(self) -> int:
+        """``plan --detailed-exitcode``: 0 nothing to do, 3 changes pending or drift found."""
+        return 3 if self.summary.has_changes or self.summary.drift else 0
 
 
 @dataclass
@@ -64,3 +76,4 @@ class StatusResult(Result):
     incomplete: bool = False  # resources in state without outputs (an interrupted operation)
     autoscale: dict[str, Any] | None = None  # [autoscale] stacks: engine, replicas, bounds, per region
     endpoint: str = ""  # [autoscale] stacks: the serving endpoint (the first region's Serve proxy)
+    cost: Any | None = None  # deployed stacks: what the nodes have cost so far (``ops.cost.Spend``)

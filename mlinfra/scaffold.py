@@ -22,7 +22,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlinfra import spec, targets
+from mlinfra import environments, spec, targets
 from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import MlinfraError, UnknownGpu, UsageError
 from mlinfra.targets.gcp import PLACEHOLDER_PROJECT  # a valid project ID the user must change
@@ -77,9 +77,9 @@ def new_project(
         )
     gpu = _check_gpu(gpu)
     name = _check_name(name) if name is not None else project_name(directory)
-    _check_directory(directory)
+    check_directory(directory)
     if not force:
-        _refuse_existing(directory, [STACK_FILE, MAKEFILE])
+        refuse_existing(directory, [STACK_FILE, MAKEFILE])
 
     stack_text = render_stack_file(name=name, target=target, gpu=gpu)
     _check_loads(stack_text, target, gpu)
@@ -89,12 +89,12 @@ def new_project(
     result = ScaffoldResult(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for relative, text in files.items():
-        _write(directory / relative, text)
+        write_file(directory / relative, text)
         result.written.append(relative)
     if gitignore is None:
         result.skipped.append(Path(GITIGNORE))
     else:
-        _write(directory / GITIGNORE, gitignore)
+        write_file(directory / GITIGNORE, gitignore)
         result.written.append(Path(GITIGNORE))
     result.notes += targets.driver(target).scaffold_notes(STACK_FILE)
     result.notes.append("run `make up` to create the stack, `make down` to destroy it")
@@ -239,22 +239,19 @@ def ci_github(
     schedule, or an existing workflow without ``force``.
     """
     directory = Path(directory)
-    _check_stack_path(stack_file)
-    schedule = _check_schedule(schedule)
-    _check_directory(directory)
+    check_stack_path(stack_file)
+    schedule = check_schedule(schedule)
+    check_directory(directory)
     if not force:
-        _refuse_existing(directory, [str(WORKFLOW)])
+        refuse_existing(directory, [str(WORKFLOW)])
 
     from mlinfra import __version__
 
     text = render_workflow(stack_file=stack_file, schedule=schedule, version=__version__, install=install)
     result = ScaffoldResult(directory, notes=_stack_notes(directory / stack_file, stack_file))
-    _write(directory / WORKFLOW, text)
+    write_file(directory / WORKFLOW, text)
     result.written.append(WORKFLOW)
-    if install == DEFAULT_INSTALL and not (directory / REQUIREMENTS).exists():
-        _write(directory / REQUIREMENTS, _template("mlinfra-requirements.txt.tmpl"))
-        result.written.append(REQUIREMENTS)
-        result.notes.append(f"say in {REQUIREMENTS} where the job installs mlinfra from (until then it fails)")
+    add_requirements(directory, install, result)
     result.notes.append(
         "set the repository variables GCP_WORKLOAD_IDENTITY_PROVIDER and GCP_SERVICE_ACCOUNT "
         f"(see the comments at the top of {WORKFLOW})"
@@ -262,28 +259,36 @@ def ci_github(
     return result
 
 
+def add_requirements(directory: Path, install: str, result: ScaffoldResult) -> None:
+    """With the default install, the requirements file the workflows read, for the user to fill in."""
+    if install == DEFAULT_INSTALL and not (directory / REQUIREMENTS).exists():
+        write_file(directory / REQUIREMENTS, _template("mlinfra-requirements.txt.tmpl"))
+        result.written.append(REQUIREMENTS)
+        result.notes.append(f"say in {REQUIREMENTS} where the jobs install mlinfra from (until then they fail)")
+
+
 def render_workflow(*, stack_file: str, schedule: str, version: str, install: str = "") -> str:
     """The workflow's text; each value is checked to need no quoting in YAML or shell."""
-    _check_stack_path(stack_file)
-    schedule = _check_schedule(schedule)
-    install = _check_install(install or DEFAULT_INSTALL)
+    check_stack_path(stack_file)
+    values = {"__STACK_FILE__": stack_file, "__SCHEDULE__": check_schedule(schedule)}
+    return fill_workflow(f"{WORKFLOW.name}.tmpl", values, version=version, install=install)
+
+
+def fill_workflow(template: str, values: dict[str, str], *, version: str, install: str) -> str:
+    """A workflow template with its ``__TOKEN__`` markers replaced (each value already checked),
+    plus the install source and the version it was written for, which every workflow carries."""
+    install = check_install(install or DEFAULT_INSTALL)
     if not re.match(r"^[0-9A-Za-z.+-]+$", version):
         raise ValueError(f"unexpected version string {version!r}")
-    text = _template(f"{WORKFLOW.name}.tmpl")
-    values = (
-        ("__STACK_FILE__", stack_file),
-        ("__SCHEDULE__", schedule),
-        ("__MLINFRA_VERSION__", version),
-        ("__INSTALL__", install),
-    )
-    for token, value in values:
+    text = _template(template)
+    for token, value in {**values, "__MLINFRA_VERSION__": version, "__INSTALL__": install}.items():
         if token not in text:
-            raise RuntimeError(f"workflow template lacks {token}")  # a broken install, not bad input
+            raise RuntimeError(f"workflow template {template} lacks {token}")  # a broken install, not bad input
         text = text.replace(token, value)
     return text
 
 
-def _check_install(install: str) -> str:
+def check_install(install: str) -> str:
     """What `pip install` gets in CI: a pinned source the user controls, never PyPI's "mlinfra"
     (another project's name: the job would run someone else's code with the cloud credentials)."""
     install = install.strip()
@@ -298,7 +303,7 @@ def _check_install(install: str) -> str:
     return install
 
 
-def _check_stack_path(stack_file: str) -> None:
+def check_stack_path(stack_file: str) -> None:
     parts = stack_file.split("/")
     if not _STACK_PATH.match(stack_file) or stack_file.endswith("/") or any(part in ("", ".", "..") for part in parts):
         raise UsageError(
@@ -307,7 +312,7 @@ def _check_stack_path(stack_file: str) -> None:
         )
 
 
-def _check_schedule(schedule: str) -> str:
+def check_schedule(schedule: str) -> str:
     fields = schedule.split()
     if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
         raise UsageError(f"--schedule {schedule!r} is not a cron expression of five fields, like '0 3 * * *' (UTC)")
@@ -316,8 +321,8 @@ def _check_schedule(schedule: str) -> str:
 
 def _stack_notes(path: Path, stack_file: str) -> list[str]:
     """Advice about the stack the workflow will rebuild (never a refusal: it may come later)."""
-    try:
-        stack = spec.StackSpec.load(path)
+    try:  # with environments: the first one speaks for all (they share the target and backend)
+        stack = spec.StackSpec.load(path, next(iter(sorted(environments.tables(environments.read(path)))), None))
     except MlinfraError as exc:
         if not path.exists():
             return [f"{stack_file} does not exist yet: create it with `mlinfra new` before the first run"]
@@ -341,12 +346,12 @@ def _template(name: str) -> str:
     return (_templates() / name).read_text(encoding="utf-8")
 
 
-def _check_directory(directory: Path) -> None:
+def check_directory(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory} exists and is not a directory")
 
 
-def _refuse_existing(directory: Path, names: list[str]) -> None:
+def refuse_existing(directory: Path, names: list[str]) -> None:
     """Check every file first, so the message names them all and nothing is half-written."""
     existing = [name for name in names if (directory / name).exists()]
     if existing:
@@ -356,7 +361,7 @@ def _refuse_existing(directory: Path, names: list[str]) -> None:
         )
 
 
-def _write(path: Path, text: str) -> None:
+def write_file(path: Path, text: str) -> None:
     """Whole or not at all: write a temp file beside the target, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

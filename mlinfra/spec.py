@@ -11,16 +11,16 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mlinfra import targets
+from mlinfra import environments, targets
 from mlinfra.clouds.gcp import catalog
 from mlinfra.errors import SpecError
 from mlinfra.fields import Section, describe, in_range, one_of
+from mlinfra.ops.cost import CostLimits
 from mlinfra.targets.serve.section import Autoscale, refuse_replicas_with_autoscale
 from mlinfra.workload import Model, check_serve
 
@@ -272,8 +272,8 @@ class Verify(Section):
             raise SpecError("verify.path", f"{self.path!r} must be a URL path starting with '/', like '/predict'")
 
 
-_SECTIONS = dict(gcp=Gcp, local=Local, compute=Compute, serve=Serve, state=State, verify=Verify, autoscale=Autoscale)
-_SECTIONS["model"] = Model
+_SECTIONS = dict(gcp=Gcp, local=Local, compute=Compute, serve=Serve, state=State, verify=Verify)
+_SECTIONS |= dict(autoscale=Autoscale, cost=CostLimits, model=Model)  # tables declared beside what they drive
 
 
 @dataclass(frozen=True)
@@ -291,10 +291,12 @@ class StackSpec(Section):
     verify: Verify = field(default_factory=Verify)
     autoscale: Autoscale | None = None  # absent: a fixed compute.replicas per region
     model: Model | None = None  # absent: the server brings its own model
+    cost: CostLimits = field(default_factory=CostLimits)
     path: Path | None = field(default=None, compare=False, repr=False)
     # Where the nodes go, as the target resolved it while checking the stack (computed once).
     placement: Any = field(default=None, compare=False, repr=False, init=False)
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False, init=False)  # "serve.port", ...
+    environment: str = field(default="", compare=False, repr=False, init=False)  # [env.<name>] it was loaded as
 
     def __post_init__(self) -> None:
         refuse_replicas_with_autoscale(self.compute, self.autoscale)
@@ -341,34 +343,22 @@ class StackSpec(Section):
         return base.resolve() / ".mlinfra" / self.name
 
     @classmethod
-    def load(cls, path: str | Path):
-        """Read and validate a stack file; errors name the file and the key."""
+    def load(cls, path: str | Path, env: str | None = None):
+        """Read and validate a stack file (with ``env``: that environment of it, see
+        ``environments``); errors name the file and the key."""
         path = Path(path)
-        source = str(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SpecError("", "no such stack file (pass --file, or create mlinfra.toml)", source=source) from None
-        except IsADirectoryError:
-            raise SpecError("", "is a directory, not a stack file", source=source) from None
-        except UnicodeDecodeError:
-            raise SpecError("", "is not UTF-8 text", source=source) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError("", f"invalid TOML: {exc}", source=source) from None
-        except OSError as exc:  # a symlink loop, a permission, an I/O error: still one line
-            raise SpecError("", f"cannot read the stack file: {exc.strerror or exc}", source=source) from None
-        try:
-            spec = _build(cls, data, "", path=path)
+            spec, data, chosen = environments.load(path, env, lambda table: _build(cls, table, "", path=path), NAME_MAX)
         except SpecError as exc:
-            raise exc.with_source(source) from None
+            raise exc.with_source(str(path)) from None
         keys = {f"{section}.{name}" for section, table in data.items() if isinstance(table, dict) for name in table}
         object.__setattr__(spec, "given", spec.given | keys)  # what the file wrote, not the defaults
+        object.__setattr__(spec, "environment", chosen or "")
         return spec
 
 
 def suggest_name(text: str) -> str:
-    """Fold to GCP naming rules (lowercase, digits, hyphens, a letter first, at most NAME_MAX);
-    accents become their letters ('rel-ünï' → 'rel-uni'). May be ''."""
+    """Fold to GCP naming rules (lowercase, digits, hyphens, a letter first, ≤ NAME_MAX): 'rel-ünï' → 'rel-uni'; or ''."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     name = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower())
     name = re.sub(r"^[^a-z]+", "", name)  # a letter first: drops leading digits and hyphens
@@ -384,9 +374,7 @@ def _build(cls, data: dict, key: str, **extra):
         if name not in names:
             raise SpecError(prefix + name, "unknown key" + catalog.did_you_mean(name, names))
     for f in dataclasses.fields(cls):
-        if f.name in data or not f.compare:
-            continue
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if f.name not in data and f.compare and f.default is f.default_factory is dataclasses.MISSING:
             raise SpecError(prefix + f.name, "required key is missing")
     kwargs = dict(data)
     sections = _SECTIONS if issubclass(cls, StackSpec) else {}

@@ -10,5 +10,15 @@ def utc_now(*, precise: bool = False) -> str:
     return iso(dt.datetime.now(dt.UTC), precise=precise)
 
 
+def iso_epoch(seconds: float) -> str:
+    """An epoch time (``time.time()``), like ``utc_now``."""
+    return iso(dt.datetime.fromtimestamp(seconds, dt.UTC))
+
+
+def parse_epoch(text: str) -> float:
+    """RFC 3339 text (GCP's ``2026-11-20T08:00:00.123-08:00``, or ``...Z``) as epoch seconds."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def iso(value: dt.datetime, *, precise: bool = False) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="auto" if precise else "seconds").replace("+00:00", "Z")

@@ -229,7 +229,7 @@ def test_workflow_structure(tmp_path):
     assert "if" not in rebuild and rebuild["timeout-minutes"] < job["timeout-minutes"]
     assert steps.index(auth) < steps.index(rebuild)
 
-    [upload] = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@v4")]
+    [upload] = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@v6")]
     assert upload["if"] == "always()"
     assert set(upload["with"]["path"].split()) == {"mlinfra-junit.xml", "mlinfra-report.json"}
     down = steps[-1]

@@ -9,7 +9,7 @@ from mlinfra.cli.common import app
 
 # Each module registers its commands; the import order is the order `mlinfra --help` lists them.
 # isort: off
-from mlinfra.cli import stack, ops, tools, state  # noqa: E402,F401
+from mlinfra.cli import stack, cost, ops, tools, state  # noqa: E402,F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -44,15 +44,24 @@ app = typer.Typer(
 )
 
 FileOpt = Annotated[Path, typer.Option("--file", "-f", help="The stack file.", show_default=True)]
+EnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        "-e",
+        envvar="MLINFRA_ENV",
+        help="Which [env.<name>] of the stack file (default: its default_env; required when it defines environments).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 DEFAULT_FILE = Path("mlinfra.toml")
 
 
-def load(file: Path):
+def load(file: Path, env: str | None = None):
     from mlinfra.api import Stack
 
-    return Stack.load(file)
+    return Stack.load(file, env or None)  # MLINFRA_ENV="" (a CI matrix without environments): none
 
 
 def ask(question: str, yes: bool) -> bool:

@@ -10,13 +10,14 @@ from typing import Annotated
 
 import typer
 
-from mlinfra.cli.common import DEFAULT_FILE, FileOpt, JsonOpt, JunitOpt, YesOpt, app, ask, load, progress
+from mlinfra.cli.common import DEFAULT_FILE, EnvOpt, FileOpt, JsonOpt, JunitOpt, YesOpt, app, ask, load, progress
 from mlinfra.jsondata import to_data
 
 
 @app.command()
 def rebuild(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
     report_file: Annotated[Path | None, typer.Option("--report", help="Write the JSON report to this file.")] = None,
@@ -33,7 +34,7 @@ def rebuild(
     from mlinfra.ops.rebuild import junit_results, markdown, parse_duration
 
     budget_s = parse_duration(budget) if budget else None
-    stack = load(file)
+    stack = load(file, env)
     from mlinfra.console import err, out, print_json
 
     def show_phase(phase) -> None:
@@ -84,6 +85,7 @@ def rebuild(
 @app.command()
 def heal(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     as_json: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", help="Keep healing every --interval until stopped.")] = False,
     interval: Annotated[str, typer.Option("--interval", help="Time between rounds with --watch, like 60s.")] = "60s",
@@ -96,7 +98,7 @@ def heal(
     from mlinfra.ops.rebuild import parse_duration
 
     pause_s = parse_duration(interval)
-    stack = load(file)
+    stack = load(file, env)
 
     def log(replacement) -> None:  # one JSON line per replacement: a log a machine can read
         if watch or as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from mlinfra.cli.common import (
     DEFAULT_FILE,
+    EnvOpt,
     FileOpt,
     JsonOpt,
     JunitOpt,
@@ -25,13 +27,14 @@ from mlinfra.cli.common import (
 @app.command()
 def render(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the module here instead of the work dir (eject).")
     ] = None,
     as_json: JsonOpt = False,
 ):
     """Write the stack's Terraform root module (it runs with plain `terraform` too)."""
-    result = load(file).render(out)
+    result = load(file, env).render(out)
     if as_json:
         from mlinfra.console import print_json
 
@@ -56,15 +59,27 @@ def show_notes(notes: list[str]) -> None:
 @app.command()
 def plan(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     as_json: JsonOpt = False,
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print a summary ready for a pull-request comment.")
     ] = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 0 when there is nothing to change, 3 when changes are pending or drift was found "
+            "(1 still means the plan failed, 2 bad input): for drift checks in CI.",
+        ),
+    ] = False,
 ):
-    """Show what `up` would change (and, on GCP, what it costs), changing nothing."""
+    """Show what `up` would change (and, on GCP, what it costs), changing nothing.
+
+    Exit codes: 0 planned, 1 the plan failed, 2 bad input; with --detailed-exitcode, 3 when
+    changes are pending or resources drifted (were changed outside mlinfra)."""
     from mlinfra.console import cost_lines, out, plan_markdown, print_json, print_plan
 
-    stack = load(file)
+    stack = load(file, env)
     if not (as_json or markdown):
         # Before Terraform runs: the choices, warnings and price are worth seeing even if it fails
         # (an air-gapped machine without the provider still learns what the stack would cost).
@@ -74,15 +89,19 @@ def plan(
             out.print(line, markup=False)
     result = stack.plan(on_event=progress())
     if as_json:
-        return print_json(result)
-    if markdown:
-        return out.print(plan_markdown(result), markup=False, end="")
-    print_plan(result.summary, out)
+        print_json(result)
+    elif markdown:
+        out.print(plan_markdown(result), markup=False, end="")
+    else:
+        print_plan(result.summary, out)
+    if detailed_exitcode and result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
 def up(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
     no_verify: Annotated[
@@ -99,7 +118,7 @@ def up(
     ] = False,
 ):
     """Create or update the stack: init, plan, confirm, apply, then verify it (the gate)."""
-    stack = load(file)
+    stack = load(file, env)
     show_notes(stack.notes())
     result = stack.up(
         confirm=confirm_plan("apply these changes", yes),
@@ -130,6 +149,7 @@ def up(
 @app.command()
 def verify(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     as_json: JsonOpt = False,
     junit: JunitOpt = None,
     check: Annotated[
@@ -142,9 +162,16 @@ def verify(
         float | None,
         typer.Option("--rate", min=0.0, help="Open-loop load at this many requests/s (0: closed loop)."),
     ] = None,
+    idle: Annotated[
+        bool,
+        typer.Option("--idle", help="With --check autoscale: after the load, wait for replicas to return to min."),
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="GCP: each node re-runs its own checks first (else: its latest report).")
+    ] = False,
 ):
     """Prove the deployment works: GPU, health and latency checks on every node."""
-    report = load(file).verify(checks=check, rate=rate)
+    report = load(file, env).verify(checks=check, rate=rate, idle=idle, fresh=fresh)
     if as_json:
         from mlinfra.console import print_json
 
@@ -157,12 +184,15 @@ def verify(
 @app.command()
 def down(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Destroy even a stack marked protected = true.")] = False,
 ):
     """Destroy everything the stack created, and nothing else."""
-    result = load(file).down(confirm=confirm_plan("destroy these resources", yes), on_event=progress(), force=force)
+    result = load(file, env).down(
+        confirm=confirm_plan("destroy these resources", yes), on_event=progress(), force=force
+    )
     from mlinfra.console import err, print_json, print_plan
 
     if yes and result.destroyed:  # destroyed without a review: what went, for the log
@@ -182,17 +212,39 @@ def down(
 @app.command()
 def status(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     as_json: JsonOpt = False,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 unless the stack is deployed and every node is ready (for scripts).")
     ] = False,
 ):
     """List the stack's nodes with their endpoints and whether they are ready."""
-    result = load(file).status()
+    result = load(file, env).status()
     _show_status(result, as_json)
     healthy = result.deployed and all(n.ready for n in result.nodes) and not result.orphans and not result.incomplete
     if check and not healthy:
         raise typer.Exit(1)
+
+
+@app.command()
+def envs(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
+    """List the stack file's environments: what each overrides, whether it is deployed, its endpoint."""
+    from mlinfra.console import out, print_json
+    from mlinfra.ops.envs import list_environments
+
+    result = list_environments(file)
+    if as_json:
+        return print_json(result)
+    if not result.environments:
+        return out.print(f"{file} defines no environments ([env.<name>] tables).", markup=False)
+    for env in result.environments:
+        state = "deployed" if env.deployed else "not deployed"
+        marks = "".join([" (default)" if env.default else "", " protected" if env.protected else ""])
+        out.print(f"{env.name}{marks}: {env.stack}, {state}", markup=False)
+        for key, value in env.overrides.items():
+            out.print(f"  {key} = {json.dumps(value)}", markup=False)
+        for endpoint in env.endpoints:
+            out.print(f"  endpoint: {endpoint}", markup=False)
 
 
 def _show_status(result, as_json: bool) -> None:
@@ -224,12 +276,25 @@ def _show_status(result, as_json: bool) -> None:
     out.print(f"Stack {result.stack!r} ({result.target}): {ready}/{len(result.nodes)} node(s) ready", markup=False)
     print_nodes(result.nodes, out)
     print_workloads(result.nodes, out)
+    if result.cost is not None:  # what the nodes have cost so far (`mlinfra cost` for the detail)
+        out.print(result.cost.line(), markup=False)
     scaling = result.autoscale
     if scaling:  # an [autoscale] stack: one endpoint, Serve's replicas per region
         out.print(f"Endpoint: {result.endpoint}  ({scaling['engine']}, policy {scaling['policy']})", markup=False)
         for region, info in scaling["regions"].items():
-            figures = info.get("error") or (
-                f"{info.get('replicas', 0)} running, {info.get('starting', 0)} starting "
-                f"(min {scaling['min_replicas']}, max {scaling['max_replicas']})"
-            )
-            out.print(f"  {region}: replicas {figures}", markup=False)
+            out.print(f"  {region}: {_region_line(info, scaling)}", markup=False)
+
+
+def _region_line(info: dict, scaling: dict) -> str:
+    """One region of an autoscaled stack: replicas against their bounds, queue depth, Ray nodes."""
+    if "error" in info:
+        return f"replicas unknown: {info['error']}"
+    line = (
+        f"replicas {info.get('replicas', 0)} running, {info.get('starting', 0)} starting "
+        f"(min {scaling['min_replicas']}, max {scaling['max_replicas']})"
+    )
+    depth = info.get("queue_depth")
+    line += (
+        f", queue {depth} ({info.get('queued', 0)} waiting for a replica)" if depth is not None else ", queue unknown"
+    )
+    return line + (f", {info['nodes']} Ray node(s)" if "nodes" in info else "")

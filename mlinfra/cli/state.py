@@ -8,16 +8,16 @@ from typing import Annotated
 
 import typer
 
-from mlinfra.cli.common import DEFAULT_FILE, FileOpt, JsonOpt, YesOpt, app, ask, load
+from mlinfra.cli.common import DEFAULT_FILE, EnvOpt, FileOpt, JsonOpt, YesOpt, app, ask, load
 
 state_app = typer.Typer(help="The stack's Terraform state: bucket, lock, history, restore.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
 
 
 @state_app.command()
-def bootstrap(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
+def bootstrap(file: FileOpt = DEFAULT_FILE, env: EnvOpt = None, as_json: JsonOpt = False):
     """Create the state bucket (versioned, uniform access, no public access); safe to re-run."""
-    result = load(file).state_bootstrap()
+    result = load(file, env).state_bootstrap()
     from mlinfra.console import err, out, print_json
 
     if as_json:
@@ -34,10 +34,11 @@ def bootstrap(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
 @state_app.command()
 def pull(
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
 ):
     """Download the current state (a local backup)."""
-    document = load(file).state_pull()
+    document = load(file, env).state_pull()
     text = json.dumps(document, indent=2) + "\n"
     if out_file is None:
         typer.echo(text, nl=False)
@@ -50,9 +51,9 @@ def pull(
 
 
 @state_app.command()
-def history(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
+def history(file: FileOpt = DEFAULT_FILE, env: EnvOpt = None, as_json: JsonOpt = False):
     """List the stored versions of the state object, newest first."""
-    rows = load(file).state_history()
+    rows = load(file, env).state_history()
     from mlinfra.console import out, print_json
 
     if as_json:
@@ -68,6 +69,7 @@ def history(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
 def restore(
     generation: Annotated[int, typer.Argument(help="A generation from `mlinfra state history`.")],
     file: FileOpt = DEFAULT_FILE,
+    env: EnvOpt = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ):
@@ -88,14 +90,14 @@ def restore(
             err.print("  The same resources; their recorded attributes may differ.", markup=False)
         return ask(f"restore state generation {plan.generation}", yes)
 
-    plan = load(file).state_restore(generation, confirm=confirm)
+    plan = load(file, env).state_restore(generation, confirm=confirm)
     if as_json:
         return print_json(plan)
     err.print(f"Restored generation {plan.generation}. Run `mlinfra plan` to see how reality compares.", markup=False)
 
 
 @state_app.command()
-def unlock(file: FileOpt = DEFAULT_FILE, yes: YesOpt = False, as_json: JsonOpt = False):
+def unlock(file: FileOpt = DEFAULT_FILE, env: EnvOpt = None, yes: YesOpt = False, as_json: JsonOpt = False):
     """Remove a lock whose holder died (shows the holder and asks first)."""
     from mlinfra.console import err, print_json
 
@@ -103,7 +105,7 @@ def unlock(file: FileOpt = DEFAULT_FILE, yes: YesOpt = False, as_json: JsonOpt =
         err.print(f"The state is locked: {holder.describe()}", markup=False)
         return ask("remove this lock (only if its holder is really gone)", yes)
 
-    removed = load(file).state_unlock(confirm=confirm)
+    removed = load(file, env).state_unlock(confirm=confirm)
     if as_json:
         return print_json({"removed": removed})
     err.print("Lock removed." if removed else "The state is not locked.", markup=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlinfra.cli.common import JsonOpt, app
+from mlinfra.cli.common import EnvOpt, JsonOpt, app
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
@@ -69,24 +69,50 @@ def github(
     file: Annotated[
         str, typer.Option("--file", "-f", help="The stack file, relative to the repository root.")
     ] = "mlinfra.toml",
+    workflow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--workflow",
+            "-w",
+            help="Which to write (repeatable): rebuild (nightly destroy-rebuild-verify, the default), "
+            "review (plan per environment as one pull-request comment), drift (scheduled drift check).",
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="Environments for review and drift (repeatable; default: all of them)."),
+    ] = None,
     schedule: Annotated[
         str, typer.Option("--schedule", help="Cron schedule (UTC) of the nightly rebuild.")
     ] = "0 3 * * *",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing workflow.")] = False,
+    drift_schedule: Annotated[
+        str, typer.Option("--drift-schedule", help="Cron schedule (UTC) of the drift check.")
+    ] = "0 6 * * *",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing workflows.")] = False,
     install: Annotated[
         str | None,
         typer.Option(
             "--install",
-            help="What the job pip-installs: a pinned git URL or a wheel path "
+            help="What the jobs pip-install: a pinned git URL or a wheel path "
             "(default: -r .github/mlinfra-requirements.txt, written for you to fill in).",
         ),
     ] = None,
     as_json: JsonOpt = False,
 ):
-    """Write .github/workflows/mlinfra-rebuild.yml: a nightly destroy-rebuild-verify job."""
-    from mlinfra.scaffold import DEFAULT_INSTALL, ci_github
+    """Write GitHub Actions workflows: nightly rebuild, plans in pull requests, drift checks."""
+    from mlinfra.ci_workflows import ci_github
+    from mlinfra.scaffold import DEFAULT_INSTALL
 
-    result = ci_github(Path.cwd(), stack_file=file, schedule=schedule, force=force, install=install or DEFAULT_INSTALL)
+    result = ci_github(
+        Path.cwd(),
+        stack_file=file,
+        workflows=tuple(workflow or ("rebuild",)),
+        envs=env,
+        schedule=schedule,
+        drift_schedule=drift_schedule,
+        force=force,
+        install=install or DEFAULT_INSTALL,
+    )
     _show_scaffold(result, as_json)
 
 
@@ -96,20 +122,23 @@ def gpus(
     gpu: Annotated[str | None, typer.Option("--gpu", "-g", help="Only this GPU (alias or accelerator name).")] = None,
     as_json: JsonOpt = False,
 ):
-    """The GPU catalog: types, memory, machine types, zones, $/hour on-demand and spot."""
+    """The GPU catalog: types, memory, machine types, zones, and $/hour on-demand and Spot for one GPU
+    on its own and for the whole VM."""
     from mlinfra.clouds.gcp import prices
 
     rows = prices.gpu_rows(region, gpu)  # an unknown GPU is UnknownGpu: bad input, exit 2
-    from mlinfra.console import gpu_table, out, print_json
+    from mlinfra.console import err, gpu_price_note, gpu_table, out, print_json
 
     if as_json:
         return print_json([row.as_dict() for row in rows])
     out.print(gpu_table(rows, region))
+    err.print(gpu_price_note(rows), markup=False)
 
 
 @app.command()
 def check(
     file: Annotated[Path, typer.Option("--file", "-f", help="The stack file.")] = Path("mlinfra.toml"),
+    env: EnvOpt = None,
     schema: Annotated[
         Path | None,
         typer.Option(
@@ -122,7 +151,7 @@ def check(
     from mlinfra.cli.common import load
     from mlinfra.ops import preflight
 
-    items = preflight.check(load(file), schema)
+    items = preflight.check(load(file, env), schema)
     from mlinfra.console import out, print_json
 
     if as_json:
@@ -130,9 +159,9 @@ def check(
     else:
         for item in items:
             out.print(
-                f"{'ok  ' if item.ok else 'FAIL'}  {item.name:<13} {item.detail}",
+                f"{('warn' if item.warning else 'ok  ') if item.ok else 'FAIL'}  {item.name:<13} {item.detail}",
                 markup=False,
-                style=None if item.ok else "red",
+                style=("yellow" if item.warning else None) if item.ok else "red",
             )
     if not all(item.ok for item in items):
         raise typer.Exit(1)

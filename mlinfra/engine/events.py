@@ -41,6 +41,9 @@ class PlanSummary(Result):
     change: int = 0
     destroy: int = 0
     changes: list[Change] = field(default_factory=list)
+    # What refresh found changed outside Terraform (``resource_drift``): each a node someone edited,
+    # stopped or deleted by hand; the planned changes above put it back.
+    drift: list[Change] = field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:
@@ -129,10 +132,13 @@ class ProgressTracker:
 def plan_summary(events: list[dict]) -> PlanSummary:
     summary = PlanSummary()
     for event in events:
-        if event["type"] == "planned_change":
+        # Both carry {"change": {"resource": {"addr": ...}, "action": ...}} (Terraform's
+        # internal/command/views/json_view.go: PlannedChange, ResourceDrift).
+        if event["type"] in ("planned_change", "resource_drift"):
             change = event.get("change") or {}
             address = (change.get("resource") or {}).get("addr", "")
-            summary.changes.append(Change(address, change.get("action", "")))
+            found = summary.changes if event["type"] == "planned_change" else summary.drift
+            found.append(Change(address, change.get("action", "")))
         elif event["type"] == "change_summary" and (event.get("changes") or {}).get("operation", "plan") == "plan":
             # An `apply -auto-approve` stream has two: the plan's, then the apply's (partial when it fails).
             counts = event.get("changes") or {}
@@ -142,6 +148,7 @@ def plan_summary(events: list[dict]) -> PlanSummary:
                 counts.get("remove", 0),
             )
     summary.changes.sort(key=lambda change: change.address)  # Terraform emits them in any order
+    summary.drift.sort(key=lambda change: change.address)
     return summary
 
 

@@ -57,7 +57,8 @@ def _failures(stack, nodes, health_deadline_s: float) -> dict[str, CheckResult]:
     """Node name → its first failed check result (health before gpu)."""
     from mlinfra import verify
 
-    report = verify.run(stack, nodes, checks=["health", "gpu"], health_deadline_s=health_deadline_s)
+    # fresh: a GCP node's report must be from now, not from its boot (a no-op for the local target).
+    report = verify.run(stack, nodes, checks=["health", "gpu"], health_deadline_s=health_deadline_s, fresh=True)
     failed: dict[str, CheckResult] = {}
     for result in report.results:
         if result.status == "fail":

@@ -19,6 +19,7 @@ class Item:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # ok, but worth knowing before an apply (reported as "warn")
 
 
 def _credentials() -> Item:
@@ -66,6 +67,8 @@ def check(stack, schema: Path | None = None) -> list[Item]:
             items.append(_bucket(stack))
     if schema is not None:
         items.append(_schema(rendered.workdir if rendered else None, schema))
+    for note in getattr(stack.driver, "reach_notes", lambda spec: [])(stack.spec):  # GCP: the latency path
+        items.append(Item("reach", True, note.removeprefix("warning: "), warning=True))
     return items
 
 

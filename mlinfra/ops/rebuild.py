@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from mlinfra.errors import Aborted, Interrupted, MlinfraError, UsageError
 from mlinfra.jsondata import Result
+from mlinfra.ops.cost import refuse_over_budget
 from mlinfra.timeutil import utc_now
 from mlinfra.verify.result import CheckResult
 
@@ -100,6 +101,7 @@ def rebuild(
     from mlinfra import verify
 
     stack.refuse_if_protected("rebuild", force)
+    refuse_over_budget(stack, "apply")  # before the destroy: `up` would refuse, leaving nothing running
     if confirm is not None and not confirm(f"destroy and rebuild stack {stack.name!r}"):
         raise Aborted("aborted: nothing was changed")
     report = RebuildReport(stack.name, stack.target, budget_s or stack.driver.rebuild_budget_s, utc_now())

@@ -69,6 +69,7 @@ class Driver:
     rebuild_budget_s = 600.0  # what `rebuild` allows by default
     uses_google_cloud = False  # `check` looks for Google credentials
     health_poll_cap_s = 1.0  # the longest pause between two health probes while a node starts
+    no_price = "this target has no price list"  # why `mlinfra cost` shows no rate (where ``cost`` is None)
 
     # -- the stack file ----------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class Driver:
         return workload.notes(spec)  # an image without a digest
 
     def cost(self, spec: StackSpec, placement: Placement) -> Any:
-        """The estimated price (``prices.Cost``), or None where the target costs nothing."""
+        """The estimated price (``prices.Cost``), or None where the target has no price (``no_price`` says why)."""
         return None
 
     # -- rendering ---------------------------------------------------------------------------
@@ -110,6 +111,11 @@ class Driver:
         """A cheap question "is the node still itself, and if not, why?" (its process ended, or
         another process holds its port) for health waiting and status; None where the target
         cannot tell (a remote VM: its health endpoint is all we see)."""
+        return None
+
+    def node_side(self, stack: Any, fresh: bool = False) -> Any:
+        """Checks the nodes ran on themselves (GCP: ``targets.gcp.node_checks.NodeReports``), read
+        instead of reaching the node from here; None: every check runs from this machine."""
         return None
 
     def gpu_runner(self, node: Node, workspace: Workspace) -> Any:

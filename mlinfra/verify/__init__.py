@@ -22,6 +22,9 @@ from mlinfra.verify.result import CheckResult
 
 CHECKS = ("health", "gpu", "latency", "autoscale")
 DEFAULT_CHECKS = ("health", "gpu", "latency")  # autoscale is opt-in: it takes tens of seconds
+# Report order; "cold-start" is not chosen by name: an autoscaled stack at zero replicas gets it
+# with latency (its first request is the cold start).
+ORDER = ("health", "gpu", "cold-start", "latency", "autoscale")
 
 
 @dataclass
@@ -60,17 +63,27 @@ def run(
     rate: float | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
     health_deadline_s: float | None = None,
+    idle: bool = False,
+    fresh: bool = False,
 ) -> VerifyReport:
     """Run the chosen checks on ``nodes`` (from ``stack.status()``); never prints.
 
     ``health_deadline_s`` overrides ``[verify] health_timeout_s`` (heal detects with a short one).
+    ``idle``: the autoscale check also waits for the replicas to return to ``min_replicas``.
+    ``fresh``: where nodes report on themselves (GCP), ask each for a new run first.
     """
     checks = parse_checks(checks)
     notify = on_result or (lambda result: None)
     started = time.monotonic()
     results: dict[tuple[str, str], CheckResult] = {}
 
+    # GCP: gpu and health (and latency when the port is closed to us) from each node's own report.
+    side = stack.driver.node_side(stack, fresh)
+
     def record(result: CheckResult) -> CheckResult:
+        if side is not None and "measured" not in result.details and not result.skipped:
+            result.summary += " (from this machine)"  # beside rows the nodes measured themselves
+        result.details.setdefault("measured", "from this machine")
         results[(result.node, result.check)] = result
         notify(result)
         return result
@@ -79,23 +92,36 @@ def run(
         if "health" in checks:
             deadline = stack.spec.verify.health_timeout_s if health_deadline_s is None else health_deadline_s
             list(
-                pool.map(lambda n: record(_health(n, deadline, stack.exited(n), stack.driver.health_poll_cap_s)), nodes)
+                pool.map(
+                    lambda n: record(
+                        side.health(n, deadline)
+                        if side
+                        else _health(n, deadline, stack.exited(n), stack.driver.health_poll_cap_s)
+                    ),
+                    nodes,
+                )
             )
         if "gpu" in checks:
-            list(pool.map(lambda n: record(_gpu(stack, n)), nodes))
+            list(pool.map(lambda n: record((side and side.gpu(n)) or _gpu(stack, n)), nodes))
     if "latency" in checks:
         for node in nodes:
             health = results.get((node.name, "health"))
             if health is not None and not health.passed:
                 record(CheckResult(node.name, "latency", False, "not run", message="not run: the node is not healthy"))
-            else:
-                record(_latency(stack, node, rate))
+                continue
+            if stack.spec.autoscale is not None:  # at zero replicas, the first request is the cold start
+                from mlinfra.verify.autoscale import cold_start
+
+                first = cold_start(stack, node, _payload(stack))
+                if first is not None:
+                    record(first)
+            record((side and side.latency(node)) or _latency(stack, node, rate))
     if "autoscale" in checks:  # after latency: it drives load of its own, one region at a time
         from mlinfra.verify.autoscale import check_autoscale
 
         for node in nodes:
-            record(check_autoscale(stack, node, _payload(stack)))
-    order = {check: i for i, check in enumerate(CHECKS)}
+            record(check_autoscale(stack, node, _payload(stack), idle=idle))
+    order = {check: i for i, check in enumerate(ORDER)}
     ordered = sorted(results.values(), key=lambda r: ([n.name for n in nodes].index(r.node), order[r.check]))
     runs = {node.name: node.workload for node in nodes if node.workload}
     return VerifyReport(stack.name, ordered, time.monotonic() - started, runs)

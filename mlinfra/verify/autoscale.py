@@ -1,8 +1,9 @@
 """The opt-in ``autoscale`` check: from rest, load the endpoint until Serve adds replicas, then
-(for a short ``downscale_delay_s``) let it go idle and watch it return to ``min_replicas``.
+(with ``idle``, `verify --idle`) let it go idle and watch it return to ``min_replicas``.
 
-It takes tens of seconds, so `verify` runs it only when asked (``--check autoscale``). Every
-figure comes from the stack's own status (Serve's replica counts) and from real requests.
+It takes tens of seconds (the idle phase: ``downscale_delay_s`` more), so `verify` runs it only
+when asked (``--check autoscale``). Every figure comes from the stack's own status (Serve's
+replica counts) and from real requests. ``cold_start`` is the gate's first request at zero.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Callable
 from mlinfra.verify.result import CheckResult
 
 GRACE_S = 60.0  # on top of Serve's own delays: replica start-up (a model load) and status polling
-IDLE_WAIT_MAX_S = 120.0  # a longer downscale_delay_s is reported, not waited for
 POLL_S = 1.0
 
 
@@ -42,7 +42,31 @@ def _wait(replicas: Callable[[], int], done: Callable[[int], bool], timeout_s: f
     return None
 
 
-def check_autoscale(stack, node, payload: dict) -> CheckResult:
+def _region(stack, node) -> dict:
+    """The node's region in the stack's status (each region scales on its own)."""
+    return dict((stack.status().autoscale or {}).get("regions", {}).get(node.region, {"error": "not in status"}))
+
+
+def cold_start(stack, node, payload: dict) -> CheckResult | None:
+    """The gate's first request, timed, when the stack rests at zero replicas: that request is
+    the cold start (Serve holds it while a replica starts serve.command). None when replicas
+    are already running: the first request is then an ordinary one, and no cold start."""
+    region = _region(stack, node)
+    if "error" in region or region.get("replicas", 0) or region.get("starting", 0):
+        return None
+    started = time.monotonic()
+    status = _post(node.endpoint + stack.spec.verify.path, json.dumps(payload).encode())
+    seconds = time.monotonic() - started
+    summary = f"first request {seconds:.1f}s from 0 replicas (HTTP {status or 'no answer'})"
+    ok = 200 <= status < 300
+    message = (
+        "" if ok else f"the first request, at zero replicas, failed: HTTP {status or 'no answer'} after {seconds:.1f}s"
+    )
+    details = {"cold_start_s": seconds, "status": status}
+    return CheckResult(node.name, "cold-start", ok, summary, message, elapsed_s=seconds, details=details)
+
+
+def check_autoscale(stack, node, payload: dict, idle: bool = False) -> CheckResult:
     scale = stack.spec.autoscale
     if scale is None:
         return CheckResult(
@@ -50,7 +74,7 @@ def check_autoscale(stack, node, payload: dict) -> CheckResult:
         )
 
     def replicas() -> int:
-        return int((stack.status().autoscale or {}).get("replicas", 0))
+        return int(_region(stack, node).get("replicas", 0))
 
     url, body = node.endpoint + stack.spec.verify.path, json.dumps(payload).encode()
     started = time.monotonic()
@@ -80,7 +104,7 @@ def check_autoscale(stack, node, payload: dict) -> CheckResult:
         for thread in clients:
             thread.join(timeout=130)
     down_s: float | None = None
-    if scale.downscale_delay_s <= IDLE_WAIT_MAX_S:
+    if idle:  # no request from here on: Serve should return to min_replicas after its delays
         down_s = _wait(replicas, lambda n: n <= scale.min_replicas, scale.downscale_delay_s + GRACE_S)
     errors = sum(1 for s in statuses if not 200 <= s < 300) + (0 if 200 <= cold_status < 300 else 1)
     details = {
@@ -93,14 +117,16 @@ def check_autoscale(stack, node, payload: dict) -> CheckResult:
         "requests": len(statuses) + 1,
         "errors": errors,
     }
-    figures = [f"first request {cold_s:.1f}s" + (" (cold start)" if at_rest == 0 else "")]
+    figures = [f"cold start {cold_s:.1f}s" if at_rest == 0 else f"first request {cold_s:.1f}s ({at_rest} at rest)"]
     figures.append(f"up to {peak} in {up_s:.1f}s" if up_s is not None else f"not above 1 in {bound:.0f}s")
-    if scale.downscale_delay_s > IDLE_WAIT_MAX_S:
-        figures.append(f"scale-down not waited for (downscale_delay_s {scale.downscale_delay_s:.0f}s)")
+    if not idle:
+        figures.append("scale-down not checked (--idle)")
+    elif down_s is not None:
+        figures.append(f"back to {scale.min_replicas} in {down_s:.1f}s")
     else:
-        figures.append(f"back to {scale.min_replicas} in {down_s:.1f}s" if down_s is not None else "did not scale down")
+        figures.append(f"not back to {scale.min_replicas} in {scale.downscale_delay_s + GRACE_S:.0f}s")
     figures.append(f"{errors} error(s) in {len(statuses) + 1} requests")
-    failed = up_s is None or errors > 0 or (scale.downscale_delay_s <= IDLE_WAIT_MAX_S and down_s is None)
+    failed = up_s is None or errors > 0 or (idle and down_s is None)
     message = "" if not failed else "replicas did not follow the load (or requests failed): " + ", ".join(figures)
     return CheckResult(
         node.name,

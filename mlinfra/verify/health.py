@@ -163,3 +163,15 @@ def _failed(node: str, url: str, last: Attempt, elapsed: float, figures: dict, w
         elapsed_s=elapsed,
         details=figures | {"body": last.body[:500]},
     )
+
+
+def port_answers(endpoint: str, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to the endpoint opens from here (a firewall in between let it through)."""
+    import socket
+
+    parts = urlsplit(endpoint)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

@@ -52,6 +52,25 @@ RestartSec=5
 WantedBy=multi-user.target
 UNIT
 
+# -- node-side checks: the gate's gpu and health figures, published as a guest attribute --
+metadata mlinfra-guest-report >/opt/mlinfra/guest_report.py
+cat >/etc/systemd/system/mlinfra-report.service <<'UNIT'
+[Unit]
+Description=mlinfra node-side checks (report in guest attribute mlinfra/report)
+After=mlinfra-serve.service
+
+[Service]
+User=mlserve
+Group=mlserve
+ExecStart=/usr/bin/python3 /opt/mlinfra/guest_report.py watch /etc/mlinfra/node.json
+Restart=on-failure
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+# -- end node-side checks
+
 systemctl daemon-reload
-systemctl enable mlinfra-serve.service
-systemctl restart mlinfra-serve.service
+systemctl enable mlinfra-serve.service mlinfra-report.service
+systemctl restart mlinfra-serve.service mlinfra-report.service

@@ -27,8 +27,10 @@ RAY_START_TIMEOUT_S = 120.0
 DEPLOY_TIMEOUT_S = 600.0  # covers min_replicas cold starts (a model load) before serve.run returns
 # Serve's autoscaler reads metrics the replicas and handles push; its 10 s default makes every
 # decision ~10 s late. These must be in the environment of `ray start` (the research notes).
+# The metrics agent's export interval bounds how stale `mlinfra status`'s queue depth is.
 PUSH_INTERVALS = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
+                  "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+                  "RAY_metrics_report_interval_ms": "2000"}
 
 
 def _write_json(path: Path, value: dict) -> None:

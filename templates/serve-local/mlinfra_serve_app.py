@@ -1,8 +1,9 @@
 """The Serve application of an autoscaled stack, and the two commands that talk to its cluster.
 
 `deploy` (run by head.py once the Ray head is up) starts Serve's proxy on the stack's port and
-runs the app; `status` prints the app's replicas as JSON (for `mlinfra status`). Both read the
-head's values from ``MLINFRA_HEAD``.
+runs the app; `status` prints the app's replicas, its queue depth and the cluster's nodes as JSON
+(for `mlinfra status`; on GCP it runs on the head VM over SSH). Both read the head's values from
+``MLINFRA_HEAD``.
 
 ``Replica`` is the only code of mlinfra in the request path: each replica starts the user's
 ``serve.command`` unchanged on a free ``PORT``, waits for ``serve.health_path``, forwards every
@@ -24,6 +25,13 @@ from collections import deque
 APP = "mlinfra"
 METRIC_WINDOW_S = 5.0  # a custom metric must decay: a window in time, not the last N requests
 METRIC_HEADER = "x-token-latency-ms"
+# Queue depth, from Ray Serve's built-in metrics as the head's metrics agent exports them in
+# Prometheus text (docs.ray.io serve/monitoring "Built-in Ray Serve metrics"; both are gauges of
+# the router in front of the deployment, i.e. the proxy's): requests waiting for a replica, and
+# requests sent to a replica and not answered yet. Their sum is what Serve's autoscaler divides
+# by target_ongoing_requests. The agent exports every RAY_metrics_report_interval_ms.
+QUEUE_METRICS = {"ray_serve_deployment_queued_queries": "queued",
+                 "ray_serve_num_ongoing_requests_at_replicas": "ongoing"}
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
@@ -135,6 +143,9 @@ def deployment_options(head: dict) -> dict:
 def _connect(head: dict):
     import ray
 
+    if head.get("connect") == "auto":  # a GCP head: the one cluster `ray start` recorded on this VM
+        ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
+        return
     ray.init(address=f"127.0.0.1:{head['gcs_port']}", _node_ip_address="127.0.0.1", log_to_driver=False,
              logging_level="ERROR")
 
@@ -143,13 +154,36 @@ def deploy(head: dict) -> int:
     from ray import serve
 
     _connect(head)
-    serve.start(http_options={"host": "127.0.0.1", "port": int(head["serve_port"])})
+    # Locally the proxy listens on loopback only; a GCP head serves its VPC (and the firewall).
+    serve.start(http_options={"host": head.get("serve_host", "127.0.0.1"), "port": int(head["serve_port"])})
     app = serve.deployment(Replica).options(**deployment_options(head)).bind(head)
     serve.run(app, name=APP, route_prefix="/", blocking=False)
     return 0
 
 
+def parse_queue(text: str) -> dict:
+    """The deployment's queue from a Prometheus text scrape: each gauge summed over its series
+    (one per router) of this app's deployment; a gauge not exported yet (no request so far) is 0."""
+    totals = dict.fromkeys(QUEUE_METRICS.values(), 0.0)
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.partition("}")
+        if name in QUEUE_METRICS and f'application="{APP}"' in labels and 'deployment="serve"' in labels:
+            totals[QUEUE_METRICS[name]] += float(value.split()[0])
+    queued, ongoing = round(totals["queued"]), round(totals["ongoing"])
+    return {"queue_depth": queued + ongoing, "queued": queued}
+
+
+def queue(head: dict) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{int(head['metrics_port'])}/metrics", timeout=5) as reply:
+            return parse_queue(reply.read().decode("utf-8", "replace"))
+    except (OSError, ValueError, KeyError) as exc:
+        return {"queue_depth": None, "queue_error": f"Ray's metrics agent did not answer: {exc}"}
+
+
 def status(head: dict) -> int:
+    import ray
     from ray import serve
 
     _connect(head)
@@ -160,7 +194,10 @@ def status(head: dict) -> int:
     print(json.dumps({"app": getattr(found.status, "value", str(found.status)) if found else "missing",
                       "replicas": int(states.get("RUNNING", 0)),
                       "starting": sum(int(n) for s, n in states.items() if s != "RUNNING"),
-                      "states": states}))
+                      "states": states,
+                      # Ray's nodes, the head included (on GCP: the head and the MIG's workers that joined).
+                      "nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
+                      **queue(head)}))
     return 0
 
 

@@ -30,7 +30,7 @@ def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"^  (\w+) ", result.stdout.split("Commands:")[1], re.M)
-    assert commands == ["render", "plan", "up", "verify", "down", "status", "rebuild", "heal", "serve", "version",
+    assert commands == ["render", "plan", "up", "verify", "down", "status", "envs", "cost", "rebuild", "heal", "serve", "version",
                         "new", "gpus", "check", "ci", "state"]
 
 
@@ -114,7 +114,7 @@ def test_up_status_down_through_the_cli(tmp_path, monkeypatch):
         assert re.fullmatch(r"node\s+region\s+endpoint\s+pid\s+state", lines[1])
         assert re.fullmatch(rf"cli-life-a-0\s+a\s+http://127\.0\.0\.1:{ports[0]}\s+\d+\s+ready", lines[2])
         assert re.fullmatch(rf"cli-life-b-0\s+b\s+http://127\.0\.0\.1:{ports[1]}\s+\d+\s+ready", lines[3])
-        assert len(lines) == 4
+        assert lines[4].startswith("Cost: the local target has no price: ") and len(lines) == 5  # not "$0"
         assert runner.invoke(app, ["status", "--check"]).exit_code == 0  # deployed, every node ready
 
         result = runner.invoke(app, ["up", "--yes", "--no-verify"])

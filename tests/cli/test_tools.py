@@ -35,13 +35,29 @@ def test_gpus_for_one_gpu_and_region():
     assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
         ("t4", "nvidia-tesla-t4", n, "n1-standard-4") for n in ("1", "2", "4")]
     assert all(r[-4:] == ["a", "b", "c", "f"] for r in rows)
+    assert "Sources: S5:" in result.stderr  # the prices' region and sources, beside the table
 
 
 def test_gpus_json_marks_spot_only_types_and_unknown_prices():
     rows = json.loads(runner.invoke(app, ["gpus", "--json"]).stdout)
     h100_1g = next(r for r in rows if r["machine_type"] == "a3-highgpu-1g")
     assert h100_1g["on_demand"] is False  # reference §4: no plain on-demand capacity
-    assert all(r["on_demand_usd_per_hour"] is None or r["on_demand_usd_per_hour"] > 0 for r in rows)
+    assert all(r["vm_usd_per_hour"] is None or r["vm_usd_per_hour"] > 0 for r in rows)
+    assert h100_1g["vm_usd_per_hour"] is None and h100_1g["spot_vm_usd_per_hour"] > 0
+
+
+def test_gpus_shows_the_gpu_alone_beside_the_whole_vm():
+    """Issue 13: a T4 costs $0.35/h on its own in us-central1 (reference §6, [S5]); the VM around it more."""
+    rows = json.loads(runner.invoke(app, ["gpus", "--gpu", "t4", "--json"]).stdout)
+    one = rows[0]
+    assert (one["count"], one["gpu_usd_per_hour"], one["spot_gpu_usd_per_hour"]) == (1, 0.35, 0.14)
+    assert one["vm_usd_per_hour"] == 0.54 and one["spot_vm_usd_per_hour"] == 0.18815  # 0.14 + 4 × 0.0081306 + 15 × 0.0010418
+    assert one["price_region"] == "us-central1" and one["price_sources"][0].startswith("S5: skypilot-org")
+    result = runner.invoke(app, ["gpus", "--gpu", "t4"])
+    header, first = result.stdout.splitlines()[:2]
+    assert header.split()[6:12] == ["GPU", "$/h", "VM", "$/h", "spot", "GPU"]
+    assert first.split()[5:9] == ["$0.35", "$0.54", "$0.14", "$0.19"]
+    assert result.stderr.startswith("USD per hour in us-central1: GPU = one GPU on its own; VM = the machine type")
 
 
 def test_gpus_unknown_gpu_is_bad_input():
@@ -90,6 +106,32 @@ def test_public_stack_is_warned_about(tmp_path, monkeypatch):
         in result.stderr.splitlines()
 
 
+def test_plan_and_check_say_before_applying_that_latency_cannot_run_from_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_stack(tmp_path, SEED)
+    warned = [line for line in runner.invoke(app, ["plan"]).stderr.splitlines() if "latency" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: the latency check cannot run from this machine: ")
+    for words in ("admits only ranges that are not on the internet", "measures latency on each node instead (server time, without "
+                  "the network)", "serve.allow_cidrs", "35.235.240.0/20", "gcloud compute start-iap-tunnel"):
+        assert words in warned[0]
+    # This machine's address, when the user states it, decides: out of the list, then in it.
+    monkeypatch.setenv("MLINFRA_CLIENT_IP", "203.0.113.7")
+    check = runner.invoke(app, ["check"]).stdout
+    assert "warn  reach         the latency check cannot run from this machine: this machine (203.0.113.7, " \
+        "MLINFRA_CLIENT_IP) is not in serve.allow_cidrs (10.0.0.0/8)" in check
+    write_stack(tmp_path, SEED + '    allow_cidrs = ["203.0.113.0/24", "34.72.10.0/24"]\n')
+    assert "latency" not in runner.invoke(app, ["plan"]).stderr
+    monkeypatch.setenv("MLINFRA_CLIENT_IP", "198.18.0.1")  # `up` says it too, before Terraform runs
+    up = runner.invoke(app, ["up", "--yes"]).stderr.splitlines()
+    assert up[2].startswith("warning: the latency check cannot run from this machine: this machine (198.18.0.1")
+    # Without the address and with a public range allowed, mlinfra says it cannot tell.
+    monkeypatch.delenv("MLINFRA_CLIENT_IP")
+    stderr = runner.invoke(app, ["plan"]).stderr
+    assert "warning: latency from here: mlinfra cannot tell offline whether this machine's public address is " \
+        "in serve.allow_cidrs (203.0.113.0/24, 34.72.10.0/24); set MLINFRA_CLIENT_IP=ADDRESS to say it. If it cannot, the gate" \
+        in stderr
+
+
 def test_check_schema_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", "not-a-real-token")  # credentials: present
@@ -97,7 +139,10 @@ def test_check_schema_offline(tmp_path, monkeypatch):
     result = runner.invoke(app, ["check", "--schema", str(SCHEMA), "--json"])
     items = {item["name"]: item for item in json.loads(result.stdout)}
     assert result.exit_code == 0, result.stdout
-    assert list(items) == ["stack", "engine", "render", "credentials", "schema"]
+    # The default stack (serve.allow_cidrs = 10.0.0.0/8) cannot be reached from here: said, not failed.
+    assert list(items) == ["stack", "engine", "render", "credentials", "schema", "reach"]
+    assert items["reach"]["ok"] and items["reach"]["warning"]
+    assert "measures latency on each node instead" in items["reach"]["detail"]
     assert re.fullmatch(r"Terraform 1\.15\.\d+", items["engine"]["detail"])
     # A module that breaks the schema is caught: an argument the provider does not have.
     main = tmp_path / ".mlinfra" / "seed" / "main.tf"

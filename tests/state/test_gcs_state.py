@@ -239,3 +239,22 @@ def test_switching_from_local_to_gcs_migrates_the_state(tmp_path, emulator):
         down = cli("down", "--yes", cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert stack_processes("move") == []
+
+
+def test_two_environments_keep_their_state_under_their_own_prefix(tmp_path, emulator, deployed):
+    """[env.*] deployments share the bucket, never the state: the prefix gets /<env>."""
+    path = gcs_stack(tmp_path, emulator, "envs")
+    path.write_text(path.read_text() + '\n[env.dev]\n[env.prod.local]\nregions = ["a", "b"]\n')
+    dev, prod = Stack.load(path, "dev"), Stack.load(path, "prod")
+    dev.state_bootstrap()
+    deployed(dev)
+    deployed(prod)
+    assert len(dev.up(verify=False).nodes) == 1 and len(prod.up(verify=False).nodes) == 2
+    names = sorted(o["name"] for o in emulator.objects("tf-state"))
+    assert names == ["stacks/envs/dev/default.tfstate", "stacks/envs/prod/default.tfstate"]
+    assert json.loads(emulator.read("tf-state", "stacks/envs/dev/default.tfstate"))["resources"][0]["instances"][0][
+        "index_key"] == "a-0"
+    assert dev.down().destroyed
+    assert json.loads(emulator.read("tf-state", "stacks/envs/dev/default.tfstate"))["resources"] == []
+    assert len(json.loads(emulator.read("tf-state", "stacks/envs/prod/default.tfstate"))["resources"][0]["instances"]) == 2
+    assert stack_processes("envs-dev") == [] and len(stack_processes("envs-prod")) == 2

@@ -60,6 +60,17 @@ def vm_price(machine: MachineType, gpu: Gpu | None, count: int, region: str, spo
     return Price(round(sum(parts), 5), (), tuple(dict.fromkeys(sources)))
 
 
+def gpu_price(gpu: Gpu, region: str, spot: bool) -> Price:
+    """One GPU's own price per hour in ``region``, without its host: the number users compare
+    across clouds. Unknown where the catalog has no per-GPU row (some bundled GPUs are priced
+    only as whole VMs)."""
+    model = "spot" if spot else "on_demand"
+    row = data().get("prices", {}).get(region, {}).get("gpu", {}).get(gpu.name, {})
+    if model not in row:
+        return Price(None, (f"{model.replace('_', '-')} price of {gpu.name} alone in {region}",))
+    return Price(float(row[model]), (), (_cite(row),))
+
+
 def _host_price(table: dict, machine: MachineType, model: str) -> tuple[float, str] | None:
     row = table.get("host", {}).get(machine.name, {})
     if model in row:
@@ -96,9 +107,13 @@ class GpuRow:
     host_limit: str  # N1: the vCPU/memory cap for this count; bundled: the shape
     on_demand: bool  # plain on-demand capacity exists
     zones: tuple[str, ...] | None  # in the region asked for; None: not verified
-    on_demand_usd_per_hour: float | None
-    spot_usd_per_hour: float | None
+    # One GPU on its own, and the whole VM (the default machine type with ``count`` GPUs); None: unknown.
+    gpu_usd_per_hour: float | None
+    vm_usd_per_hour: float | None  # None too where the type has no plain on-demand capacity
+    spot_gpu_usd_per_hour: float | None
+    spot_vm_usd_per_hour: float | None
     price_region: str
+    price_sources: tuple[str, ...]
     quota_metric: str | None
 
     def as_dict(self) -> dict:
@@ -129,6 +144,12 @@ def gpu_rows(region: str | None = None, gpu: str | None = None) -> list[GpuRow]:
             else:
                 types = tuple(m.name for m in machine_types_for(item, count))
                 host = f"{default.vcpus or '?'} vCPUs, {default.memory_gb or '?'} GB"
+            prices = (
+                gpu_price(item, price_region, False),
+                vm_price(default, item, count, price_region, False) if default.on_demand else Price(None),
+                gpu_price(item, price_region, True),
+                vm_price(default, item, count, price_region, True),
+            )
             rows.append(
                 GpuRow(
                     gpu=item.name,
@@ -141,11 +162,12 @@ def gpu_rows(region: str | None = None, gpu: str | None = None) -> list[GpuRow]:
                     host_limit=host,
                     on_demand=default.on_demand,
                     zones=tuple(zones) if zones is not None else None,
-                    on_demand_usd_per_hour=vm_price(default, item, count, price_region, False).usd_per_hour
-                    if default.on_demand
-                    else None,
-                    spot_usd_per_hour=vm_price(default, item, count, price_region, True).usd_per_hour,
+                    gpu_usd_per_hour=prices[0].usd_per_hour,
+                    vm_usd_per_hour=prices[1].usd_per_hour,
+                    spot_gpu_usd_per_hour=prices[2].usd_per_hour,
+                    spot_vm_usd_per_hour=prices[3].usd_per_hour,
                     price_region=price_region,
+                    price_sources=tuple(dict.fromkeys(s for p in prices for s in p.sources)),
                     quota_metric=item.quota,
                 )
             )

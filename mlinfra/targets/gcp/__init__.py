@@ -69,7 +69,23 @@ class GcpDriver(Driver):
     def notes(self, spec, placement: Placement) -> list[str]:
         warning = public_warning(spec)
         notes = rules.choices(spec, placement.resolved) + ([f"warning: {warning}"] if warning else [])
-        return notes + super().notes(spec, placement)
+        return notes + self.reach_notes(spec) + super().notes(spec, placement)  # super: an unpinned serve.image
+
+    # -- node-side checks (node_checks.py): gpu and health need no ingress --
+    reports_from_nodes = True  # the module ships guest_report.py to every node
+
+    def reach_notes(self, spec) -> list[str]:
+        from mlinfra.targets.gcp import reach
+
+        found = reach.warning(spec) if self.reports_from_nodes else None
+        return [found] if found else []
+
+    def node_side(self, stack, fresh: bool = False) -> Any:
+        from mlinfra.targets.gcp.node_checks import NodeReports
+
+        return NodeReports(stack, fresh) if self.reports_from_nodes else None
+
+    # -- end node-side checks
 
     def cost(self, spec, placement: Placement) -> Any:
         from mlinfra.clouds.gcp import prices

@@ -57,10 +57,16 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
                 "gpus": count,
             },
         }
+    from mlinfra.targets.gcp import node_checks
+
     uses_reference_server = not stack.serve.image and stack.serve.command.split()[:1] == ["mlinfra"]
     return {
         "project": stack.gcp.project,
         "stack": stack.name,
+        # On every resource; a deployment of an [env.<name>] also says which one (values meet GCP's
+        # label rules: the name and environment follow the stricter resource-name rules).
+        "labels": {"stack": stack.name, "managed-by": "mlinfra"}
+        | ({"environment": stack.environment} if stack.environment else {}),
         "network": stack.gcp.network,
         "port": stack.serve.port,
         "health_path": stack.serve.health_path,
@@ -80,6 +86,7 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         if uses_reference_server
         else "",
         "nodes": nodes,
+        "node_check": node_checks.settings(stack),  # what each node checks on itself (guest_report.py)
     }
 
 

@@ -28,6 +28,9 @@ class LocalDriver(Driver):
     node_resource = "terraform_data.node"
     rebuild_budget_s = 60.0  # a local node starts in seconds
     health_poll_cap_s = 0.25  # a probe on loopback costs microseconds: ready is seen within 250 ms
+    # No estimate (``cost`` is None), not $0: nothing here is billed by a cloud, and this machine's
+    # own cost is not mlinfra's to know.
+    no_price = "the local target has no price: its nodes are processes on this machine, not billed by a cloud"
 
     def regions(self, spec) -> tuple[str, ...]:
         # Names only: a "region" is a group of local processes, so a multi-region stack can be
@@ -44,11 +47,6 @@ class LocalDriver(Driver):
                 )
         workload.check_local(spec)
         return super().validate(spec)
-
-    def cost(self, spec, placement: Placement) -> Any:
-        from mlinfra.clouds.gcp.prices import Cost
-
-        return Cost(spec.compute.spot, (), 0.0, 0.0, notes=("the local target costs nothing in the cloud",))
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         running = {n.key for n in placement.nodes if workspace.node_record(n.key).exists()}
@@ -85,6 +83,7 @@ class LocalDriver(Driver):
                 pid=records[node.key].get("pid"),
                 log=records[node.key].get("log", ""),
                 workload=read_json(workspace.nodes_dir / f"{node.key}.workload.json"),
+                created_at=records[node.key].get("started_at"),  # the launcher's clock when it started the server
             )
             for node in found
         ]

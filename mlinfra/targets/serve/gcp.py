@@ -12,13 +12,17 @@ from mlinfra.errors import SpecError
 from mlinfra.render import templates_dir
 from mlinfra.targets.base import Placement, node_specs
 from mlinfra.targets.gcp import GcpDriver, module
-from mlinfra.targets.serve.local import autoscale_values
+from mlinfra.targets.serve.local import autoscale_values, policy_files
 from mlinfra.targets.serve.section import refuse_secrets_with_autoscale
 
 HEAD_MACHINE = "e2-standard-4"  # the head routes and decides; it runs no replica
 HEAD_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
 WORKER_INITIAL_DELAY_S = 900  # DLVM driver install + Ray install + model load, measured in minutes
 RAY_PORT = 6379
+METRICS_PORT = 8080  # the head's Ray metrics agent (Prometheus text), read on the head by the status command
+# Written by head_startup.sh; run over SSH (as root: the Ray cluster is root's) by `mlinfra status`.
+STATUS_COMMAND = ["sudo", "-n", "/opt/mlinfra/status"]
+STATUS_TIMEOUT_S = 60.0
 
 
 class ServeGcpDriver(GcpDriver):
@@ -26,6 +30,7 @@ class ServeGcpDriver(GcpDriver):
     node_files = ()  # the Ray templates run no workload.py (serve.image, setup and [model] are refused)
     node_resource = "google_compute_instance.head"
     rebuild_budget_s = 1200.0
+    reports_from_nodes = False  # serve-gcp's heads and workers carry no guest_report.py (yet)
 
     def validate(self, spec) -> Placement:
         refuse_secrets_with_autoscale(spec)
@@ -34,8 +39,7 @@ class ServeGcpDriver(GcpDriver):
                 "gcp.service_account",
                 "is required with [autoscale]: the head resizes the worker group through the Compute API as this account",
             )
-        if spec.autoscale.policy:
-            raise SpecError("autoscale.policy", "is not supported on target 'gcp' yet: only the local target loads it")
+        policy_files(spec)  # a custom policy must be a module in the stack's directory: it is shipped
         placement = super().validate(spec)
         return Placement(node_specs(spec.gcp.regions, 1), placement.resolved)  # one head per region
 
@@ -57,12 +61,18 @@ class ServeGcpDriver(GcpDriver):
                 "zone": node["zone"],
                 "config": {
                     "gcs_port": RAY_PORT,
+                    "metrics_port": METRICS_PORT,
+                    "connect": "auto",  # the head VM's one cluster, on its VPC address
+                    "serve_host": "0.0.0.0",  # the proxy serves the VPC (the firewall decides who reaches it)
                     "serve_port": spec.serve.port,
                     "command": spec.serve.command,
                     "health_path": spec.serve.health_path,
                     "cwd": "",
                     "env": dict(spec.serve.env),
                     "autoscale": autoscale_values(spec),
+                    # A custom policy's module (and its packages' __init__.py), by relative path:
+                    # written under /opt/mlinfra/policy on the head, where Serve's controller imports it.
+                    "policy_files": policy_files(spec),
                     "actor": {"num_gpus": gpus} if gpus else {"num_cpus": 1},
                     # Ray's cluster config: the external provider on the head, one worker type.
                     "autoscaler": {
@@ -99,7 +109,17 @@ class ServeGcpDriver(GcpDriver):
                 **{k: node[k] for k in ("machine_type", "attached_gpus", "has_gpu", "spot", "spot_termination")},
                 **{k: node[k] for k in ("image", "disk_gb", "disk_type")},
             }
-        keep = ("project", "stack", "network", "port", "serve_cidrs", "ssh_cidrs", "ssh_user", "ssh_public_key")
+        keep = (
+            "project",
+            "stack",
+            "labels",
+            "network",
+            "port",
+            "serve_cidrs",
+            "ssh_cidrs",
+            "ssh_user",
+            "ssh_public_key",
+        )
         return {k: base[k] for k in keep} | {
             "ssh_private_key_file": base["ssh_private_key_file"],
             "service_account": base["service_account"],
@@ -114,11 +134,22 @@ class ServeGcpDriver(GcpDriver):
         }
 
     def autoscale_status(self, spec, workspace, nodes: list) -> dict[str, Any] | None:
-        from mlinfra.targets.serve.local import summary
+        """Serve's own figures, read on each region's head over SSH (the stack's key, as the GPU
+        check): replicas, queue depth and the Ray nodes that joined (the head and the MIG's
+        workers). The MIG's target size would only say how many VMs were asked for, not how
+        many replicas serve; the Ray cluster's ports stay closed to the outside."""
+        from mlinfra.errors import MlinfraError
+        from mlinfra.targets.serve.local import parse_status, summary
 
-        # Serve's replica counts need a connection to the head's GCS inside the VPC; from here
-        # the status says the bounds and each region's endpoint.
-        return summary(spec, {n.region: {"endpoint": n.endpoint} for n in nodes})
+        regions = {}
+        for node in nodes:
+            try:
+                done = self.gpu_runner(node, workspace).run(STATUS_COMMAND, STATUS_TIMEOUT_S)
+                figures = parse_status(done.returncode, done.stdout, done.stderr)
+            except (MlinfraError, ValueError) as exc:  # ssh failed, timed out, or the node has no address
+                figures = {"error": str(exc)}
+            regions[node.region] = {"endpoint": node.endpoint, **figures}
+        return summary(spec, regions)
 
 
 DRIVER = ServeGcpDriver()

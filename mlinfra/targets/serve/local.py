@@ -30,14 +30,22 @@ READY_TIMEOUT_S = 600.0  # how long a replica waits for serve.command's health p
 STATUS_TIMEOUT_S = 60.0
 
 
-def check_policy(spec) -> None:
+POLICY_FILES_MAX_BYTES = 200_000  # shipped in the head VM's metadata (GCE: 256 KB a value)
+
+
+def _stack_dir(spec) -> Path:
+    return (spec.path.parent if spec.path else Path.cwd()).resolve()
+
+
+def check_policy(spec) -> Path | None:
     """``autoscale.policy`` names a module that can be found from the stack's directory (where
-    the Ray workers look too) and a function name; the module is not imported here."""
+    the Ray workers look too) and a function name; the module is not imported here (a dotted
+    name's parent packages are, as ``importlib.util.find_spec`` does). Returns its file."""
     policy = spec.autoscale.policy
     if not policy:
-        return
+        return None
     module = policy.partition(":")[0]
-    base = str((spec.path.parent if spec.path else Path.cwd()).resolve())
+    base = str(_stack_dir(spec))
     sys.path.insert(0, base)
     try:
         found = importlib.util.find_spec(module)
@@ -49,6 +57,33 @@ def check_policy(spec) -> None:
         raise SpecError(
             "autoscale.policy", f"cannot import module {module!r} (looked in the stack's directory and sys.path)"
         )
+    return Path(found.origin) if found.origin else None
+
+
+def policy_files(spec) -> dict[str, str]:
+    """The custom policy's source for a head on another machine (GCP): its module file and the
+    ``__init__.py`` of each package above it, by path relative to the stack's directory. Only a
+    policy that lives there can be shipped; one installed elsewhere would be missing on the head."""
+    origin = check_policy(spec)
+    if not spec.autoscale.policy:
+        return {}
+    base, module = _stack_dir(spec), spec.autoscale.policy.partition(":")[0]
+    if origin is None or origin.suffix != ".py" or not origin.resolve().is_relative_to(base):
+        raise SpecError(
+            "autoscale.policy",
+            f"module {module!r} is not a .py file in the stack's directory: only such a module can be "
+            "shipped to the head VMs",
+        )
+    parts = module.split(".")
+    packages = [base.joinpath(*parts[:depth], "__init__.py") for depth in range(1, len(parts))]
+    files = {str(f.relative_to(base)): f.read_text() for f in [*packages, origin.resolve()] if f.is_file()}
+    if sum(len(text.encode()) for text in files.values()) > POLICY_FILES_MAX_BYTES:
+        raise SpecError(
+            "autoscale.policy",
+            f"module {module!r} is over {POLICY_FILES_MAX_BYTES // 1000} KB with its packages' __init__.py: "
+            "too large for the head VM's metadata; keep the policy in a small module of its own",
+        )
+    return files
 
 
 def autoscale_values(spec) -> dict[str, Any]:
@@ -101,7 +136,7 @@ class ServeLocalDriver(LocalDriver):
         wanted = [NodeSpec(f"{n.key}/{name}", n.region, 0) for n in placement.nodes for name in PORTS]
         running = {s.key for s in wanted if workspace.node_record(s.key.partition("/")[0]).exists()}
         assigned = ports.assign(spec.name, wanted, previous, running)
-        cwd = str((spec.path.parent if spec.path else Path.cwd()).resolve())
+        cwd = str(_stack_dir(spec))
         heads = {}
         for node in placement.nodes:
             heads[node.key] = {f"{name}_port": assigned[f"{node.key}/{name}"] for name in PORTS} | {
@@ -131,12 +166,16 @@ class ServeLocalDriver(LocalDriver):
 
 
 def summary(spec, regions: dict[str, dict]) -> dict[str, Any]:
-    """The status's ``autoscale`` object: totals first, then each region's own figures."""
+    """The status's ``autoscale`` object: totals first, then each region's own figures.
+    ``queue_depth``: requests waiting for a replica or in flight at one (what Serve scales on);
+    None when no region could say."""
     a = spec.autoscale
+    depths = [r["queue_depth"] for r in regions.values() if r.get("queue_depth") is not None]
     return {
         "engine": "ray-serve",
         "replicas": sum(r.get("replicas", 0) for r in regions.values()),
         "starting": sum(r.get("starting", 0) for r in regions.values()),
+        "queue_depth": sum(depths) if depths else None,
         "min_replicas": a.min_replicas,
         "max_replicas": a.max_replicas,
         "target_ongoing_requests": a.target_ongoing_requests,
@@ -147,8 +186,9 @@ def summary(spec, regions: dict[str, dict]) -> dict[str, Any]:
 
 
 def head_status(module_dir: Path, head: dict) -> dict[str, Any]:
-    """The Serve app's replicas, asked of the running cluster by a short Python that imports Ray
-    (this process never does). An unreachable cluster is ``{"error": ...}``, not an exception."""
+    """The Serve app's replicas, queue depth and Ray nodes, asked of the running cluster by a
+    short Python that imports Ray (this process never does). An unreachable cluster is
+    ``{"error": ...}``, not an exception."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLINFRA_")}
     # The stack's directory too: Serve's status carries the deployment's config, and with it a
     # custom policy that unpickles only where its module imports.
@@ -159,10 +199,22 @@ def head_status(module_dir: Path, head: dict) -> dict[str, Any]:
         done = subprocess.run(
             [sys.executable, "-c", code, "status"], env=env, capture_output=True, text=True, timeout=STATUS_TIMEOUT_S
         )
-        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        tail = " | ".join(done.stderr.strip().splitlines()[-2:]) if "done" in locals() else ""
-        return {"error": "the Ray cluster did not answer" + (f": {tail}" if tail else "")}
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": f"the Ray cluster did not answer: {exc}"}
+    return parse_status(done.returncode, done.stdout, done.stderr)
+
+
+def parse_status(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    """What ``mlinfra_serve_app.py status`` printed (here or on a GCP head, over SSH): its last
+    line of JSON, or ``{"error": ...}`` with the last lines it wrote to stderr."""
+    lines = stdout.strip().splitlines()
+    try:
+        if returncode == 0 and lines:
+            return dict(json.loads(lines[-1]))
+    except ValueError:
+        pass
+    tail = " | ".join(stderr.strip().splitlines()[-2:])
+    return {"error": "the Ray cluster did not answer" + (f": {tail}" if tail else "")}
 
 
 def require_ray() -> None:

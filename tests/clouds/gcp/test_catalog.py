@@ -66,17 +66,22 @@ def test_gpu_rows_cover_the_catalog_and_filter():
     assert {r.gpu for r in rows} == set(catalog.gpus())
     t4 = [r for r in rows if r.alias == "t4"]
     assert [r.count for r in t4] == [1, 2, 4] and t4[0].machine_type == "n1-standard-4"
-    assert t4[0].on_demand_usd_per_hour == pytest.approx(0.54) and t4[0].host_limit == "up to 48 vCPUs, 312 GB"
+    assert t4[0].vm_usd_per_hour == pytest.approx(0.54) and t4[0].host_limit == "up to 48 vCPUs, 312 GB"
+    # Reference §6: the T4 alone is $0.35/h on-demand, $0.14 Spot, whatever the count; the VM adds its host.
+    assert [(r.gpu_usd_per_hour, r.spot_gpu_usd_per_hour) for r in t4] == [(0.35, 0.14)] * 3
+    assert t4[1].vm_usd_per_hour == pytest.approx(0.54 + 0.35) and t4[0].spot_vm_usd_per_hour == pytest.approx(0.188, abs=0.001)
     h100 = {r.count: r for r in rows if r.alias == "h100"}
-    assert h100[1].on_demand is False and h100[1].on_demand_usd_per_hour is None
-    assert h100[8].on_demand_usd_per_hour == pytest.approx(88.494)
+    assert h100[1].on_demand is False and h100[1].vm_usd_per_hour is None
+    assert h100[8].vm_usd_per_hour == pytest.approx(88.494)
+    assert h100[8].gpu_usd_per_hour is None and h100[8].spot_gpu_usd_per_hour == 2.253  # §6: on-demand per GPU unverified
     json.dumps([r.as_dict() for r in rows])  # `mlinfra gpus --json`
 
     in_region = prices.gpu_rows(region="europe-west4")
     aliases = {r.alias for r in in_region}
     assert aliases >= {"t4", "l4", "v100", "h200"} and "b200" not in aliases  # B200 has no europe-west4 zone
     assert all(z.startswith("europe-west4-") for r in in_region if r.zones for z in r.zones)
-    assert all(r.on_demand_usd_per_hour is None for r in in_region)  # no price rows outside us-central1
+    assert all(r.vm_usd_per_hour is None and r.gpu_usd_per_hour is None for r in in_region)  # us-central1 only
+    assert {r.price_region for r in in_region} == {"europe-west4"}
     assert [r.alias for r in prices.gpu_rows(gpu="L4")] == ["l4"] * 4
     with pytest.raises(catalog.UnknownGpu):
         prices.gpu_rows(gpu="h1000")
@@ -104,4 +109,4 @@ def test_unknown_prices_make_the_total_unknown_not_zero():
     assert any("europe-west4" in reason for reason in outside.missing)
     h200 = prices.estimate_cost(gcp_stack(compute={"gpu": "h200", "gpu_count": 8, "spot": True}))
     assert h200.spot_usd_per_hour is None and h200.missing
-    assert Stack(name="local").cost().usd_per_hour == 0.0
+    assert Stack(name="local").cost() is None  # the local target has no price: not $0 (ops.cost says why)

@@ -6,7 +6,7 @@
 locals {
   # The firewall rules below apply to exactly the VMs with this tag.
   tag    = "mlinfra-${var.stack}"
-  labels = { stack = var.stack, "managed-by" = "mlinfra" }
+  labels = var.labels
 }
 
 # What runs on a node. A change replaces the VM (disposable by design) instead of leaving the
@@ -99,6 +99,15 @@ resource "google_compute_instance" "node" {
     "mlinfra-reference-model"  = var.reference_model
     "mlinfra-workload"         = file("${path.module}/workload.py")
     "mlinfra-workload-gcp"     = file("${path.module}/workload_gcp.py")
+    # -- node-side checks (guest_report.py): the gate reads gpu and health from the node's own
+    # report, a guest attribute the operator reads with the Compute API: no ingress needed.
+    # `mlinfra verify --fresh` sets mlinfra-check-request (Compute API setMetadata, that key
+    # only) and the node re-runs its checks; Terraform ignores that key's value (lifecycle).
+    "enable-guest-attributes" = "TRUE"
+    "mlinfra-guest-report"    = file("${path.module}/guest_report.py")
+    "mlinfra-check"           = var.node_check
+    "mlinfra-check-request"   = "boot"
+    # -- end node-side checks
   }
 
   dynamic "service_account" {
@@ -111,5 +120,6 @@ resource "google_compute_instance" "node" {
 
   lifecycle {
     replace_triggered_by = [terraform_data.node_config[each.key]]
+    ignore_changes       = [metadata["mlinfra-check-request"]] # node-side checks: re-run requests
   }
 }

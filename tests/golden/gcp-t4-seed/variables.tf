@@ -8,6 +8,11 @@ variable "stack" {
   type        = string
 }
 
+variable "labels" {
+  description = "Labels on every resource: stack, managed-by and, for an [env.<name>], environment."
+  type        = map(string)
+}
+
 variable "network" {
   description = "The VPC network the nodes and firewall rules use."
   type        = string
@@ -72,6 +77,13 @@ variable "reference_model" {
   description = "Source of the reference server's model (demand.py), shipped beside it."
   type        = string
 }
+
+# -- node-side checks (guest_report.py) --
+variable "node_check" {
+  description = "The node-side checks' settings (JSON): the nvidia-smi query, health timeout, latency sample."
+  type        = string
+}
+# -- end node-side checks
 
 variable "nodes" {
   description = "One entry per node (region x replica), keyed \"<region>-<replica>\"."

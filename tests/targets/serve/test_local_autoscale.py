@@ -1,13 +1,15 @@
 """Autoscaled serving on the local target, end to end: a real Ray head, real Serve, real servers.
 
-The tests share one stack and run in order: from zero, a held request, scale-up under load,
-back to zero, a killed server replaced, and `down` (beside another Ray cluster it must spare).
+The tests share one stack and run in order: from zero, a held request (the gate's cold start),
+scale-up under load with its queue depth in status, back to zero, a killed server replaced, and
+`down` (beside another Ray cluster it must spare).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +24,7 @@ from typer.testing import CliRunner
 
 from helpers import stack_processes
 from mlinfra.cli import app
-from targets.serve.rayhelpers import load, post, replicas, wait_for
+from targets.serve.rayhelpers import load, replicas, wait_for
 
 ENV = {"SLOW_MS": "300"}
 UPSCALE_DELAY_S = 1
@@ -37,6 +39,11 @@ STACK = f"""
     target_ongoing_requests = 1
     upscale_delay_s = {UPSCALE_DELAY_S}
     downscale_delay_s = {DOWNSCALE_DELAY_S}
+    [verify]
+    requests = 6
+    concurrency = 2
+    warmup = 0
+    p95_ms = 60000
 """
 
 
@@ -49,13 +56,26 @@ def test_zero_replicas_after_up_and_status_json(ray_stack, monkeypatch):
     assert scaling["engine"] == "ray-serve"
     assert (scaling["replicas"], scaling["min_replicas"], scaling["max_replicas"]) == (0, 0, 3)
     assert data["endpoint"].startswith("http://127.0.0.1:") and data["endpoint"] == data["nodes"][0]["endpoint"]
+    [region] = scaling["regions"].values()
+    assert (scaling["queue_depth"], region["queue_depth"], region["queued"], region["nodes"]) == (0, 0, 0, 1)
+    table = CliRunner().invoke(app, ["status"])
+    assert "replicas 0 running, 0 starting (min 0, max 3), queue 0 (0 waiting for a replica), 1 Ray node(s)" in (
+        table.stdout
+    )
 
 
-def test_a_request_at_zero_is_held_and_answered(ray_stack):
-    status, seconds = post(ray_stack.status().endpoint)
-    assert status == 200
-    assert seconds > 0.3  # it waited for a replica to start (the server alone takes 300 ms)
+def test_the_gates_first_request_at_zero_is_named_the_cold_start(ray_stack, monkeypatch):
+    """The request is held while a replica starts, answered 200, and the report says so and how long."""
+    monkeypatch.chdir(ray_stack.spec.path.parent)
+    result = CliRunner().invoke(app, ["verify", "--check", "latency"])
+    assert result.exit_code == 0, result.output
+    found = re.search(r"cold-start.*first request (\d+\.\d)s from 0 replicas \(HTTP 200\)", result.output)
+    assert found, result.output
+    assert float(found.group(1)) >= 0.3  # it waited for a replica (the server alone takes 300 ms)
     assert replicas(ray_stack) >= 1
+    # Replicas running now: the next first request is no cold start, and is not named one.
+    warm = ray_stack.verify(checks=["latency"])
+    assert [r.check for r in warm.results] == ["latency"] and warm.passed
 
 
 def test_sustained_load_brings_replicas_above_one(ray_stack):
@@ -64,16 +84,19 @@ def test_sustained_load_brings_replicas_above_one(ray_stack):
         # target 1 in flight per replica, 6 clients: Serve wants 3; the bound is the delay plus
         # replica start-up (~3 s each on two cores) plus status polling.
         wait_for(lambda: replicas(ray_stack) > 1, timeout_s=UPSCALE_DELAY_S + 40)
+        # 6 closed-loop clients: status shows requests in flight or waiting (exported every 2 s).
+        wait_for(lambda: (ray_stack.status().autoscale["queue_depth"] or 0) >= 2, timeout_s=30)
     assert statuses and set(statuses) == {200}
 
 
-def test_idle_brings_replicas_back_to_zero(ray_stack):
+def test_idle_brings_replicas_back_to_zero_and_the_queue_empties(ray_stack):
     wait_for(lambda: replicas(ray_stack) == 0, timeout_s=DOWNSCALE_DELAY_S + 45, every_s=2)
+    wait_for(lambda: ray_stack.status().autoscale["queue_depth"] == 0, timeout_s=30)
 
 
 def test_verify_autoscale_reports_cold_start_scale_up_and_down(ray_stack, monkeypatch):
     monkeypatch.chdir(ray_stack.spec.path.parent)
-    result = CliRunner().invoke(app, ["verify", "--check", "autoscale", "--json"])
+    result = CliRunner().invoke(app, ["verify", "--check", "autoscale", "--idle", "--json"])
     assert result.exit_code == 0, result.output
     [check] = json.loads(result.stdout)["results"]
     figures = check["details"]
@@ -81,6 +104,7 @@ def test_verify_autoscale_reports_cold_start_scale_up_and_down(ray_stack, monkey
     assert figures["replicas_at_rest"] == 0 and figures["cold_start_s"] > 0.3
     assert figures["peak_replicas"] > 1 and figures["scale_up_s"] <= UPSCALE_DELAY_S + 60
     assert figures["scale_down_s"] is not None and figures["errors"] == 0
+    assert "cold start" in check["summary"] and f"back to 0 in {figures['scale_down_s']:.1f}s" in check["summary"]
 
 
 def _server_pid(endpoint: str) -> int:

@@ -1,0 +1,216 @@
+"""The GCP gate's node-side path: each node's own report (templates/gcp/guest_report.py), read
+from its guest attributes with the Compute API, judged here as every other check is.
+
+- gpu: nvidia-smi's exit status and output as the node recorded them, replayed through the same
+  ``verify.gpu.check_gpu`` (parser, diagnosis, expected model and count) — no SSH needed;
+- health: the node polled its own server on localhost;
+- latency: from this machine when its port answers here; otherwise the node's sequential sample
+  on localhost against the same ``[verify]`` budget — server time, without the network.
+
+Every result says where it was measured (``details["measured"]``, and the summary for the
+node's own figures). SSH stays an option: with ``serve.ssh_cidrs`` set, a node that published
+no report still gets its gpu check over SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+from mlinfra.clouds.gcp import guest_attributes
+from mlinfra.errors import CommandTimedOut, MlinfraError
+from mlinfra.timeutil import utc_now
+from mlinfra.verify.result import CheckResult
+from mlinfra.verify.runners import RunResult
+
+NAMESPACE, KEY = "mlinfra", "report"  # what guest_report.py writes
+REQUEST_KEY = "mlinfra-check-request"  # the metadata value guest_report.py watches
+ON_NODE, FROM_HERE = "on the node", "from this machine"
+SAMPLES_MAX = 200  # node-side latency requests at most: the report stays small
+BOOT_GRACE_S = 900.0  # the Deep Learning VM installs its driver before the server starts (launch.py)
+POLL_S = 5.0  # between two reads of a node's guest attributes while it has not reported
+# A run takes the node a while even when all is well (booting; the nvidia-smi query: up to 20 s; the
+# latency sample: up to SAMPLES_MAX requests): heal's 10 s detection must not read that as a failure.
+RUN_MARGIN_S = 60.0
+
+
+def settings(spec) -> str:
+    """The ``mlinfra-check`` metadata value: what each node checks, as JSON."""
+    from mlinfra.verify import gpu, latency
+
+    verify = spec.verify
+    return json.dumps(
+        {
+            "gpu_command": list(gpu.COMMAND),  # the query verify.gpu parses: one source for both sides
+            "health_timeout_s": verify.health_timeout_s,
+            "boot_grace_s": BOOT_GRACE_S,
+            "latency": {
+                "path": verify.path,
+                "payload": verify.payload if verify.payload is not None else latency.default_payload(),
+                "requests": min(verify.requests, SAMPLES_MAX),
+                "warmup": min(verify.warmup, 20),
+            },
+        },
+        sort_keys=True,
+    )
+
+
+class ReportRunner:
+    """A ``verify.gpu`` runner that replays what nvidia-smi did on the node."""
+
+    def __init__(self, gpu: dict[str, Any]):
+        self.gpu = gpu
+
+    def run(self, argv: list[str], timeout_s: float) -> RunResult:
+        if self.gpu.get("returncode") is None:
+            limit = float(self.gpu.get("timeout_s") or timeout_s)
+            raise CommandTimedOut(f"nvidia-smi on the node did not finish within {limit:g} s", timeout_s=limit)
+        return RunResult(int(self.gpu["returncode"]), self.gpu.get("stdout", ""), self.gpu.get("stderr", ""))
+
+
+class NodeReports:
+    """The nodes' reports for one verification (``fresh``: ask every node for a new run first)."""
+
+    def __init__(self, stack, fresh: bool = False):
+        self.stack, self.spec = stack, stack.spec
+        self.run_id = f"{utc_now()}-{uuid.uuid4().hex[:8]}" if fresh else None
+        self.reports: dict[str, dict | None] = {}
+        self.problems: dict[str, str] = {}
+        self._token: str | None = None
+        self._lock = threading.Lock()
+        self._requested: set[str] = set()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None:
+                self._token = guest_attributes.access_token()
+            return self._token
+
+    def fetch(self, node) -> dict | None:
+        """The node's report, or None when it has not published one (for this run, with ``fresh``)."""
+        project = self.spec.gcp.project
+        if self.run_id and node.name not in self._requested:
+            guest_attributes.request_run(project, node.zone, node.name, REQUEST_KEY, self.run_id, self.token())
+            self._requested.add(node.name)
+        values = guest_attributes.read(project, node.zone, node.name, NAMESPACE, self.token())
+        try:
+            report = json.loads(values[KEY]) if KEY in values else None
+        except ValueError:
+            self.problems[node.name] = "its report is not JSON"
+            return None
+        if report is not None and self.run_id and report.get("run") != self.run_id:
+            return None  # the previous run's report: wait for the one asked for
+        return report
+
+    def wait(self, node, deadline_s: float) -> dict | None:
+        if node.name in self.reports:
+            return self.reports[node.name]
+        end = time.monotonic() + deadline_s
+        report = None
+        while True:
+            try:
+                report = self.fetch(node)
+            except MlinfraError as exc:  # credentials or the API: say it, do not wait it out
+                self.problems[node.name] = exc.message
+                break
+            if report is not None or time.monotonic() >= end:
+                break
+            time.sleep(max(0.0, min(POLL_S, end - time.monotonic())))
+        self.reports[node.name] = report
+        return report
+
+    def _missing(self, node, check: str, waited_s: float) -> CheckResult:
+        why = self.problems.get(node.name) or (
+            f"no report from the node (guest attribute {NAMESPACE}/{KEY}) within {waited_s:g} s: it is still "
+            "starting, or its checks could not run"
+        )
+        fix = (
+            f"look at `journalctl -u mlinfra-report -u mlinfra-serve` on the node, or "
+            f"`gcloud compute instances get-serial-port-output {node.name} --zone {node.zone}`"
+        )
+        return CheckResult(
+            node.name, check, False, "no report", message=f"{why}. Fix: {fix}", details={"measured": ON_NODE}
+        )
+
+    # -- the checks --------------------------------------------------------------------------
+
+    def health(self, node, deadline_s: float) -> CheckResult:
+        # The node's own deadline starts after its boot (and, with a GPU, its driver install): ours, now.
+        grace = RUN_MARGIN_S + (BOOT_GRACE_S if self.spec.compute.gpu_count and not self.run_id else 0.0)
+        report = self.wait(node, deadline_s + grace)
+        if report is None:
+            return self._missing(node, "health", deadline_s + grace)
+        seen = report.get("health") or {}
+        details = {"measured": ON_NODE, "report_at": report.get("at"), "run": report.get("run"), **seen}
+        waited = float(seen.get("waited_s") or 0.0)
+        if seen.get("ok"):
+            summary = f"HTTP {seen.get('status')} after {waited:.1f} s ({ON_NODE}, {report.get('at')})"
+            return CheckResult(node.name, "health", True, summary, elapsed_s=waited, details=details)
+        answer = f"answered HTTP {seen['status']}" if seen.get("status") else f"did not answer ({seen.get('error')})"
+        message = (
+            f"{ON_NODE}, {seen.get('url')} {answer} for {waited:.0f} s. Fix: look at the server's log on the node "
+            "(`journalctl -u mlinfra-serve`)"
+        )
+        return CheckResult(
+            node.name, "health", False, "not healthy", message=message, elapsed_s=waited, details=details
+        )
+
+    def gpu(self, node) -> CheckResult | None:
+        """The gpu check from the report; None: run it over SSH (no report, SSH allowed)."""
+        from mlinfra.verify import gpu
+
+        expected = self.spec.compute.accelerator  # the catalog's Gpu, or None for gpu = "none"
+        if expected is None:
+            return None  # the usual skip
+        report = self.wait(node, self.spec.verify.health_timeout_s)  # at once when health read it already
+        if report is None or not report.get("gpu"):
+            if self.spec.serve.ssh_cidrs:
+                return None
+            return self._missing(node, "gpu", self.spec.verify.health_timeout_s)
+        result = gpu.check_gpu(node.name, expected, self.spec.compute.gpu_count, ReportRunner(report["gpu"]))
+        result.details.update(measured=ON_NODE, report_at=report.get("at"))
+        result.summary += f" ({ON_NODE})"
+        result.elapsed_s = float(report["gpu"].get("elapsed_s") or 0.0)
+        return result
+
+    def latency(self, node) -> CheckResult | None:
+        """None: this machine reaches the port, measure from here; else the node's own sample."""
+        from mlinfra.targets.gcp import reach
+        from mlinfra.verify.health import port_answers
+
+        found = reach.assess(self.spec)
+        if found.state == reach.ALLOWED or (found.state == reach.UNKNOWN and port_answers(node.endpoint)):
+            return None
+        report = self.wait(node, self.spec.verify.health_timeout_s)  # at once when health read it already
+        sample = (report or {}).get("latency")
+        if not sample:
+            return CheckResult(
+                node.name,
+                "latency",
+                False,
+                "not run",
+                message=f"not run: the node published no latency sample ({found.reason})",
+                details={"measured": ON_NODE},
+            )
+        from mlinfra.verify.budget import check_latency
+        from mlinfra.verify.histogram import Histogram
+        from mlinfra.verify.latency import LoadResult
+
+        load = LoadResult(
+            sample.get("url", ""), "closed", int(sample.get("requests", 0)), 1, int(sample.get("warmup", 0)), 0.0
+        )
+        load.duration_s = load.elapsed_s = float(sample.get("duration_s") or 0.0)
+        load.errors = dict(sample.get("errors") or {})
+        load.latency = Histogram()
+        for us in sample.get("samples_us") or []:
+            load.latency.record(int(us))
+        load.ok = load.latency.total
+        result = check_latency(node.name, load, self.spec.verify)
+        result.summary += f" ({ON_NODE}: server time, without the network)"
+        result.details.update(measured=ON_NODE, why=found.reason, report_at=(report or {}).get("at"))
+        return result
