@@ -4,10 +4,8 @@ runs them (`launch.py prepare`, then `launch.py run`), from the files a rendered
 Google's services are stand-ins here:
 - GCS: a real fake-gcs-server, which speaks the JSON API the node uses (objects.get, objects.list,
   alt=media; cloud.google.com/storage/docs/json_api/v1/objects);
-- the metadata server: a local HTTP server answering GET .../service-accounts/default/token
-  (cloud.google.com/compute/docs/access/authenticate-workloads#applications) and PUT
-  .../instance/guest-attributes/NAMESPACE/KEY (cloud.google.com/compute/docs/metadata/manage-guest-attributes),
-  both with "Metadata-Flavor: Google";
+- the metadata server and the Compute API: tests/standins/google.py (the token, guest attributes
+  written by the node and read by the operator's gate);
 - docker, nvidia-ctk and usermod: scripts that record their argv (no container runs in this sandbox,
   and the test must not change this machine's users).
 """
@@ -19,53 +17,26 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from helpers import Emulator, gcp_stack
+from standins.google import TOKEN, Google
 
-TOKEN = "ya29.stand-in-token"
+from mlinfra import verify
+from mlinfra.nodes import Node
+from mlinfra.targets.gcp import node_checks
+
 SERVICE_ACCOUNT = "ml-node@ml-demo-123456.iam.gserviceaccount.com"
-
-
-class Metadata(BaseHTTPRequestHandler):
-    attributes: dict = {}
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        if self.headers.get("Metadata-Flavor") != "Google":
-            return self.send_error(403)
-        if self.path == "/computeMetadata/v1/instance/service-accounts/default/token":
-            raw = json.dumps({"access_token": TOKEN, "expires_in": 3599, "token_type": "Bearer"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            return self.wfile.write(raw)
-        self.send_error(404)
-
-    def do_PUT(self):
-        prefix = "/computeMetadata/v1/instance/guest-attributes/"
-        if self.headers.get("Metadata-Flavor") != "Google" or not self.path.startswith(prefix):
-            return self.send_error(403)
-        self.attributes[self.path[len(prefix):]] = self.rfile.read(int(self.headers["Content-Length"])).decode()
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
 
 
 @pytest.fixture
 def google():
     emulator = Emulator()
     emulator.create_bucket("models")
-    Metadata.attributes = {}
-    metadata = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
-    threading.Thread(target=metadata.serve_forever, daemon=True).start()
-    yield emulator, f"127.0.0.1:{metadata.server_address[1]}"
-    metadata.shutdown()
+    metadata = Google.start()
+    yield emulator, metadata
+    metadata.stop()
     emulator.stop()
 
 
@@ -106,63 +77,63 @@ def node_config(tmp_path: Path, **workload) -> Path:
     return config
 
 
-def launch(tmp_path: Path, node_dir: Path, command: str, config: Path, address: str, emulator: Emulator):
-    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GCE_METADATA_HOST": address, "MLINFRA_GCS_URL": emulator.url,
+def launch(tmp_path: Path, node_dir: Path, command: str, config: Path, google: Google, emulator: Emulator):
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GCE_METADATA_HOST": google.address, "MLINFRA_GCS_URL": emulator.url,
            "MLINFRA_STATE_DIR": str(tmp_path / "state"), "MLINFRA_SERVICE_HOME": str(tmp_path / "home")}
     return subprocess.run([sys.executable, str(node_dir / "launch.py"), command, str(config)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
 def test_prepare_fetches_the_model_once_runs_setup_and_publishes_what_the_node_runs(tmp_path, node_dir, google):
-    emulator, address = google
+    emulator, metadata = google
     generation = emulator.upload("models", "m/w.bin", b"weights-v3")["generation"]
     model_dir = tmp_path / "models" / "m"
     config = node_config(tmp_path, setup=["echo ran >> setup-ran"], model_uri="gs://models/m/w.bin",
                          model_sha256=hashlib.sha256(b"weights-v3").hexdigest(), model_dir=str(model_dir))
-    first = launch(tmp_path, node_dir, "prepare", config, address, emulator)
+    first = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert first.returncode == 0, first.stderr
     assert "model: downloading gs://models/m/w.bin (1 file, 0.0 MiB)" in first.stdout
     assert (model_dir / "w.bin").read_bytes() == b"weights-v3"  # model.dir: a link to the cache
-    status = json.loads(Metadata.attributes["mlinfra/workload"])
+    status = json.loads(metadata.guest[("mlinfra", "workload")])
     assert status["model"]["generation"] == str(generation) and status["model"]["downloaded"] is True
     assert status["setup"] == {"steps": 1, "result": "ok"} and "error" not in status
     assert json.loads((tmp_path / "state" / "workload.json").read_text()) == status
     # A reboot: prepare again. No download, no second setup.
-    again = launch(tmp_path, node_dir, "prepare", config, address, emulator)
+    again = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert again.returncode == 0, again.stderr
     assert "is cached (generation %s), no download" % generation in again.stdout
     assert (tmp_path / "home" / "setup-ran").read_text() == "ran\n"
     # The server (no image): serve.command with MODEL_DIR = model.dir.
-    run = launch(tmp_path, node_dir, "run", config, address, emulator)
+    run = launch(tmp_path, node_dir, "run", config, metadata, emulator)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "served").read_bytes() == b"weights-v3"
 
 
 def test_a_bad_checksum_fails_prepare_and_says_why_where_status_can_read_it(tmp_path, node_dir, google):
-    emulator, address = google
+    emulator, metadata = google
     emulator.upload("models", "m/w.bin", b"tampered")
     config = node_config(tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64,
                          model_dir=str(tmp_path / "models" / "m"))
-    done = launch(tmp_path, node_dir, "prepare", config, address, emulator)
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert done.returncode == 1
     message = f"model gs://models/m/w.bin: checksum mismatch: model.sha256 is {'0' * 64}, the download's is " \
               f"{hashlib.sha256(b'tampered').hexdigest()}"
     assert f"mlinfra: {message}" in done.stderr
-    assert json.loads(Metadata.attributes["mlinfra/workload"])["error"] == message
+    assert json.loads(metadata.guest[("mlinfra", "workload")])["error"] == message
     assert not (tmp_path / "models" / "m").exists()
 
 
 def test_an_image_is_pulled_then_run_with_gpus_port_and_the_model_read_only(tmp_path, node_dir, google):
-    emulator, address = google
+    emulator, metadata = google
     emulator.upload("models", "m/a.bin", b"a")
     emulator.upload("models", "m/b.bin", b"b")
     image = "vllm/vllm-openai@sha256:" + "c" * 64
     config = node_config(tmp_path, image=image, args=["--model", "/models/m"], model_uri="gs://models/m/",
                          model_dir="/models/m")
-    prepared = launch(tmp_path, node_dir, "prepare", config, address, emulator)
+    prepared = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert prepared.returncode == 0, prepared.stderr
     assert not Path("/models/m").exists()  # with an image, model.dir exists only inside the container
-    run = launch(tmp_path, node_dir, "run", config, address, emulator)
+    run = launch(tmp_path, node_dir, "run", config, metadata, emulator)
     assert run.returncode == 0, run.stderr
     calls = [json.loads(line) for line in (tmp_path / "bin" / "calls.jsonl").read_text().splitlines()]
     cache = next((tmp_path / "state" / "models").glob("*/model"))
@@ -177,9 +148,31 @@ def test_an_image_is_pulled_then_run_with_gpus_port_and_the_model_read_only(tmp_
 
 
 def test_an_image_with_gpus_needs_the_nvidia_container_toolkit(tmp_path, node_dir, google):
-    emulator, address = google
+    emulator, metadata = google
     os.remove(tmp_path / "bin" / "nvidia-ctk")
     config = node_config(tmp_path, image="vllm/vllm-openai:v0.6.3")
-    done = launch(tmp_path, node_dir, "prepare", config, address, emulator)
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert done.returncode == 1
     assert "serve.image with GPUs needs the NVIDIA Container Toolkit on the boot image" in done.stderr
+
+
+def test_the_gate_says_why_a_node_never_started_its_server(tmp_path, node_dir, google, monkeypatch):
+    """The node's failed checksum, written at boot, is what `verify` shows: read back with
+    getGuestAttributes by the operator's side (targets/gcp/node_checks.py), without waiting out
+    the health deadline for a report that will never come."""
+    emulator, metadata = google
+    emulator.upload("models", "m/w.bin", b"tampered")
+    config = node_config(tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64,
+                         model_dir=str(tmp_path / "models" / "m"))
+    assert launch(tmp_path, node_dir, "prepare", config, metadata, emulator).returncode == 1
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{metadata.address}/compute/v1")
+    stack = gcp_stack(tmp_path, "wl", gcp={"service_account": SERVICE_ACCOUNT, "zones": ["us-central1-a"]},
+                      model={"uri": "gs://models/m/w.bin"}, verify={"health_timeout_s": 20})
+    monkeypatch.setattr(node_checks, "BOOT_GRACE_S", 0.0)  # were the early stop lost, this waits 20 s, not 15 min
+    node = Node(key="us-central1-0", name="wl-us-central1-0", region="us-central1", replica=0,
+                endpoint="http://192.0.2.10:8000", health_url="http://192.0.2.10:8000/health", zone="us-central1-a")
+    report = verify.run(stack, [node], checks=["health"])
+    health = report.results[0]
+    assert not health.passed and health.summary == "no report"
+    assert health.message.startswith("the node did not start its server: model gs://models/m/w.bin: checksum mismatch: ")
