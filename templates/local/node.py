@@ -299,8 +299,12 @@ def stop(key: str) -> int:
     _signal_all(late, signal.SIGKILL)
     _wait_gone(late, 2.0)
     if record.get("container"):  # a container engine's daemon may keep it after its client died
-        subprocess.call([*record["container"][:1], "rm", "-f", record["container"][1]], stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        engine, name = record["container"]
+        try:
+            subprocess.call([engine, "rm", "-f", name], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            print(f"node {key}: could not remove container {name} ({exc}); remove it with `{engine} rm -f {name}`")
     # The supervisor is gone by now, so it cannot write the exit file after this.
     _exit_path(run_dir, key).unlink(missing_ok=True)
     path.unlink(missing_ok=True)
