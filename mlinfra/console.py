@@ -166,6 +166,15 @@ def print_nodes(nodes, stream: Stream = out) -> None:
         stream.print("  ".join(cells).rstrip(), markup=False)
 
 
+def print_workloads(nodes, stream: Stream = out) -> None:
+    """A line per node that runs more than serve.command: image, model, setup (issue 11)."""
+    from mlinfra.workload import summary
+
+    for node in nodes:
+        if node.workload:
+            stream.print(f"{node.name} runs: {summary(node.workload)}", markup=False)
+
+
 def print_verify(report, console: Stream = out) -> None:
     """A row per node × check, each latency histogram, then the verdict line."""
     from rich.markup import escape
@@ -186,6 +195,12 @@ def print_verify(report, console: Stream = out) -> None:
             console.print(f"\n{r.node} latency:", markup=False)
             for line in histogram_lines(r.details["histogram"]):
                 console.print(f"  {line}", markup=False)
+    if getattr(report, "runs", None):  # what each node runs besides serve.command (issue 11)
+        from mlinfra.workload import summary
+
+        console.print("", markup=False)
+        for name, ran in report.runs.items():
+            console.print(f"{name} runs: {summary(ran)}", markup=False)
     console.print(f"\n{report.verdict}", style="green" if report.passed else "red", markup=False)
 
 

@@ -8,7 +8,7 @@ keeps beside the state (the local target: the node's process record).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -26,6 +26,9 @@ class Node:
     ready: bool | None = None  # the health path answered 200
     health_status: int | None = None
     log: str = ""
+    # What the node runs (issue 11): image or command, model URI, generation and checksum, setup
+    # result; the local launcher's record, or what the stack asked of a GCP node.
+    workload: dict[str, Any] = field(default_factory=dict)
     ssh_host: str = ""
     ssh_port: int = 22
     ssh_user: str = ""

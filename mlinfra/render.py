@@ -59,6 +59,7 @@ def render(stack, out: Path | None = None) -> RenderResult:
     else:
         _writable_dir(workspace.root)
     templates = sorted(t for t in source.iterdir() if t.name.endswith(".tf.j2") or t.suffix in (".py", ".sh"))
+    templates += [templates_dir("node") / name for name in stack.driver.node_files]  # shared by launchers
     context = template_context(stack)
     values = {
         TFVARS: json.dumps(stack.driver.tfvars(stack.spec, stack.placement, workspace), indent=2, sort_keys=True) + "\n"

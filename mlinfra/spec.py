@@ -23,6 +23,7 @@ from mlinfra.fields import Section, describe, in_range, one_of
 from mlinfra.ops.cost import CostLimits
 from mlinfra.targets.serve.section import Autoscale, refuse_replicas_with_autoscale
 from mlinfra.verify.section import Verify
+from mlinfra.workload import Model, check_serve
 
 _GCP_NAME = re.compile(catalog.NAME_PATTERN)
 # Node names are "<stack>-<region>-<replica>" and GCP caps names at 63 characters; the longest
@@ -36,8 +37,7 @@ _SECRET_ENV = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_SM = re.compile(r"^sm:projects/[a-z0-9][a-z0-9-]{4,61}/secrets/[A-Za-z0-9_-]{1,255}/versions/(latest|[0-9]+)$")
 _ZONE = re.compile(rf"^{catalog.ZONE_PATTERN}$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,254}[a-z0-9]$")
-# gcp.disk_kms_key: a project ID, a KMS location ("global", "us", "us-central1"), then key ring
-# and key names (letters, digits, "_" and "-", at most 63 characters each).
+# gcp.disk_kms_key: project, KMS location ("global", "us-central1"), key ring and key names (≤ 63 of [A-Za-z0-9_-]).
 _KMS_KEY = re.compile(
     r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z][a-z0-9-]*[a-z0-9]"
     r"/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}$"
@@ -117,8 +117,7 @@ class Gcp(Section):
                     f"{zone} is in {region}, which is not in gcp.regions "
                     f"({', '.join(self.regions)}): add {region!r} to gcp.regions",
                 )
-        if len(set(self.zones)) != len(self.zones):
-            dup = next(z for z in self.zones if self.zones.count(z) > 1)
+        if dup := next((z for z in self.zones if self.zones.count(z) > 1), None):
             raise SpecError("gcp.zones", f"zone {dup!r} is listed twice")
         if not _GCP_NAME.match(self.network) or len(self.network) > 63:
             raise SpecError("gcp.network", f"{self.network!r} is not a network name (like 'default')")
@@ -201,12 +200,11 @@ class Serve(Section):
     # "env:NAME" (the operator's environment when the node starts; local target) or
     # "sm:projects/P/secrets/S/versions/V" (Secret Manager, read on the node; GCP).
     secrets: dict[str, str] = field(default_factory=dict)
+    image: str = ""  # a container image to run, with serve.command as its arguments (mlinfra.workload)
+    setup: tuple[str, ...] = ()  # shell steps run once per node before its first start, in order
 
     def _check(self) -> None:
-        if not self.command.strip():
-            raise SpecError("serve.command", "must not be empty")
-        if "\x00" in self.command:
-            raise SpecError("serve.command", "must not contain a NUL character")
+        check_serve(self)  # command, image, setup
         if not self.health_path.startswith("/") or any(c.isspace() for c in self.health_path):
             raise SpecError(
                 "serve.health_path", f"{self.health_path!r} must be a URL path starting with '/', like '/health'"
@@ -256,7 +254,7 @@ class State(Section):
 
 
 _SECTIONS = dict(gcp=Gcp, local=Local, compute=Compute, serve=Serve, state=State, verify=Verify)
-_SECTIONS |= dict(autoscale=Autoscale, cost=CostLimits)  # tables declared beside what they drive
+_SECTIONS |= dict(autoscale=Autoscale, cost=CostLimits, model=Model)  # tables declared beside what they drive
 
 
 @dataclass(frozen=True)
@@ -273,6 +271,7 @@ class StackSpec(Section):
     state: State = field(default_factory=State)
     verify: Verify = field(default_factory=Verify)
     autoscale: Autoscale | None = None  # absent: a fixed compute.replicas per region
+    model: Model | None = None  # absent: the server brings its own model
     cost: CostLimits = field(default_factory=CostLimits)
     path: Path | None = field(default=None, compare=False, repr=False)
     # Where the nodes go, as the target resolved it while checking the stack (computed once).

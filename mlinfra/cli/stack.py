@@ -248,7 +248,7 @@ def envs(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
 
 
 def _show_status(result, as_json: bool) -> None:
-    from mlinfra.console import out, print_json, print_nodes
+    from mlinfra.console import out, print_json, print_nodes, print_workloads
 
     if as_json:
         return print_json(result)
@@ -275,6 +275,7 @@ def _show_status(result, as_json: bool) -> None:
     ready = sum(1 for node in result.nodes if node.ready)
     out.print(f"Stack {result.stack!r} ({result.target}): {ready}/{len(result.nodes)} node(s) ready", markup=False)
     print_nodes(result.nodes, out)
+    print_workloads(result.nodes, out)
     if result.cost is not None:  # what the nodes have cost so far (`mlinfra cost` for the detail)
         out.print(result.cost.line(), markup=False)
     scaling = result.autoscale

@@ -64,6 +64,7 @@ class Driver:
 
     name = ""
     templates = ""  # the folder under templates/ that holds this target's module
+    node_files: tuple[str, ...] = ()  # files of templates/node/ its launcher uses, copied beside it
     node_resource = ""  # the Terraform resource of a node (``type.name``), for -replace/-target
     rebuild_budget_s = 600.0  # what `rebuild` allows by default
     uses_google_cloud = False  # `check` looks for Google credentials
@@ -81,7 +82,9 @@ class Driver:
 
     def notes(self, spec: StackSpec, placement: Placement) -> list[str]:
         """What was chosen for the user, and warnings, shown before a plan."""
-        return []
+        from mlinfra import workload
+
+        return workload.notes(spec)  # an image without a digest
 
     def cost(self, spec: StackSpec, placement: Placement) -> Any:
         """The estimated price (``prices.Cost``), or None where the target has no price (``no_price`` says why)."""

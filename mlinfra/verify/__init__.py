@@ -34,6 +34,7 @@ class VerifyReport(Result):
     stack: str
     results: list[CheckResult] = field(default_factory=list)
     elapsed_s: float = 0.0
+    runs: dict[str, dict] = field(default_factory=dict)  # node name → what it runs (issue 11), if more than a command
 
     @property
     def passed(self) -> bool:
@@ -124,7 +125,8 @@ def run(
             record(check_autoscale(stack, node, _payload(stack), idle=idle))
     order = {check: i for i, check in enumerate(ORDER)}
     ordered = sorted(results.values(), key=lambda r: ([n.name for n in nodes].index(r.node), order[r.check]))
-    return VerifyReport(stack.name, ordered, time.monotonic() - started)
+    runs = {node.name: node.workload for node in nodes if node.workload}
+    return VerifyReport(stack.name, ordered, time.monotonic() - started, runs)
 
 
 def _health(node, deadline_s: float, exited, cap_s: float) -> CheckResult:

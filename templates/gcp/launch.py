@@ -45,7 +45,7 @@ def prepare(node):
     never installed from there.
     """
     words = node["command"].split()
-    if not words or words[0] != "mlinfra" or shutil.which("mlinfra"):
+    if not words or words[0] != "mlinfra" or shutil.which("mlinfra") or (node.get("workload") or {}).get("image"):
         return
     if not os.path.exists(SERVER) or os.path.getsize(SERVER) == 0:
         print("mlinfra: the command uses `mlinfra` but no reference server was shipped", file=sys.stderr)
@@ -129,7 +129,21 @@ def run(node):
         print("mlinfra: %s" % exc, file=sys.stderr)
         return 1
     sys.stdout.flush()
-    os.execve("/bin/sh", ["/bin/sh", "-c", node["command"]], env)
+    hooks = workload_hooks(node)  # issue 11: `docker run` for serve.image; MODEL_DIR
+    argv = hooks.server_argv(node, env) if hooks else ["/bin/sh", "-c", node["command"]]
+    os.execve(argv[0], argv, env)
+
+
+# -- issue 11: serve.image, serve.setup, [model] — the code is in workload_gcp.py beside this file ----
+def workload_hooks(node):
+    """workload_gcp (and workload.py, which it uses), imported only for a node with a workload."""
+    if not any((node.get("workload") or {}).values()):
+        return None
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import workload_gcp
+
+    return workload_gcp
+# -- end issue 11 -------------------------------------------------------------------------------------
 
 
 def main(argv):
@@ -139,7 +153,8 @@ def main(argv):
     node = load(argv[2])
     if argv[1] == "prepare":
         prepare(node)
-        return 0
+        hooks = workload_hooks(node)  # issue 11: setup, model, image pull; non-zero stops startup.sh
+        return hooks.prepare(node) if hooks else 0
     return run(node)  # returns only when it cannot start the server; otherwise the server replaced it
 
 

@@ -25,6 +25,9 @@ metadata mlinfra-reference-model >/opt/mlinfra/mlinfra/demand.py || true
 metadata mlinfra-reference-completions >/opt/mlinfra/mlinfra/completions.py || true
 metadata mlinfra-reference-textgen >/opt/mlinfra/mlinfra/textgen.py || true
 metadata mlinfra-reference-textgen-data >/opt/mlinfra/mlinfra/textgen.json || true
+# serve.image, serve.setup and [model] (issue 11): launch.py's helpers, beside it.
+metadata mlinfra-workload >/opt/mlinfra/workload.py
+metadata mlinfra-workload-gcp >/opt/mlinfra/workload_gcp.py
 
 # The model server runs as an unprivileged system user with its own home for caches.
 if ! id -u mlserve >/dev/null 2>&1; then

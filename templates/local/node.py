@@ -97,6 +97,12 @@ def start(key: str) -> int:
         print(f"node {key}: {exc}", file=sys.stderr)
         return 1
     log_path = run_dir / f"{key}.log"
+    try:  # serve.setup, [model] and serve.image (issue 11), before the server starts
+        container = _prepare_workload(key, run_dir, env, log_path)
+    except Exception as exc:  # workload.WorkloadError, or a setup step the node could not run at all
+        record_path.unlink(missing_ok=True)
+        print(f"node {key}: {exc}", file=sys.stderr)
+        return 1
     # stdin and stdout/stderr away from Terraform's pipes: local-exec waits until they close.
     with open(log_path, "ab") as log:
         try:
@@ -110,7 +116,7 @@ def start(key: str) -> int:
             return 1
     pid = _server_pid(supervisor)
     record = {"pid": pid, "token": token, "port": port, "started_at": time.time(), "log": str(log_path),
-              "supervisor": supervisor.pid}
+              "supervisor": supervisor.pid, **({"container": container} if container else {})}
     try:
         _write_json(record_path, record)
     except BaseException:
@@ -118,6 +124,52 @@ def start(key: str) -> int:
         raise
     print(f"node {key}: started pid {pid} on port {port}")
     return 0
+
+
+def _prepare_workload(key: str, run_dir: Path, env: dict, log_path: Path) -> list:
+    """Run serve.setup once, fetch [model] into the stack's cache (MODEL_DIR), and with serve.image
+    turn the command into the container's `run`. Updates ``env``; returns [engine, name] of the
+    container to remove on stop ([] without one). What the node runs goes to <key>.workload.json."""
+    spec = json.loads(os.environ.get("MLINFRA_WORKLOAD") or "{}")
+    if not spec.get("image") and not spec.get("setup") and not spec.get("model_uri"):
+        (run_dir / f"{key}.workload.json").unlink(missing_ok=True)
+        return []
+    import fcntl
+    import shlex
+
+    import workload  # templates/node/workload.py, copied beside this file
+
+    ran = {"image": spec.get("image", ""), "command": os.environ["MLINFRA_COMMAND"]}
+    setup_env = {k: v for k, v in env.items() if k not in ("MLINFRA_COMMAND", "MLINFRA_EXIT_FILE")}  # token kept
+    ran["setup"] = workload.run_setup(spec.get("setup", []), setup_env, os.environ.get("MLINFRA_CWD"),
+                                      str(log_path), str(run_dir / f"{key}.setup.json"))
+    model_host_dir = ""
+    if spec.get("model_uri"):
+        uri = spec["model_uri"]
+        cache = Path(os.environ["MLINFRA_MODEL_CACHE"]) / workload.cache_key(uri)
+        cache.mkdir(parents=True, exist_ok=True)
+        # Google's client libraries read STORAGE_EMULATOR_HOST for an emulator; a token for real GCS
+        # comes from GOOGLE_OAUTH_ACCESS_TOKEN (as for Terraform's google provider). Neither reaches the node.
+        endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or workload.GCS_API
+        with open(cache.parent / f"{cache.name}.lock", "w") as lock, open(log_path, "a") as log:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # nodes of the stack share the cache: one download
+            ran["model"] = workload.fetch_model(uri, spec.get("model_sha256", ""), str(cache), log, endpoint,
+                                                os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN", ""))
+        model_host_dir = str(cache / "model")
+        env["MODEL_DIR"] = spec["model_dir"] if spec.get("image") else model_host_dir
+    container = []
+    if spec.get("image"):
+        engine = workload.find_engine(os.environ.get("MLINFRA_CONTAINER_ENGINE", ""))
+        name = f"mlinfra-{os.environ.get(STACK_VAR, 'stack')}-{key}"
+        passed = [n for n in env if n not in KEPT_VARS and not n.startswith("MLINFRA_") and n not in BLAS_THREAD_VARS]
+        argv = workload.container_argv(engine, spec["image"], name, int(os.environ["MLINFRA_PORT"]), passed,
+                                       spec.get("args", []), model_host_dir, spec.get("model_dir", ""),
+                                       int(os.environ.get("MLINFRA_GPUS") or 0))
+        env["MLINFRA_COMMAND"] = "exec " + shlex.join(argv)
+        ran["command"] = shlex.join(argv)
+        container = [engine, name]
+    _write_json(run_dir / f"{key}.workload.json", ran)
+    return container
 
 
 def _server_pid(supervisor: subprocess.Popen) -> int:
@@ -246,6 +298,13 @@ def stop(key: str) -> int:
     late = node_processes(record)
     _signal_all(late, signal.SIGKILL)
     _wait_gone(late, 2.0)
+    if record.get("container"):  # a container engine's daemon may keep it after its client died
+        engine, name = record["container"]
+        try:
+            subprocess.call([engine, "rm", "-f", name], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            print(f"node {key}: could not remove container {name} ({exc}); remove it with `{engine} rm -f {name}`")
     # The supervisor is gone by now, so it cannot write the exit file after this.
     _exit_path(run_dir, key).unlink(missing_ok=True)
     path.unlink(missing_ok=True)

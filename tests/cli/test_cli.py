@@ -41,8 +41,8 @@ def test_render_output(tmp_path, monkeypatch):
     assert result.exit_code == 0
     workdir = tmp_path.resolve() / ".mlinfra" / "cli"
     assert result.stdout == (
-        f"Rendered 6 files for 2 node(s) into {workdir}\n"
-        "  main.tf\n  node.py\n  outputs.tf\n  terraform.tfvars.json\n  variables.tf\n  versions.tf\n"
+        f"Rendered 7 files for 2 node(s) into {workdir}\n"
+        "  main.tf\n  node.py\n  outputs.tf\n  terraform.tfvars.json\n  variables.tf\n  versions.tf\n  workload.py\n"
     )
 
 

@@ -8,12 +8,14 @@ after a stockout, the GPU check over SSH, and what to forget when VMs go away.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mlinfra import workload
 from mlinfra.clouds.gcp import rules
 from mlinfra.errors import EngineError, SpecError
-from mlinfra.targets.base import Driver, Move, Placement, node_specs
+from mlinfra.targets.base import Driver, Move, Placement, node_specs, read_json
 from mlinfra.targets.gcp import module
 
 # Summaries Terraform's `init` gives when it cannot get a provider (recorded with the bundled
@@ -30,6 +32,7 @@ PLACEHOLDER_PROJECT = "your-gcp-project"  # what `mlinfra new --target gcp` writ
 class GcpDriver(Driver):
     name = "gcp"
     templates = "gcp"
+    node_files: tuple[str, ...] = ("workload.py",)
     node_resource = "google_compute_instance.node"
     rebuild_budget_s = 600.0  # the article's 10 minutes
     uses_google_cloud = True
@@ -53,6 +56,7 @@ class GcpDriver(Driver):
                     "the node reads Secret Manager with its service account: "
                     "set gcp.service_account (with roles/secretmanager.secretAccessor on the secret)",
                 )
+        workload.check_gcp(spec)
         if spec.serve.public and not spec.gcp.public_ip:
             raise SpecError(
                 "gcp.public_ip",
@@ -65,7 +69,7 @@ class GcpDriver(Driver):
     def notes(self, spec, placement: Placement) -> list[str]:
         warning = public_warning(spec)
         notes = rules.choices(spec, placement.resolved) + ([f"warning: {warning}"] if warning else [])
-        return notes + self.reach_notes(spec)
+        return notes + self.reach_notes(spec) + super().notes(spec, placement)  # super: an unpinned serve.image
 
     # -- node-side checks (node_checks.py): gpu and health need no ingress --
     reports_from_nodes = True  # the module ships guest_report.py to every node
@@ -90,6 +94,13 @@ class GcpDriver(Driver):
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         return module.tfvars(spec, placement.resolved, workspace)
+
+    def discover(self, outputs: dict[str, Any], workspace) -> list:
+        asked = read_json(workspace.tfvars).get("nodes") or {}
+        return [
+            replace(node, workload=workload.asked((asked.get(node.key) or {}).get("node_config") or {}))
+            for node in super().discover(outputs, workspace)
+        ]
 
     def gpu_runner(self, node, workspace) -> Any:
         from mlinfra.verify.ssh import SshRunner

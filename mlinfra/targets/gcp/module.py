@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mlinfra import workload
 from mlinfra.clouds.gcp import catalog, rules
 from mlinfra.clouds.gcp.catalog import Gpu
 from mlinfra.errors import MlinfraError
@@ -50,6 +51,7 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
                 "command": stack.serve.command,
                 "env": dict(stack.serve.env),
                 "secrets": dict(stack.serve.secrets),  # references only: the node reads the values
+                "workload": workload.node_values(stack),  # image, setup, model (templates/node/workload.py)
                 "port": stack.serve.port,
                 "health_path": stack.serve.health_path,
                 "gpus": count,
@@ -57,7 +59,7 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         }
     from mlinfra.targets.gcp import node_checks
 
-    uses_reference_server = stack.serve.command.split()[:1] == ["mlinfra"]
+    uses_reference_server = not stack.serve.image and stack.serve.command.split()[:1] == ["mlinfra"]
     return {
         "project": stack.gcp.project,
         "stack": stack.name,

@@ -27,6 +27,7 @@ from mlinfra.verify.result import CheckResult
 from mlinfra.verify.runners import RunResult
 
 NAMESPACE, KEY = "mlinfra", "report"  # what guest_report.py writes
+WORKLOAD_KEY = "workload"  # what workload_gcp.py writes at boot: setup, model, image, or why they failed
 REQUEST_KEY = "mlinfra-check-request"  # the metadata value guest_report.py watches
 ON_NODE, FROM_HERE = "on the node", "from this machine"
 SAMPLES_MAX = 200  # node-side latency requests at most: the report stays small
@@ -79,6 +80,7 @@ class NodeReports:
         self.run_id = f"{utc_now()}-{uuid.uuid4().hex[:8]}" if fresh else None
         self.reports: dict[str, dict | None] = {}
         self.problems: dict[str, str] = {}
+        self.workloads: dict[str, dict] = {}  # node name → its mlinfra/workload attribute (issue 11)
         self._token: str | None = None
         self._lock = threading.Lock()
         self._requested: set[str] = set()
@@ -98,6 +100,11 @@ class NodeReports:
             guest_attributes.request_run(project, node.zone, node.name, REQUEST_KEY, self.run_id, self.token())
             self._requested.add(node.name)
         values = guest_attributes.read(project, node.zone, node.name, NAMESPACE, self.token())
+        if WORKLOAD_KEY in values:
+            try:
+                self.workloads[node.name] = json.loads(values[WORKLOAD_KEY])
+            except ValueError:
+                self.workloads[node.name] = {"error": "its workload status is not JSON"}
         try:
             report = json.loads(values[KEY]) if KEY in values else None
         except ValueError:
@@ -118,16 +125,25 @@ class NodeReports:
             except MlinfraError as exc:  # credentials or the API: say it, do not wait it out
                 self.problems[node.name] = exc.message
                 break
-            if report is not None or time.monotonic() >= end:
-                break
+            if report is not None or self.workload_failure(node) or time.monotonic() >= end:
+                break  # a node whose model or setup failed never starts its server: no report will come
             time.sleep(max(0.0, min(POLL_S, end - time.monotonic())))
         self.reports[node.name] = report
         return report
 
+    def workload_failure(self, node) -> str:
+        """Why the node never started its server (a model download, checksum or setup step), or ""."""
+        error = (self.workloads.get(node.name) or {}).get("error")
+        return f"the node did not start its server: {error}" if error else ""
+
     def _missing(self, node, check: str, waited_s: float) -> CheckResult:
-        why = self.problems.get(node.name) or (
-            f"no report from the node (guest attribute {NAMESPACE}/{KEY}) within {waited_s:g} s: it is still "
-            "starting, or its checks could not run"
+        why = (
+            self.problems.get(node.name)
+            or self.workload_failure(node)
+            or (
+                f"no report from the node (guest attribute {NAMESPACE}/{KEY}) within {waited_s:g} s: it is still "
+                "starting, or its checks could not run"
+            )
         )
         fix = (
             f"look at `journalctl -u mlinfra-report -u mlinfra-serve` on the node, or "

@@ -15,14 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mlinfra import workload
 from mlinfra.errors import SpecError
-from mlinfra.targets.base import Driver, Placement
+from mlinfra.targets.base import Driver, Placement, read_json
 from mlinfra.targets.local import ports, process
 
 
 class LocalDriver(Driver):
     name = "local"
     templates = "local"
+    node_files: tuple[str, ...] = ("workload.py",)
     node_resource = "terraform_data.node"
     rebuild_budget_s = 60.0  # a local node starts in seconds
     health_poll_cap_s = 0.25  # a probe on loopback costs microseconds: ready is seen within 250 ms
@@ -43,6 +45,7 @@ class LocalDriver(Driver):
                     f"{ref!r}: the local target reads secrets from this machine's "
                     "environment when a node starts: use 'env:NAME'",
                 )
+        workload.check_local(spec)
         return super().validate(spec)
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
@@ -64,6 +67,8 @@ class LocalDriver(Driver):
                     "cwd": cwd,
                     "env": dict(spec.serve.env),
                     "secrets": dict(spec.serve.secrets),  # references only: the launcher reads the values
+                    "workload": workload.node_values(spec),  # image, setup, model (templates/node/workload.py)
+                    "gpus": spec.compute.gpu_count if spec.compute.accelerator else 0,  # a container's GPU flags
                 }
                 for node in placement.nodes
             },
@@ -77,6 +82,7 @@ class LocalDriver(Driver):
                 node,
                 pid=records[node.key].get("pid"),
                 log=records[node.key].get("log", ""),
+                workload=read_json(workspace.nodes_dir / f"{node.key}.workload.json"),
                 created_at=records[node.key].get("started_at"),  # the launcher's clock when it started the server
             )
             for node in found

@@ -27,6 +27,7 @@ STATUS_TIMEOUT_S = 60.0
 
 class ServeGcpDriver(GcpDriver):
     templates = "serve-gcp"
+    node_files = ()  # the Ray templates run no workload.py (serve.image, setup and [model] are refused)
     node_resource = "google_compute_instance.head"
     rebuild_budget_s = 1200.0
     reports_from_nodes = False  # serve-gcp's heads and workers carry no guest_report.py (yet)

@@ -55,7 +55,10 @@ def refuse_replicas_with_autoscale(compute: Any, autoscale: Any) -> None:
 
 
 def refuse_secrets_with_autoscale(spec: Any) -> None:
-    """The Ray templates do not carry serve.secrets yet: refuse them rather than start replicas
-    without them (both the local and the GCP mode)."""
+    """The Ray templates do not carry serve.secrets, serve.image, serve.setup nor [model] yet:
+    refuse them rather than start replicas without them (both the local and the GCP mode)."""
+    from mlinfra.workload import refuse_with_autoscale
+
     if spec.serve.secrets:
         raise SpecError("serve.secrets", "is not supported with [autoscale] yet")
+    refuse_with_autoscale(spec)

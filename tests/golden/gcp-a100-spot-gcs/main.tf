@@ -100,6 +100,8 @@ resource "google_compute_instance" "node" {
     "mlinfra-reference-completions"  = var.reference_completions
     "mlinfra-reference-textgen"      = var.reference_textgen
     "mlinfra-reference-textgen-data" = var.reference_textgen_data
+    "mlinfra-workload"               = file("${path.module}/workload.py")
+    "mlinfra-workload-gcp"           = file("${path.module}/workload_gcp.py")
     # -- node-side checks (guest_report.py): the gate reads gpu and health from the node's own
     # report, a guest attribute the operator reads with the Compute API: no ingress needed.
     # `mlinfra verify --fresh` sets mlinfra-check-request (Compute API setMetadata, that key

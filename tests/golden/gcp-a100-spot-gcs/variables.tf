@@ -125,6 +125,14 @@ variable "nodes" {
       port        = number
       health_path = string
       gpus        = number
+      workload = object({
+        image        = string
+        args         = list(string)
+        setup        = list(string)
+        model_uri    = string
+        model_sha256 = string
+        model_dir    = string
+      })
     })
   }))
 }

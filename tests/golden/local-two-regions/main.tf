@@ -11,11 +11,12 @@ resource "terraform_data" "node" {
 
   # A change to what runs on a node restarts it (destroy, then create).
   triggers_replace = {
-    command = each.value.command
-    port    = each.value.port
-    cwd     = each.value.cwd
-    env     = each.value.env
-    secrets = each.value.secrets
+    command  = each.value.command
+    port     = each.value.port
+    cwd      = each.value.cwd
+    env      = each.value.env
+    secrets  = each.value.secrets
+    workload = each.value.workload
   }
 
   # What the destroy-time provisioner needs: it may only read self.
@@ -38,6 +39,10 @@ resource "terraform_data" "node" {
       MLINFRA_ENV     = jsonencode(each.value.env)
       MLINFRA_SECRETS = jsonencode(each.value.secrets)
       MLINFRA_RUN_DIR = local.run_dir
+      # serve.image, serve.setup, [model]: data for workload.py; the model cache is the stack's.
+      MLINFRA_WORKLOAD    = jsonencode(each.value.workload)
+      MLINFRA_MODEL_CACHE = abspath("${path.module}/models")
+      MLINFRA_GPUS        = tostring(each.value.gpus)
     }
   }
 

@@ -19,5 +19,14 @@ variable "nodes" {
     cwd         = string
     env         = map(string)
     secrets     = map(string)
+    gpus        = number
+    workload = object({
+      image        = string
+      args         = list(string)
+      setup        = list(string)
+      model_uri    = string
+      model_sha256 = string
+      model_dir    = string
+    })
   }))
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -266,16 +267,27 @@ def test_public_serving_needs_an_external_address(tmp_path):
 # -- user values stay data -------------------------------------------------------------------------
 
 def test_user_values_never_reach_the_tf_files(tmp_path):
+    # serve.image, serve.setup and [model] too (issue 11): the image and the model's path are
+    # validated, so they carry what their grammar allows; setup is shell text, like the command.
+    model = "gs://weights-bucket/m/$(id)/${var.x}/%{if-true}/v3/"
+    command = NASTY.replace("'", "").replace('"', "")  # with an image: arguments, split like a shell line
     stack = gcp_stack(tmp_path, "inject", compute={"gpu": "t4"},
-                      serve={"command": NASTY, "env": {"NASTY": NASTY, "OTHER": "$(id)"}, "health_path": "/h?x=${y}"})
+                      gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
+                      serve={"command": command, "env": {"NASTY": NASTY, "OTHER": "$(id)"}, "health_path": "/h?x=${y}",
+                             "image": "registry.example.com:5000/acme/ranker-nasty:v1", "setup": [NASTY, "$(id)"]},
+                      model={"uri": model, "dir": "/models/x${y}"})
     rendered = stack.render()
-    for path in list(rendered.workdir.glob("*.tf")) + [rendered.workdir / "startup.sh", rendered.workdir / "launch.py"]:
+    shipped = ("startup.sh", "launch.py", "workload.py", "workload_gcp.py")
+    for path in list(rendered.workdir.glob("*.tf")) + [rendered.workdir / name for name in shipped]:
         text = path.read_text()
-        for fragment in ("pwned", "NASTY", "line2", "$(id)", "x=${y}", "{{ 7*7 }}"):
+        for fragment in ("pwned", "NASTY", "line2", "$(id)", "x=${y}", "{{ 7*7 }}", "weights-bucket", "ranker-nasty"):
             assert fragment not in text, f"{fragment!r} leaked into {path.name}"
     node = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())["nodes"]["us-central1-0"]
-    assert node["node_config"]["command"] == NASTY
+    assert node["node_config"]["command"] == command
     assert node["node_config"]["env"] == {"NASTY": NASTY, "OTHER": "$(id)"}
+    assert node["node_config"]["workload"] == {
+        "image": "registry.example.com:5000/acme/ranker-nasty:v1", "args": shlex.split(command),
+        "setup": [NASTY, "$(id)"], "model_uri": model, "model_sha256": "", "model_dir": "/models/x${y}"}
     module, diagnostics = TerraformConfig.load_config_dir(str(rendered.workdir))
     assert not diagnostics
 
@@ -396,7 +408,7 @@ def test_schema_check_runs_on_the_shared_schema():
     assert schema.load_schema(SCHEMA)["registry.terraform.io/hashicorp/google"]["resource_schemas"]["google_compute_instance"]
 
 
-@pytest.mark.parametrize("case", ["seed", "spot-multi-region", "private-kms"])
+@pytest.mark.parametrize("case", ["seed", "spot-multi-region", "private-kms", "workload"])
 def test_tfvars_satisfy_the_variable_types(tmp_path, case):
     """Terraform itself checks terraform.tfvars.json against variables.tf (a plan with no provider)."""
     if case == "seed":
@@ -405,6 +417,13 @@ def test_tfvars_satisfy_the_variable_types(tmp_path, case):
                              compute={"gpu": "t4", "machine_type": "n1-standard-4"},
                              serve={"ssh_cidrs": ["203.0.113.0/24"], "env": {"A": "b"},
                                     "secrets": {"HF": "sm:projects/ml-demo-123456/secrets/hf/versions/1"}}).render()
+    elif case == "workload":  # serve.image, serve.setup, [model] (issue 11)
+        rendered = gcp_stack(tmp_path, "wl", compute={"gpu": "l4"},
+                             gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
+                             serve={"image": "vllm/vllm-openai@sha256:" + "a" * 64, "command": "--model /models/m",
+                                    "setup": ["true"]},
+                             model={"uri": "gs://b-models/m/", "sha256": "b" * 64, "dir": "/models/m"}).render()
+        assert schema.check_module(rendered.workdir, SCHEMA) == []
     elif case == "private-kms":
         rendered = gcp_stack(tmp_path, "privkms", compute={"gpu": "l4"},
                              gcp={"public_ip": False, "disk_kms_key": KMS_KEY}).render()

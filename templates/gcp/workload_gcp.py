@@ -1,0 +1,142 @@
+"""serve.image, serve.setup and [model] on a GCP node (issue 11); launch.py calls this.
+
+``prepare`` runs as root from startup.sh, on every boot, before the server's unit starts:
+setup steps (once per node), the model copied from GCS to local disk (progress in the
+startup log, checksum verified, cached by object generation so a reboot or a restarted unit
+downloads nothing), and ``docker pull`` of the image. What the node runs, or why it failed,
+goes to /var/lib/mlinfra/workload.json and to the guest attribute ``mlinfra/workload``
+(instance metadata, readable with compute.instances.getGuestAttributes): a failure returns
+non-zero, so startup.sh stops and the server is never started on a half-made node.
+
+``server_argv`` gives the server's argv for launch.py's ``run``: with an image, ``docker run``
+with the port published, the GPUs attached (``--gpus all``: Docker with the NVIDIA Container
+Toolkit; checked on the node, see ``_check_docker``) and the model mounted read-only at
+model.dir; without, ``/bin/sh -c COMMAND`` as before, with model.dir linked to the cache.
+Standard library only (any python3 >= 3.8), like launch.py.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from urllib.request import Request, urlopen
+
+import workload  # workload.py, copied beside this file by startup.sh
+
+STATE = os.environ.get("MLINFRA_STATE_DIR", "/var/lib/mlinfra")
+SETUP_LOG = os.path.join(STATE, "setup.log")
+SERVICE_USER = "mlserve"
+SERVICE_HOME = os.environ.get("MLINFRA_SERVICE_HOME", "/var/lib/mlserve")  # startup.sh makes it
+CONTAINER = "mlinfra-serve"
+# GCE_METADATA_HOST is the override Google's client libraries honour; the GCS URL is overridable
+# for tests against a stand-in (fake-gcs-server serves the same JSON API).
+METADATA_HOST = os.environ.get("GCE_METADATA_HOST", "metadata.google.internal")
+GCS_URL = os.environ.get("MLINFRA_GCS_URL", workload.GCS_API)
+
+
+def _spec(node):
+    return node.get("workload") or {}
+
+
+def _metadata(path, data=None):
+    url = "http://%s/computeMetadata/v1/%s" % (METADATA_HOST, path)
+    request = Request(url, data=data, method="PUT" if data is not None else "GET",
+                      headers={"Metadata-Flavor": "Google"})
+    with urlopen(request, timeout=10) as response:
+        return response.read()
+
+
+def _token():
+    try:
+        return json.loads(_metadata("instance/service-accounts/default/token"))["access_token"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise workload.WorkloadError("model: no service-account token from the metadata server (%s)" % exc) from None
+
+
+def _publish(status):
+    """Where `status`/`verify` can read it without SSH: a file, and a guest attribute."""
+    os.makedirs(STATE, exist_ok=True)
+    text = json.dumps(status, sort_keys=True)
+    with open(os.path.join(STATE, "workload.json"), "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    try:
+        _metadata("instance/guest-attributes/mlinfra/workload", text.encode())
+    except OSError as exc:  # guest attributes off (enable-guest-attributes): the file and the log remain
+        print("mlinfra: cannot publish the workload status as a guest attribute (%s)" % exc, file=sys.stderr)
+
+
+def model_cache(spec):
+    return os.path.join(STATE, "models", workload.cache_key(spec["model_uri"]))
+
+
+def _check_docker(gpus):
+    """Docker, and with GPUs the NVIDIA Container Toolkit's runtime hook, must be on the image.
+    Checked, not assumed, and nothing is installed: the default boot image for a GPU is a Deep
+    Learning VM family (clouds/gcp/catalog.default_image), and what an image ships changes with
+    its release; a custom gcp.image may have neither. (Source: none found. Searching public
+    references for what the Deep Learning VM images ship — Docker, nvidia-container-toolkit —
+    gave no authoritative page, so this check is the contract, and its message the diagnosis.)
+    `--gpus all` is Docker's flag for the toolkit's hook (docs.nvidia.com/datacenter/cloud-native/
+    container-toolkit/latest/docker-specialized.html); podman uses CDI: --device nvidia.com/gpu=all."""
+    engine = workload.find_engine("docker")
+    if gpus and not (shutil.which("nvidia-container-cli") or shutil.which("nvidia-ctk")):
+        raise workload.WorkloadError("serve.image with GPUs needs the NVIDIA Container Toolkit on the boot image "
+                                     "(no nvidia-ctk or nvidia-container-cli): choose an image that has it (gcp.image)")
+    return engine
+
+
+def prepare(node):
+    spec = _spec(node)
+    status = {"image": spec.get("image", ""), "command": node["command"]}
+    try:
+        os.makedirs(STATE, exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root"}
+        env.update(node.get("env") or {})
+        status["setup"] = workload.run_setup(spec.get("setup", []), env, SERVICE_HOME, SETUP_LOG,
+                                             os.path.join(STATE, "setup.json"))
+        if spec.get("model_uri"):
+            cache = model_cache(spec)
+            os.makedirs(cache, exist_ok=True)
+            status["model"] = workload.fetch_model(spec["model_uri"], spec.get("model_sha256", ""), cache, sys.stdout,
+                                                   GCS_URL, _token())
+            if not spec.get("image"):  # the server reads model.dir on the host: a link to the cache
+                link = spec["model_dir"]
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                if os.path.islink(link):
+                    os.unlink(link)
+                os.symlink(os.path.join(cache, "model"), link)
+        if spec.get("image"):
+            engine = _check_docker(node.get("gpus"))
+            print("mlinfra: pulling %s" % spec["image"], flush=True)
+            if subprocess.call([engine, "pull", spec["image"]], stdin=subprocess.DEVNULL) != 0:
+                raise workload.WorkloadError("serve.image: `docker pull %s` failed (see the startup log)" % spec["image"])
+            # The unit runs as the service user; the docker group lets it start the container
+            # (root-equivalent on this VM, which exists to run this one server).
+            if subprocess.call(["usermod", "-aG", "docker", SERVICE_USER]) != 0:
+                raise workload.WorkloadError("serve.image: cannot add %s to the docker group" % SERVICE_USER)
+    except workload.WorkloadError as exc:
+        status["error"] = str(exc)
+        _publish(status)
+        print("mlinfra: %s" % exc, file=sys.stderr)
+        return 1
+    _publish(status)
+    return 0
+
+
+def server_argv(node, env):
+    """The server's argv for execve; sets MODEL_DIR in ``env``."""
+    spec = _spec(node)
+    if spec.get("model_uri"):
+        env["MODEL_DIR"] = spec["model_dir"]
+    if not spec.get("image"):
+        return ["/bin/sh", "-c", node["command"]]
+    engine = workload.find_engine("docker")
+    # A container left by a crashed run would hold the name: remove it first.
+    subprocess.call([engine, "rm", "-f", CONTAINER], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    passed = [name for name in env if name in (node.get("env") or {}) or name in (node.get("secrets") or {})]
+    passed += ["PORT", "MLINFRA_STACK", "MLINFRA_NODE"] + (["MODEL_DIR"] if spec.get("model_uri") else [])
+    model_host = os.path.join(model_cache(spec), "model") if spec.get("model_uri") else ""
+    # bind "": the port on every interface; the stack's firewall rules decide who reaches it.
+    return workload.container_argv(engine, spec["image"], CONTAINER, int(node["port"]), passed, spec.get("args", []),
+                                   model_host, spec.get("model_dir", ""), node.get("gpus", 0), bind="")

@@ -1,0 +1,178 @@
+"""A GCP node's workload (issue 11): templates/gcp/workload_gcp.py through launch.py, as the node
+runs them (`launch.py prepare`, then `launch.py run`), from the files a rendered module ships.
+
+Google's services are stand-ins here:
+- GCS: a real fake-gcs-server, which speaks the JSON API the node uses (objects.get, objects.list,
+  alt=media; cloud.google.com/storage/docs/json_api/v1/objects);
+- the metadata server and the Compute API: tests/standins/google.py (the token, guest attributes
+  written by the node and read by the operator's gate);
+- docker, nvidia-ctk and usermod: scripts that record their argv (no container runs in this sandbox,
+  and the test must not change this machine's users).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import Emulator, gcp_stack
+from standins.google import TOKEN, Google
+
+from mlinfra import verify
+from mlinfra.nodes import Node
+from mlinfra.targets.gcp import node_checks
+
+SERVICE_ACCOUNT = "ml-node@ml-demo-123456.iam.gserviceaccount.com"
+
+
+@pytest.fixture
+def google():
+    emulator = Emulator()
+    emulator.create_bucket("models")
+    metadata = Google.start()
+    yield emulator, metadata
+    metadata.stop()
+    emulator.stop()
+
+
+STAND_IN = f"""#!{sys.executable}
+import json, os, sys
+with open(os.path.join(os.path.dirname(__file__), "calls.jsonl"), "a") as log:
+    log.write(json.dumps([os.path.basename(__file__)] + sys.argv[1:]) + "\\n")
+"""
+
+
+@pytest.fixture
+def node_dir(tmp_path):
+    """The node's /opt/mlinfra: launch.py and its helpers as a rendered GCP module ships them."""
+    stack = gcp_stack(tmp_path, "wl", gcp={"service_account": SERVICE_ACCOUNT},
+                      serve={"setup": ["true"]}, model={"uri": "gs://models/m/"})
+    workdir = stack.render().workdir
+    opt = tmp_path / "opt"
+    opt.mkdir()
+    for name in ("launch.py", "workload.py", "workload_gcp.py"):
+        (opt / name).write_text((workdir / name).read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("docker", "nvidia-ctk", "usermod"):
+        (bin_dir / name).write_text(STAND_IN)
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")  # the driver answers: run waits for it
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    (tmp_path / "home").mkdir()
+    return opt
+
+
+def node_config(tmp_path: Path, **workload) -> Path:
+    values = {"image": "", "args": [], "setup": [], "model_uri": "", "model_sha256": "", "model_dir": ""} | workload
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps({"stack": "wl", "node": "us-central1-0", "port": 8000, "gpus": 1, "health_path": "/",
+                                  "env": {"MODE": "$(id)"}, "secrets": {}, "workload": values,
+                                  "command": 'cat "$MODEL_DIR/w.bin" > served'}))
+    return config
+
+
+def launch(tmp_path: Path, node_dir: Path, command: str, config: Path, google: Google, emulator: Emulator):
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GCE_METADATA_HOST": google.address, "MLINFRA_GCS_URL": emulator.url,
+           "MLINFRA_STATE_DIR": str(tmp_path / "state"), "MLINFRA_SERVICE_HOME": str(tmp_path / "home")}
+    return subprocess.run([sys.executable, str(node_dir / "launch.py"), command, str(config)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_prepare_fetches_the_model_once_runs_setup_and_publishes_what_the_node_runs(tmp_path, node_dir, google):
+    emulator, metadata = google
+    generation = emulator.upload("models", "m/w.bin", b"weights-v3")["generation"]
+    model_dir = tmp_path / "models" / "m"
+    config = node_config(tmp_path, setup=["echo ran >> setup-ran"], model_uri="gs://models/m/w.bin",
+                         model_sha256=hashlib.sha256(b"weights-v3").hexdigest(), model_dir=str(model_dir))
+    first = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert first.returncode == 0, first.stderr
+    assert "model: downloading gs://models/m/w.bin (1 file, 0.0 MiB)" in first.stdout
+    assert (model_dir / "w.bin").read_bytes() == b"weights-v3"  # model.dir: a link to the cache
+    status = json.loads(metadata.guest[("mlinfra", "workload")])
+    assert status["model"]["generation"] == str(generation) and status["model"]["downloaded"] is True
+    assert status["setup"] == {"steps": 1, "result": "ok"} and "error" not in status
+    assert json.loads((tmp_path / "state" / "workload.json").read_text()) == status
+    # A reboot: prepare again. No download, no second setup.
+    again = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert again.returncode == 0, again.stderr
+    assert "is cached (generation %s), no download" % generation in again.stdout
+    assert (tmp_path / "home" / "setup-ran").read_text() == "ran\n"
+    # The server (no image): serve.command with MODEL_DIR = model.dir.
+    run = launch(tmp_path, node_dir, "run", config, metadata, emulator)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "served").read_bytes() == b"weights-v3"
+
+
+def test_a_bad_checksum_fails_prepare_and_says_why_where_status_can_read_it(tmp_path, node_dir, google):
+    emulator, metadata = google
+    emulator.upload("models", "m/w.bin", b"tampered")
+    config = node_config(tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64,
+                         model_dir=str(tmp_path / "models" / "m"))
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert done.returncode == 1
+    message = f"model gs://models/m/w.bin: checksum mismatch: model.sha256 is {'0' * 64}, the download's is " \
+              f"{hashlib.sha256(b'tampered').hexdigest()}"
+    assert f"mlinfra: {message}" in done.stderr
+    assert json.loads(metadata.guest[("mlinfra", "workload")])["error"] == message
+    assert not (tmp_path / "models" / "m").exists()
+
+
+def test_an_image_is_pulled_then_run_with_gpus_port_and_the_model_read_only(tmp_path, node_dir, google):
+    emulator, metadata = google
+    emulator.upload("models", "m/a.bin", b"a")
+    emulator.upload("models", "m/b.bin", b"b")
+    image = "vllm/vllm-openai@sha256:" + "c" * 64
+    config = node_config(tmp_path, image=image, args=["--model", "/models/m"], model_uri="gs://models/m/",
+                         model_dir="/models/m")
+    prepared = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert prepared.returncode == 0, prepared.stderr
+    assert not Path("/models/m").exists()  # with an image, model.dir exists only inside the container
+    run = launch(tmp_path, node_dir, "run", config, metadata, emulator)
+    assert run.returncode == 0, run.stderr
+    calls = [json.loads(line) for line in (tmp_path / "bin" / "calls.jsonl").read_text().splitlines()]
+    cache = next((tmp_path / "state" / "models").glob("*/model"))
+    assert calls == [
+        ["docker", "pull", image],
+        ["usermod", "-aG", "docker", "mlserve"],
+        ["docker", "rm", "-f", "mlinfra-serve"],
+        ["docker", "run", "--rm", "--name", "mlinfra-serve", "--publish", "8000:8000",
+         "--env", "MLINFRA_NODE", "--env", "MLINFRA_STACK", "--env", "MODE", "--env", "MODEL_DIR", "--env", "PORT",
+         "--volume", f"{cache}:/models/m:ro", "--gpus", "all", image, "--model", "/models/m"],
+    ]
+
+
+def test_an_image_with_gpus_needs_the_nvidia_container_toolkit(tmp_path, node_dir, google):
+    emulator, metadata = google
+    os.remove(tmp_path / "bin" / "nvidia-ctk")
+    config = node_config(tmp_path, image="vllm/vllm-openai:v0.6.3")
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert done.returncode == 1
+    assert "serve.image with GPUs needs the NVIDIA Container Toolkit on the boot image" in done.stderr
+
+
+def test_the_gate_says_why_a_node_never_started_its_server(tmp_path, node_dir, google, monkeypatch):
+    """The node's failed checksum, written at boot, is what `verify` shows: read back with
+    getGuestAttributes by the operator's side (targets/gcp/node_checks.py), without waiting out
+    the health deadline for a report that will never come."""
+    emulator, metadata = google
+    emulator.upload("models", "m/w.bin", b"tampered")
+    config = node_config(tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64,
+                         model_dir=str(tmp_path / "models" / "m"))
+    assert launch(tmp_path, node_dir, "prepare", config, metadata, emulator).returncode == 1
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{metadata.address}/compute/v1")
+    stack = gcp_stack(tmp_path, "wl", gcp={"service_account": SERVICE_ACCOUNT, "zones": ["us-central1-a"]},
+                      model={"uri": "gs://models/m/w.bin"}, verify={"health_timeout_s": 20})
+    monkeypatch.setattr(node_checks, "BOOT_GRACE_S", 0.0)  # were the early stop lost, this waits 20 s, not 15 min
+    node = Node(key="us-central1-0", name="wl-us-central1-0", region="us-central1", replica=0,
+                endpoint="http://192.0.2.10:8000", health_url="http://192.0.2.10:8000/health", zone="us-central1-a")
+    report = verify.run(stack, [node], checks=["health"])
+    health = report.results[0]
+    assert not health.passed and health.summary == "no report"
+    assert health.message.startswith("the node did not start its server: model gs://models/m/w.bin: checksum mismatch: ")
