@@ -1,6 +1,6 @@
 """serve.image, serve.setup and [model] as the stack file gives them (issue 11): what is accepted,
 its canonical form, and the warning for an image that is not pinned. Bad input is the corpus in
-tests/data/bad/115-131 and 128-129 (autoscale) (one line, exit 2, nothing run: tests/test_spec.py)."""
+tests/data/bad/115-131 (one line, exit 2, nothing run: tests/test_spec.py)."""
 
 from __future__ import annotations
 

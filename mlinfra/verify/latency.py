@@ -46,6 +46,7 @@ from mlinfra.errors import UsageError
 from mlinfra.verify.histogram import Histogram, fold_counts
 from mlinfra.verify.http1 import Connection, Pool, loop_factory, loop_name, run_on
 from mlinfra.verify.http1 import prepare_request as _prepare
+from mlinfra.verify.result import ErrorTally
 
 # Python rounds epoll timeouts up to whole milliseconds, so a timer fires 0-1 ms after the
 # time asked for. The open-loop scheduler asks for EARLY_S before each due time and sends
@@ -68,7 +69,7 @@ def default_payload() -> dict:
 
 
 @dataclass
-class LoadResult:
+class LoadResult(ErrorTally):
     """Figures of one measured run. Histograms hold microseconds of successful responses."""
 
     url: str
@@ -90,15 +91,6 @@ class LoadResult:
     loop_lag_max_ms: float = 0.0
     aborted: str = ""  # why the run could not take place at all (no connection possible)
     event_loop: str = ""  # "uvloop" or "asyncio": the loop the generator ran on
-
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.values())
-
-    @property
-    def error_rate(self) -> float:
-        total = self.ok + self.error_count
-        return self.error_count / total if total else 0.0
 
     @property
     def rps(self) -> float:

@@ -22,3 +22,20 @@ class CheckResult:
     @property
     def status(self) -> Status:
         return "skip" if self.skipped else ("pass" if self.passed else "fail")
+
+
+class ErrorTally:
+    """Error counting shared by the request and the token load results (fields ``ok`` and
+    ``errors``: counts by kind, e.g. ``http_500``, ``timeout``)."""
+
+    ok: int
+    errors: dict[str, int]
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def error_rate(self) -> float:
+        total = self.ok + self.error_count
+        return self.error_count / total if total else 0.0

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from mlinfra.verify.histogram import Histogram
 from mlinfra.verify.http1 import prepare_request
+from mlinfra.verify.result import ErrorTally
 from mlinfra.verify.sse import Events, Sample, StreamError, take_event
 
 PERCENTILES = (50, 90, 95, 99)
@@ -38,7 +39,7 @@ _clock = time.monotonic
 
 
 @dataclass
-class StreamResult:
+class StreamResult(ErrorTally):
     """Figures of one run. Histograms hold microseconds of successful requests."""
 
     url: str
@@ -58,15 +59,6 @@ class StreamResult:
     rates: Histogram = field(default_factory=Histogram)  # per request output tokens/s, x1000
     output_tokens: int = 0
     cpu_fraction: float = 0.0
-
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.values())
-
-    @property
-    def error_rate(self) -> float:
-        total = self.ok + self.error_count
-        return self.error_count / total if total else 0.0
 
     @property
     def tokens_per_s(self) -> float:
