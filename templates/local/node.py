@@ -307,6 +307,9 @@ def stop(key: str) -> int:
             print(f"node {key}: could not remove container {name} ({exc}); remove it with `{engine} rm -f {name}`")
     # The supervisor is gone by now, so it cannot write the exit file after this.
     _exit_path(run_dir, key).unlink(missing_ok=True)
+    # A destroyed node's setup is forgotten: the next node (up after down, heal, rebuild) runs it
+    # again, so a rebuild proves the setup still works instead of trusting an old run.
+    (run_dir / f"{key}.setup.json").unlink(missing_ok=True)
     path.unlink(missing_ok=True)
     print(f"node {key}: stopped")
     return 0
