@@ -209,7 +209,7 @@ def _node_env(token: str) -> dict:
     if STACK_VAR in os.environ:
         env[HELD_STACK_VAR] = os.environ[STACK_VAR]
     env.update(dict.fromkeys(BLAS_THREAD_VARS, "1"))
-    env.update(json.loads(os.environ.get("MLINFRA_ENV") or "{}"))
+    env.update(json.loads(os.environ.get("MLINFRA_NODE_ENV") or "{}"))
     for name, ref in json.loads(os.environ.get("MLINFRA_SECRETS") or "{}").items():
         source = ref.removeprefix("env:")
         if source not in os.environ:

@@ -31,14 +31,14 @@ resource "terraform_data" "node" {
     interpreter = [var.python, abspath("${path.module}/node.py"), "start"]
     command     = each.key
     environment = {
-      MLINFRA_STACK   = var.stack
-      MLINFRA_NODE    = each.key
-      MLINFRA_COMMAND = each.value.command
-      MLINFRA_PORT    = tostring(each.value.port)
-      MLINFRA_CWD     = each.value.cwd
-      MLINFRA_ENV     = jsonencode(each.value.env)
-      MLINFRA_SECRETS = jsonencode(each.value.secrets)
-      MLINFRA_RUN_DIR = local.run_dir
+      MLINFRA_STACK    = var.stack
+      MLINFRA_NODE     = each.key
+      MLINFRA_COMMAND  = each.value.command
+      MLINFRA_PORT     = tostring(each.value.port)
+      MLINFRA_CWD      = each.value.cwd
+      MLINFRA_NODE_ENV = jsonencode(each.value.env)
+      MLINFRA_SECRETS  = jsonencode(each.value.secrets)
+      MLINFRA_RUN_DIR  = local.run_dir
       # serve.image, serve.setup, [model]: data for workload.py; the model cache is the stack's.
       MLINFRA_WORKLOAD    = jsonencode(each.value.workload)
       MLINFRA_MODEL_CACHE = abspath("${path.module}/models")

@@ -64,7 +64,7 @@ class Launcher:
         environment = os.environ | {
             "MLINFRA_STACK": STACK, "MLINFRA_NODE": key, "MLINFRA_COMMAND": command,
             "MLINFRA_PORT": str(port or free_port()), "MLINFRA_CWD": str(self.cwd) if cwd is None else cwd,
-            "MLINFRA_ENV": json.dumps(env or {}), "MLINFRA_RUN_DIR": str(self.run_dir)}
+            "MLINFRA_NODE_ENV": json.dumps(env or {}), "MLINFRA_RUN_DIR": str(self.run_dir)}
         return subprocess.run([sys.executable, str(NODE_PY), "start", key], env=environment,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
 
