@@ -1,12 +1,13 @@
 """serve.image, serve.setup and [model] on a GCP node (issue 11); launch.py calls this.
 
 ``prepare`` runs as root from startup.sh, on every boot, before the server's unit starts:
-setup steps (once per node), the model copied from GCS to local disk (progress in the
+setup steps (once per node; as the server's user, in its environment with its secrets), the model copied from GCS to local disk (progress in the
 startup log, checksum verified, cached by object generation so a reboot or a restarted unit
 downloads nothing), and ``docker pull`` of the image. What the node runs, or why it failed,
 goes to /var/lib/mlinfra/workload.json and to the guest attribute ``mlinfra/workload``
-(instance metadata, readable with compute.instances.getGuestAttributes): a failure returns
-non-zero, so startup.sh stops and the server is never started on a half-made node.
+(instance metadata, readable with compute.instances.getGuestAttributes): any failure, expected or
+not, is published so and returns non-zero, so startup.sh stops before it writes this boot's
+"prepared" marker, and the server's unit (which needs it) never starts on a half-made node.
 
 ``server_argv`` gives the server's argv for launch.py's ``run``: with an image, ``docker run``
 with the port published, the GPUs attached (``--gpus all``: Docker with the NVIDIA Container
@@ -142,6 +143,7 @@ def prepare(node, server_environment):
             secrets = [env[name] for name in (node.get("secrets") or {}) if name in env]
             # The log holds what setup printed: readable by root only, like the secrets it may echo.
             os.close(os.open(SETUP_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
+            os.chmod(SETUP_LOG, 0o600)  # a log from an earlier version may be world-readable
             status["setup"] = workload.run_setup(spec["setup"], env, home, SETUP_LOG,
                                                  os.path.join(STATE, "setup.json"), _become(uid, gid))
         else:
