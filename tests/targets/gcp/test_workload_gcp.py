@@ -30,9 +30,10 @@ from mlinfra.nodes import Node
 from mlinfra.targets.gcp import node_checks
 
 SERVICE_ACCOUNT = "ml-node@ml-demo-123456.iam.gserviceaccount.com"
-# The node's unit runs as mlserve; here setup runs as `nobody`, so these tests drop root as the node
-# does (this suite runs as root; the test must not add users to this machine).
-SERVICE_USER = pwd.getpwnam("nobody")
+# The node's unit runs as mlserve; here setup runs as `nobody` when the suite runs as root, so these
+# tests drop root as the node does (they must not add users to this machine); run as another user,
+# setup runs as that user, and the node's code keeps it (no drop to do).
+SERVICE_USER = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
 SECRET = "hf_setup-s3cr3t-0123456789"
 VERSION = "projects/ml-demo-123456/secrets/hf-token/versions/latest"
 
@@ -72,7 +73,8 @@ def node_dir(tmp_path):
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")  # the driver answers: run waits for it
     (bin_dir / "nvidia-smi").chmod(0o755)
     (tmp_path / "home").mkdir()
-    os.chown(tmp_path / "home", SERVICE_USER.pw_uid, SERVICE_USER.pw_gid)  # as useradd --create-home makes it
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "home", SERVICE_USER.pw_uid, SERVICE_USER.pw_gid)  # as useradd --create-home makes it
     return opt
 
 
