@@ -8,6 +8,7 @@ launcher and the GCP launcher share. Nothing here runs a container or downloads 
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 import shutil
@@ -32,6 +33,13 @@ _HEX64 = re.compile(r"^[a-f0-9]{64}$")
 # Characters a model path may not hold: whitespace and controls (log lines, argv), and ":"
 # in model.dir, which would split a container's --volume host:container:ro argument.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+# Where model.dir may be. A GCP node without an image makes model.dir a symlink to its model cache,
+# as root, at boot: a system directory (/opt, /usr/lib) or a system link (/bin -> usr/bin on merged-/usr
+# images) must never be a candidate, nor mlinfra's own files. So the rule is an allow-list, not a
+# deny-list: a path of its own below a prefix that conventionally holds data (FHS: /srv, /mnt;
+# /models and /data by usage), at least one level down so the prefix itself is never replaced.
+# /opt is left out on purpose: images install software there (/opt/conda on Deep Learning VMs).
+MODEL_DIR_PREFIXES = ("/models", "/data", "/srv", "/mnt")
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,14 @@ class Model(Section):
             raise SpecError(
                 "model.dir", f"{self.dir!r} must be an absolute directory path (not '/', no '..', ':' or spaces)"
             )
+        normal = posixpath.normpath(self.dir)
+        if not any(normal.startswith(prefix + "/") for prefix in MODEL_DIR_PREFIXES):
+            raise SpecError(
+                "model.dir",
+                f"{self.dir!r} must be a directory of its own below {', '.join(MODEL_DIR_PREFIXES)} (like "
+                "'/models/demand'): the node links it to the model, so it is never a system directory",
+            )
+        object.__setattr__(self, "dir", normal)
 
     @property
     def in_gcs(self) -> bool:

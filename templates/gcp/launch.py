@@ -120,11 +120,17 @@ def read_secrets(refs):
     return values
 
 
+def server_environment(node, base=None):
+    """The server's environment: serve.env, PORT, MLINFRA_*, and the secrets (serve.setup's too)."""
+    env = environment(node, base)
+    env.update(read_secrets(node.get("secrets")))
+    return env
+
+
 def run(node):
     wait_for_gpu(node)
-    env = environment(node)
     try:
-        env.update(read_secrets(node.get("secrets")))
+        env = server_environment(node)
     except SecretError as exc:
         print("mlinfra: %s" % exc, file=sys.stderr)
         return 1
@@ -154,7 +160,7 @@ def main(argv):
     if argv[1] == "prepare":
         prepare(node)
         hooks = workload_hooks(node)  # issue 11: setup, model, image pull; non-zero stops startup.sh
-        return hooks.prepare(node) if hooks else 0
+        return hooks.prepare(node, server_environment) if hooks else 0
     return run(node)  # returns only when it cannot start the server; otherwise the server replaced it
 
 

@@ -9,25 +9,49 @@ metadata() {
     "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"
 }
 
+# This boot's preparation succeeded: the server's unit starts only when this file exists
+# (ConditionPathExists: a unit whose condition fails is skipped, not failed; systemd.unit(5)).
+# /run is emptied at every boot, so on a reboot the enabled unit waits for this script's prepare
+# instead of starting on a half-prepared node; startup.sh starts it once prepare succeeded.
+PREPARED=/run/mlinfra/prepared
+
+# fetch_file KEY DEST MODE [optional]: the metadata value as a whole file or not at all (written
+# beside it, then renamed), so a unit importing DEST never reads a half-written one. An optional
+# value that is absent becomes an empty file ("not shipped"); any other failure keeps the old file.
+fetch_file() {
+  if ! metadata "$1" >"$2.new"; then
+    if [ "${4:-}" != optional ]; then
+      rm -f "$2.new"
+      echo "mlinfra: cannot read instance metadata $1" >&2
+      return 1
+    fi
+    : >"$2.new"
+  fi
+  chmod "$3" "$2.new"
+  mv -f "$2.new" "$2"
+}
+
+# A rerun of this script (without a reboot) prepares again: the server stops first, and starts only
+# if this preparation succeeds too.
+rm -f "$PREPARED"
+systemctl stop mlinfra-serve.service 2>/dev/null || true
+
 install -d -m 0755 /opt/mlinfra /etc/mlinfra
-metadata mlinfra-launcher >/opt/mlinfra/launch.py.new
-mv /opt/mlinfra/launch.py.new /opt/mlinfra/launch.py
-metadata mlinfra-node >/etc/mlinfra/node.json.new
-chmod 0640 /etc/mlinfra/node.json.new
-mv /etc/mlinfra/node.json.new /etc/mlinfra/node.json
+fetch_file mlinfra-launcher /opt/mlinfra/launch.py 0644
+fetch_file mlinfra-node /etc/mlinfra/node.json 0640
 # The reference server (`mlinfra serve`), shipped only when serve.command uses it.
-metadata mlinfra-reference-server >/opt/mlinfra/serve.py || true
+fetch_file mlinfra-reference-server /opt/mlinfra/serve.py 0644 optional
 # Its model, as the package path serve.py imports (mlinfra.demand), beside it.
 install -d -m 0755 /opt/mlinfra/mlinfra
 : >/opt/mlinfra/mlinfra/__init__.py
-metadata mlinfra-reference-model >/opt/mlinfra/mlinfra/demand.py || true
+fetch_file mlinfra-reference-model /opt/mlinfra/mlinfra/demand.py 0644 optional
 # Its OpenAI-compatible endpoints and their language model (mlinfra.completions, mlinfra.textgen).
-metadata mlinfra-reference-completions >/opt/mlinfra/mlinfra/completions.py || true
-metadata mlinfra-reference-textgen >/opt/mlinfra/mlinfra/textgen.py || true
-metadata mlinfra-reference-textgen-data >/opt/mlinfra/mlinfra/textgen.json || true
+fetch_file mlinfra-reference-completions /opt/mlinfra/mlinfra/completions.py 0644 optional
+fetch_file mlinfra-reference-textgen /opt/mlinfra/mlinfra/textgen.py 0644 optional
+fetch_file mlinfra-reference-textgen-data /opt/mlinfra/mlinfra/textgen.json 0644 optional
 # serve.image, serve.setup and [model] (issue 11): launch.py's helpers, beside it.
-metadata mlinfra-workload >/opt/mlinfra/workload.py
-metadata mlinfra-workload-gcp >/opt/mlinfra/workload_gcp.py
+fetch_file mlinfra-workload /opt/mlinfra/workload.py 0644
+fetch_file mlinfra-workload-gcp /opt/mlinfra/workload_gcp.py 0644
 
 # The model server runs as an unprivileged system user with its own home for caches.
 if ! id -u mlserve >/dev/null 2>&1; then
@@ -35,13 +59,19 @@ if ! id -u mlserve >/dev/null 2>&1; then
 fi
 chgrp mlserve /etc/mlinfra/node.json
 
+# A failure stops this script here (set -e): no marker, so the server stays stopped, and the
+# node's reason is in the guest attribute mlinfra/workload.
 python3 /opt/mlinfra/launch.py prepare /etc/mlinfra/node.json
+install -d -m 0755 /run/mlinfra
+: >"$PREPARED"
 
-cat >/etc/systemd/system/mlinfra-serve.service <<'UNIT'
+cat >/etc/systemd/system/mlinfra-serve.service.new <<'UNIT'
 [Unit]
 Description=mlinfra model server (serve.command from the stack)
 Wants=network-online.target
 After=network-online.target
+# Written by startup.sh once this boot's `launch.py prepare` succeeded.
+ConditionPathExists=/run/mlinfra/prepared
 
 [Service]
 User=mlserve
@@ -55,6 +85,7 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 UNIT
+mv -f /etc/systemd/system/mlinfra-serve.service.new /etc/systemd/system/mlinfra-serve.service
 
 # -- node-side checks: the gate's gpu and health figures, published as a guest attribute --
 metadata mlinfra-guest-report >/opt/mlinfra/guest_report.py

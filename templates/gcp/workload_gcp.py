@@ -1,12 +1,13 @@
 """serve.image, serve.setup and [model] on a GCP node (issue 11); launch.py calls this.
 
 ``prepare`` runs as root from startup.sh, on every boot, before the server's unit starts:
-setup steps (once per node), the model copied from GCS to local disk (progress in the
+setup steps (once per node; as the server's user, in its environment with its secrets), the model copied from GCS to local disk (progress in the
 startup log, checksum verified, cached by object generation so a reboot or a restarted unit
 downloads nothing), and ``docker pull`` of the image. What the node runs, or why it failed,
 goes to /var/lib/mlinfra/workload.json and to the guest attribute ``mlinfra/workload``
-(instance metadata, readable with compute.instances.getGuestAttributes): a failure returns
-non-zero, so startup.sh stops and the server is never started on a half-made node.
+(instance metadata, readable with compute.instances.getGuestAttributes): any failure, expected or
+not, is published so and returns non-zero, so startup.sh stops before it writes this boot's
+"prepared" marker, and the server's unit (which needs it) never starts on a half-made node.
 
 ``server_argv`` gives the server's argv for launch.py's ``run``: with an image, ``docker run``
 with the port published, the GPUs attached (``--gpus all``: Docker with the NVIDIA Container
@@ -17,6 +18,7 @@ Standard library only (any python3 >= 3.8), like launch.py.
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,7 @@ import workload  # workload.py, copied beside this file by startup.sh
 
 STATE = os.environ.get("MLINFRA_STATE_DIR", "/var/lib/mlinfra")
 SETUP_LOG = os.path.join(STATE, "setup.log")
-SERVICE_USER = "mlserve"
+SERVICE_USER = os.environ.get("MLINFRA_SERVICE_USER", "mlserve")  # the unit's User=; tests use another
 SERVICE_HOME = os.environ.get("MLINFRA_SERVICE_HOME", "/var/lib/mlserve")  # startup.sh makes it
 CONTAINER = "mlinfra-serve"
 # GCE_METADATA_HOST is the override Google's client libraries honour; the GCS URL is overridable
@@ -56,10 +58,13 @@ def _token():
 
 def _publish(status):
     """Where `status`/`verify` can read it without SSH: a file, and a guest attribute."""
-    os.makedirs(STATE, exist_ok=True)
     text = json.dumps(status, sort_keys=True)
-    with open(os.path.join(STATE, "workload.json"), "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+    try:  # a state dir that cannot be written (the failure being published) must not stop the attribute
+        os.makedirs(STATE, exist_ok=True)
+        with open(os.path.join(STATE, "workload.json"), "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    except OSError as exc:
+        print("mlinfra: cannot write %s (%s)" % (os.path.join(STATE, "workload.json"), exc), file=sys.stderr)
     try:
         _metadata("instance/guest-attributes/mlinfra/workload", text.encode())
     except OSError as exc:  # guest attributes off (enable-guest-attributes): the file and the log remain
@@ -86,27 +91,74 @@ def _check_docker(gpus):
     return engine
 
 
-def prepare(node):
+def _service_user():
+    """(uid, gid, home) of the user the server's unit runs as (User=mlserve; startup.sh makes it)."""
+    entry = pwd.getpwnam(SERVICE_USER)
+    return entry.pw_uid, entry.pw_gid, SERVICE_HOME
+
+
+def _become(uid, gid):
+    """For serve.setup's child: drop root for the service user, as systemd's User= does for the
+    server, so what setup installs (pip install --user, caches under HOME) is the server's."""
+    if os.getuid() == uid:
+        return None  # already that user (a test run as the service user)
+
+    def demote():
+        os.setgroups(os.getgrouplist(SERVICE_USER, gid))
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return demote
+
+
+def _setup_environment(node, server_environment, home):
+    """What the server's unit sees (launch.py's run: serve.env, PORT, MLINFRA_*, the secrets from
+    Secret Manager), on the base systemd gives a User= service: HOME, USER, LOGNAME of that user."""
+    base = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": home,
+            "USER": SERVICE_USER, "LOGNAME": SERVICE_USER, "LANG": os.environ.get("LANG", "C.UTF-8")}
+    return server_environment(node, base)
+
+
+def _redact(text, secrets):
+    """No secret value in what is published (guest attributes are readable by project viewers) or printed."""
+    for value in sorted(secrets, key=len, reverse=True):
+        if value:
+            text = text.replace(value, "***")
+    return text
+
+
+def prepare(node, server_environment):
+    """Setup, the model and the image for this boot; 0 when the server may start. Every failure,
+    expected or not, is published as the node's reason: a boot that dies with a traceback would
+    leave the gate waiting out its deadline for a report that never comes."""
     spec = _spec(node)
     status = {"image": spec.get("image", ""), "command": node["command"]}
+    stage, secrets = "prepare", []
     try:
         os.makedirs(STATE, exist_ok=True)
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root"}
-        env.update(node.get("env") or {})
-        status["setup"] = workload.run_setup(spec.get("setup", []), env, SERVICE_HOME, SETUP_LOG,
-                                             os.path.join(STATE, "setup.json"))
+        if spec.get("setup"):
+            stage = "serve.setup"
+            uid, gid, home = _service_user()
+            env = _setup_environment(node, server_environment, home)
+            secrets = [env[name] for name in (node.get("secrets") or {}) if name in env]
+            # The log holds what setup printed: readable by root only, like the secrets it may echo.
+            os.close(os.open(SETUP_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600))
+            os.chmod(SETUP_LOG, 0o600)  # a log from an earlier version may be world-readable
+            status["setup"] = workload.run_setup(spec["setup"], env, home, SETUP_LOG,
+                                                 os.path.join(STATE, "setup.json"), _become(uid, gid))
+        else:
+            status["setup"] = {"steps": 0, "result": "none"}
         if spec.get("model_uri"):
+            stage = "model"
             cache = model_cache(spec)
             os.makedirs(cache, exist_ok=True)
             status["model"] = workload.fetch_model(spec["model_uri"], spec.get("model_sha256", ""), cache, sys.stdout,
                                                    GCS_URL, _token())
             if not spec.get("image"):  # the server reads model.dir on the host: a link to the cache
-                link = spec["model_dir"]
-                os.makedirs(os.path.dirname(link), exist_ok=True)
-                if os.path.islink(link):
-                    os.unlink(link)
-                os.symlink(os.path.join(cache, "model"), link)
+                stage = "model.dir %s" % spec["model_dir"]
+                _link_model(os.path.join(cache, "model"), spec["model_dir"])
         if spec.get("image"):
+            stage = "serve.image"
             engine = _check_docker(node.get("gpus"))
             print("mlinfra: pulling %s" % spec["image"], flush=True)
             if subprocess.call([engine, "pull", spec["image"]], stdin=subprocess.DEVNULL) != 0:
@@ -116,12 +168,30 @@ def prepare(node):
             if subprocess.call(["usermod", "-aG", "docker", SERVICE_USER]) != 0:
                 raise workload.WorkloadError("serve.image: cannot add %s to the docker group" % SERVICE_USER)
     except workload.WorkloadError as exc:
-        status["error"] = str(exc)
-        _publish(status)
-        print("mlinfra: %s" % exc, file=sys.stderr)
-        return 1
+        return _fail(status, str(exc), secrets)
+    except Exception as exc:  # noqa: BLE001 (OSError, a missing usermod, a secret that cannot be read, a bug)
+        return _fail(status, "%s: %s: %s" % (stage, type(exc).__name__, exc), secrets)
     _publish(status)
     return 0
+
+
+def _fail(status, message, secrets):
+    status["error"] = _redact(message, secrets)
+    print("mlinfra: %s" % status["error"], file=sys.stderr)
+    _publish(status)
+    return 1
+
+
+def _link_model(target, link):
+    """model.dir as a link to the cache. Only a link that points into mlinfra's cache is replaced:
+    anything else there (a directory, a file, a link of the image's) is refused, never removed."""
+    if os.path.lexists(link):
+        if not (os.path.islink(link) and os.readlink(link).startswith(os.path.join(STATE, "models") + os.sep)):
+            raise workload.WorkloadError("model.dir %s already exists and is not mlinfra's link to the model: "
+                                         "choose another model.dir" % link)
+        os.unlink(link)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(target, link)
 
 
 def server_argv(node, env):

@@ -222,9 +222,10 @@ def _tail(path):
     return " | ".join(line[:200] for line in [x for x in lines if x.strip()][-TAIL_LINES:])
 
 
-def run_setup(steps, env, cwd, log_path, marker):
+def run_setup(steps, env, cwd, log_path, marker, become=None):
     """Run ``serve.setup`` once: each step by /bin/sh in the node's environment, output to the
     node's log. ``marker`` remembers the steps that succeeded; the same steps are not run again.
+    ``become``, when given, runs in each step's child before it starts (a GCP node drops root there).
     A failing step raises WorkloadError naming the step and quoting the log's tail."""
     digest = hashlib.sha256(json.dumps(steps).encode()).hexdigest()
     if not steps:
@@ -237,7 +238,7 @@ def run_setup(steps, env, cwd, log_path, marker):
             log.flush()
             try:
                 code = subprocess.call(["/bin/sh", "-c", step], cwd=cwd or None, env=env, stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT)
+                                       stdout=log, stderr=subprocess.STDOUT, preexec_fn=become)
             except OSError as exc:  # the working directory is gone, /bin/sh is missing
                 raise WorkloadError("setup step %d of %d (%s) could not start: %s" % (i + 1, len(steps), step, exc))
             if code != 0:

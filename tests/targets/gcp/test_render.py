@@ -445,7 +445,7 @@ def test_startup_writes_every_reference_file_the_instance_metadata_carries():
     """A file shipped as metadata but never written (or written under another name) would leave
     the node's server without a module it imports."""
     keys = set(re.findall(r'"(mlinfra-reference-[a-z-]+)"\s*=', (TEMPLATES / "gcp" / "main.tf.j2").read_text()))
-    written = dict(re.findall(r"^metadata (mlinfra-reference-[a-z-]+) >(\S+)", (TEMPLATES / "gcp" / "startup.sh").read_text(),
+    written = dict(re.findall(r"^fetch_file (mlinfra-reference-[a-z-]+) (\S+)", (TEMPLATES / "gcp" / "startup.sh").read_text(),
                               re.M))
     assert keys == set(written) and len(keys) == 5
     imported = {f"/opt/mlinfra/mlinfra/{name}" for name in ("demand.py", "completions.py", "textgen.py", "textgen.json")}

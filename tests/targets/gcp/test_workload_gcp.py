@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -28,13 +30,19 @@ from mlinfra.nodes import Node
 from mlinfra.targets.gcp import node_checks
 
 SERVICE_ACCOUNT = "ml-node@ml-demo-123456.iam.gserviceaccount.com"
+# The node's unit runs as mlserve; here setup runs as `nobody` when the suite runs as root, so these
+# tests drop root as the node does (they must not add users to this machine); run as another user,
+# setup runs as that user, and the node's code keeps it (no drop to do).
+SERVICE_USER = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+SECRET = "hf_setup-s3cr3t-0123456789"
+VERSION = "projects/ml-demo-123456/secrets/hf-token/versions/latest"
 
 
 @pytest.fixture
 def google():
     emulator = Emulator()
     emulator.create_bucket("models")
-    metadata = Google.start()
+    metadata = Google.start(secrets={VERSION: SECRET})
     yield emulator, metadata
     metadata.stop()
     emulator.stop()
@@ -65,21 +73,24 @@ def node_dir(tmp_path):
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")  # the driver answers: run waits for it
     (bin_dir / "nvidia-smi").chmod(0o755)
     (tmp_path / "home").mkdir()
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "home", SERVICE_USER.pw_uid, SERVICE_USER.pw_gid)  # as useradd --create-home makes it
     return opt
 
 
-def node_config(tmp_path: Path, **workload) -> Path:
+def node_config(tmp_path: Path, secrets: dict | None = None, **workload) -> Path:
     values = {"image": "", "args": [], "setup": [], "model_uri": "", "model_sha256": "", "model_dir": ""} | workload
     config = tmp_path / "node.json"
     config.write_text(json.dumps({"stack": "wl", "node": "us-central1-0", "port": 8000, "gpus": 1, "health_path": "/",
-                                  "env": {"MODE": "$(id)"}, "secrets": {}, "workload": values,
+                                  "env": {"MODE": "$(id)"}, "secrets": secrets or {}, "workload": values,
                                   "command": 'cat "$MODEL_DIR/w.bin" > served'}))
     return config
 
 
 def launch(tmp_path: Path, node_dir: Path, command: str, config: Path, google: Google, emulator: Emulator):
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GCE_METADATA_HOST": google.address, "MLINFRA_GCS_URL": emulator.url,
-           "MLINFRA_STATE_DIR": str(tmp_path / "state"), "MLINFRA_SERVICE_HOME": str(tmp_path / "home")}
+           "MLINFRA_STATE_DIR": str(tmp_path / "state"), "MLINFRA_SERVICE_HOME": str(tmp_path / "home"),
+           "MLINFRA_SERVICE_USER": SERVICE_USER.pw_name, "MLINFRA_SECRET_MANAGER_URL": f"http://{google.address}"}
     return subprocess.run([sys.executable, str(node_dir / "launch.py"), command, str(config)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -139,7 +150,7 @@ def test_an_image_is_pulled_then_run_with_gpus_port_and_the_model_read_only(tmp_
     cache = next((tmp_path / "state" / "models").glob("*/model"))
     assert calls == [
         ["docker", "pull", image],
-        ["usermod", "-aG", "docker", "mlserve"],
+        ["usermod", "-aG", "docker", SERVICE_USER.pw_name],
         ["docker", "rm", "-f", "mlinfra-serve"],
         ["docker", "run", "--rm", "--name", "mlinfra-serve", "--publish", "8000:8000",
          "--env", "MLINFRA_NODE", "--env", "MLINFRA_STACK", "--env", "MODE", "--env", "MODEL_DIR", "--env", "PORT",
@@ -176,3 +187,73 @@ def test_the_gate_says_why_a_node_never_started_its_server(tmp_path, node_dir, g
     health = report.results[0]
     assert not health.passed and health.summary == "no report"
     assert health.message.startswith("the node did not start its server: model gs://models/m/w.bin: checksum mismatch: ")
+
+
+def test_setup_runs_as_the_server_user_with_its_environment_and_secrets(tmp_path, node_dir, google):
+    """serve.setup sees what the server's unit sees: its user, HOME and working dir, serve.env and
+    the secrets from Secret Manager (an HF_TOKEN for `huggingface-cli download`), and what it
+    installs belongs to that user. No secret value reaches the boot log or the published status."""
+    emulator, metadata = google
+    step = 'printf "%s|%s|%s|%s|%s" "$HF_TOKEN" "$MODE" "$HOME" "$(id -un)" "$(pwd)" > setup-env; mkdir -p .cache/x'
+    config = node_config(tmp_path, secrets={"HF_TOKEN": f"sm:{VERSION}"}, setup=[step])
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert done.returncode == 0, done.stderr
+    home = tmp_path / "home"
+    assert (home / "setup-env").read_text() == f"{SECRET}|$(id)|{home}|{SERVICE_USER.pw_name}|{home}"
+    assert (home / ".cache" / "x").stat().st_uid == SERVICE_USER.pw_uid  # the server can use what setup made
+    published = metadata.guest[("mlinfra", "workload")]
+    assert json.loads(published)["setup"] == {"steps": 1, "result": "ok"}
+    assert SECRET not in done.stdout + done.stderr + published
+
+
+def test_a_failing_setup_step_publishes_its_reason_without_the_secret(tmp_path, node_dir, google):
+    emulator, metadata = google
+    config = node_config(tmp_path, secrets={"HF_TOKEN": f"sm:{VERSION}"},
+                         setup=['echo "login failed for token $HF_TOKEN"; exit 3'])
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert done.returncode == 1
+    error = json.loads(metadata.guest[("mlinfra", "workload")])["error"]
+    assert error.startswith("setup step 1 of 1 (") and error.endswith("login failed for token ***")
+    assert SECRET not in done.stdout + done.stderr
+    assert stat.S_IMODE((tmp_path / "state" / "setup.log").stat().st_mode) == 0o600  # what setup printed: root's
+
+
+def test_a_secret_setup_cannot_read_is_the_nodes_reason(tmp_path, node_dir, google):
+    emulator, metadata = google
+    config = node_config(tmp_path, secrets={"HF_TOKEN": "sm:projects/ml-demo-123456/secrets/gone/versions/1"},
+                         setup=["true"])
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert done.returncode == 1
+    error = json.loads(metadata.guest[("mlinfra", "workload")])["error"]
+    assert error.startswith("serve.setup: SecretError: secret HF_TOKEN: cannot read projects/ml-demo-123456/secrets/gone")
+
+
+@pytest.mark.parametrize("case", ["directory", "file", "under-a-file", "no-usermod"])
+def test_every_boot_failure_is_published_as_the_nodes_reason(tmp_path, node_dir, google, case):
+    """Not only the failures the code expects: an OSError (model.dir onto an existing directory,
+    a makedirs under a file, a missing usermod) is the node's reason too, never a bare traceback
+    that leaves the gate waiting out its deadline."""
+    emulator, metadata = google
+    emulator.upload("models", "m/w.bin", b"weights")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep").write_text("not mlinfra's")
+    (tmp_path / "afile").write_text("")
+    model_dir = {"directory": tmp_path / "taken", "file": tmp_path / "afile",
+                 "under-a-file": tmp_path / "afile" / "m", "no-usermod": "/models/m"}[case]
+    extra = {"image": "vllm/vllm-openai:v0.6.3"} if case == "no-usermod" else {}
+    if case == "no-usermod":
+        os.remove(tmp_path / "bin" / "usermod")
+    config = node_config(tmp_path, model_uri="gs://models/m/w.bin", model_dir=str(model_dir), **extra)
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    error = json.loads(metadata.guest[("mlinfra", "workload")])["error"]
+    expected = {
+        "directory": f"model.dir {model_dir} already exists and is not mlinfra's link to the model",
+        "file": f"model.dir {model_dir} already exists and is not mlinfra's link to the model",
+        "under-a-file": f"model.dir {model_dir}: FileExistsError: ",
+        "no-usermod": "serve.image: FileNotFoundError: ",
+    }[case]
+    assert error.startswith(expected), error
+    assert f"mlinfra: {error}" in done.stderr
+    assert (tmp_path / "taken" / "keep").read_text() == "not mlinfra's"  # nothing of the node's was removed
