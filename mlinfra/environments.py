@@ -127,7 +127,8 @@ def check_name_budget(data: dict[str, Any], env: str, name_max: int) -> None:
         raise SpecError(
             f"{ENV_KEY}.{env}",
             f"the stack name with the environment, {full!r}, is {len(full)} characters; at most {name_max}: "
-            f"node names are <name>-<env>-<region>-<replica> and GCP allows 63, so name ({len(name)}) "
+            f"GCP names add the region and more (an autoscaled stack's worker group is "
+            f"<name>-<env>-<region>-workers) and GCP allows 63, so name ({len(name)}) "
             f"+ '-' + environment ({len(env)}) must stay within {name_max}",
         )
 

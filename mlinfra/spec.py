@@ -26,8 +26,9 @@ from mlinfra.verify.section import Verify
 from mlinfra.workload import Model, check_serve
 
 _GCP_NAME = re.compile(catalog.NAME_PATTERN)
-# Node names are "<stack>-<region>-<replica>" and GCP caps names at 63 characters; the longest
-# GPU region ("northamerica-northeast2") is 23, so the stack name gets what is left.
+# GCP caps names at 63 characters; the longest name made from the stack's is an autoscaled
+# stack's worker group "<stack>-<region>-workers" (targets/serve/gcp.py), and the longest GPU
+# region ("northamerica-northeast2") is 23, so the stack name gets what is left.
 NAME_MAX = 30
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(rf"^{catalog.REGION_PATTERN}$")

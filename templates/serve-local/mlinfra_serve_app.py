@@ -75,20 +75,39 @@ class Replica:
 
     async def __call__(self, request):
         import aiohttp
-        from starlette.responses import Response
+        from starlette.responses import Response, StreamingResponse
 
         if self.session is None:  # created on the replica's event loop
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         url = self.base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         started = time.monotonic()
-        async with self.session.request(request.method, url, data=await request.body(), headers=headers) as reply:
-            body = await reply.read()
-            metric = reply.headers.get(METRIC_HEADER)
-            kept = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
-            status = reply.status
+        reply = await self.session.request(request.method, url, data=await request.body(), headers=headers)
+        kept = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
+        if reply.content_length is not None:  # a whole body (not chunked): one answer, its length kept
+            try:
+                body = await reply.read()
+            finally:
+                reply.release()
+            self._sample(reply, started)
+            return Response(content=body, status_code=reply.status, headers=kept)
+        # A chunked body (server-sent tokens, say) is passed on chunk by chunk as it arrives:
+        # buffering it would make a client's first token arrive with its last. Serve's proxy
+        # streams a StreamingResponse of an ingress deployment (docs.ray.io serve/http-guide,
+        # "Streaming responses").
+        return StreamingResponse(self._relay(reply, started), status_code=reply.status, headers=kept)
+
+    async def _relay(self, reply, started: float):
+        try:
+            async for chunk in reply.content.iter_any():
+                yield chunk
+        finally:  # the whole body, or a client that hung up: either way the upstream is let go
+            reply.release()
+            self._sample(reply, started)
+
+    def _sample(self, reply, started: float) -> None:
+        metric = reply.headers.get(METRIC_HEADER)
         self.samples.append((time.monotonic(), float(metric) if metric else (time.monotonic() - started) * 1000))
-        return Response(content=body, status_code=status, headers=kept)
 
     def check_health(self):
         code = self.process.poll()

@@ -23,6 +23,31 @@ METRICS_PORT = 8080  # the head's Ray metrics agent (Prometheus text), read on t
 # Written by head_startup.sh; run over SSH (as root: the Ray cluster is root's) by `mlinfra status`.
 STATUS_COMMAND = ["sudo", "-n", "/opt/mlinfra/status"]
 STATUS_TIMEOUT_S = 60.0
+# GCP's name limits (Compute API reference): a resource name is 1-63 characters; a MIG's
+# baseInstanceName 1-58, since each VM's name adds "-" and four random characters.
+NAME_LIMIT = 63
+BASE_INSTANCE_LIMIT = 58
+
+
+def region_names(stack: str, region: str, key: str) -> dict[str, str]:
+    """The names of one region's head VM, worker group (MIG) and its VMs' prefix: made here once,
+    for Terraform (tfvars) and for Ray's autoscaler (which resizes the group by name) alike. With
+    the stack name's 30 (spec.NAME_MAX, an environment included) and the catalog's longest region
+    (23), the longest is the group's 62; a name over GCP's limit is a spec error, not a failed apply."""
+    names = {
+        "head": f"{stack}-{key}-head",
+        "group": f"{stack}-{region}-workers",
+        "base_instance_name": f"{stack}-{region}-w",
+    }
+    for what, name in names.items():
+        limit = BASE_INSTANCE_LIMIT if what == "base_instance_name" else NAME_LIMIT
+        if len(name) > limit:
+            raise SpecError(
+                "name",
+                f"the {what.replace('_', ' ')} {name!r} is {len(name)} characters and GCP allows {limit}: "
+                f"the stack name ({len(stack)}) and region {region!r} ({len(region)}) must be shorter",
+            )
+    return names
 
 
 class ServeGcpDriver(GcpDriver):
@@ -41,7 +66,10 @@ class ServeGcpDriver(GcpDriver):
             )
         policy_files(spec)  # a custom policy must be a module in the stack's directory: it is shipped
         placement = super().validate(spec)
-        return Placement(node_specs(spec.gcp.regions, 1), placement.resolved)  # one head per region
+        heads = node_specs(spec.gcp.regions, 1)  # one head per region
+        for head in heads:
+            region_names(spec.name, head.region, head.key)
+        return Placement(heads, placement.resolved)
 
     def notes(self, spec, placement: Placement) -> list[str]:
         a = spec.autoscale
@@ -55,8 +83,9 @@ class ServeGcpDriver(GcpDriver):
         heads, workers = {}, {}
         for key, node in base["nodes"].items():
             region = node["region"]
-            group = f"{spec.name}-{key}-workers"
+            names = region_names(spec.name, region, key)
             heads[key] = {
+                "name": names["head"],
                 "region": region,
                 "zone": node["zone"],
                 "config": {
@@ -84,8 +113,8 @@ class ServeGcpDriver(GcpDriver):
                             "module": "mig_provider.MigNodeProvider",
                             "project": spec.gcp.project,
                             "region": region,
-                            "group": group,
-                            "head_name": f"{spec.name}-{key}-head",
+                            "group": names["group"],
+                            "head_name": names["head"],
                             "disable_node_updaters": True,
                             "disable_launch_config_check": True,
                             "foreground_node_launch": True,
@@ -105,6 +134,8 @@ class ServeGcpDriver(GcpDriver):
             }
             workers[region] = {
                 "head": key,
+                "group": names["group"],
+                "base_instance_name": names["base_instance_name"],
                 "zones": list(placement.resolved.zones[region]),
                 **{k: node[k] for k in ("machine_type", "attached_gpus", "has_gpu", "spot", "spot_termination")},
                 **{k: node[k] for k in ("image", "disk_gb", "disk_type")},

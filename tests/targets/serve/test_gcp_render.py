@@ -11,6 +11,7 @@ import pytest
 from helpers import SCHEMA, gcp_stack
 from mlinfra import SpecError
 from mlinfra.clouds.gcp import schema
+from mlinfra.targets.serve.gcp import region_names
 
 SA = "ray-head@ml-demo-123456.iam.gserviceaccount.com"
 
@@ -36,7 +37,8 @@ def test_renders_heads_and_worker_groups_that_fit_the_provider_schema(tmp_path, 
     assert worker["zones"] and all(z.startswith("us-central1-") for z in worker["zones"])
     assert worker["attached_gpus"] == ([{"type": "nvidia-tesla-t4", "count": 1}] if gpu == "t4" else [])
     provider = values["heads"]["us-central1-0"]["config"]["autoscaler"]["provider"]
-    assert provider["group"] == "ray-gcp-us-central1-0-workers" and provider["module"] == "mig_provider.MigNodeProvider"
+    assert provider["group"] == worker["group"] == "ray-gcp-us-central1-workers"  # the MIG it resizes
+    assert provider["module"] == "mig_provider.MigNodeProvider"
     main = (rendered.workdir / "main.tf").read_text()
     for needle in (
         "name_prefix",
@@ -56,3 +58,36 @@ def test_renders_heads_and_worker_groups_that_fit_the_provider_schema(tmp_path, 
 def test_autoscale_on_gcp_needs_a_service_account(tmp_path):
     with pytest.raises(SpecError, match="gcp.service_account: is required with \\[autoscale\\]"):
         gcp_stack(tmp_path, "ray-gcp", compute={"gpu": "t4"}, autoscale={})
+
+
+def test_the_longest_names_fit_gcp_and_the_autoscaler_names_the_group_terraform_makes(tmp_path):
+    """A 30-character stack name (the most an environment leaves too) in the catalog's longest
+    region: every name fits GCP's limits, and Ray's autoscaler resizes the MIG Terraform named."""
+    name, region = "a" * 30, "northamerica-northeast2"
+    stack = gcp_stack(
+        tmp_path,
+        name,
+        gcp={"regions": [region], "service_account": SA},
+        compute={"gpu": "l4"},
+        autoscale={"max_replicas": 2},
+    )
+    rendered = stack.render()
+    assert schema.check_module(rendered.workdir, SCHEMA) == []
+    values = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())
+    [head] = values["heads"].values()
+    worker = values["workers"][region]
+    provider = head["config"]["autoscaler"]["provider"]
+    assert (provider["group"], provider["head_name"]) == (worker["group"], head["name"])
+    assert max(len(head["name"]), len(worker["group"])) <= 63 and len(worker["base_instance_name"]) <= 58
+    main = (rendered.workdir / "main.tf").read_text()
+    assert "name               = each.value.group" in main and "name         = each.value.name" in main
+
+
+def test_a_name_over_gcps_limit_is_a_spec_error_that_gives_the_budget():
+    assert region_names("a" * 30, "us-central1", "us-central1-0")["group"] == "a" * 30 + "-us-central1-workers"
+    with pytest.raises(
+        SpecError,
+        match=r"^name: the group '.*' is 64 characters and GCP allows 63: the stack "
+        r"name \(30\) and region 'northamerica-northeast22x' \(25\) must be shorter",
+    ):
+        region_names("a" * 30, "northamerica-northeast22x", "northamerica-northeast22x-0")
