@@ -243,7 +243,7 @@ class Stack(StateCommands):
         if found:  # an [autoscale] stack: Serve's replicas, and the one endpoint in front of them
             result.autoscale = self.driver.autoscale_status(self.spec, self.workspace, found)
             result.endpoint = found[0].endpoint if result.autoscale else ""
-            result.cost = spending.report(self, found)  # what the nodes have cost so far (ops.cost)
+            result.cost = spending.report(self, found, scaling=result.autoscale)  # so far (ops.cost)
         return result
 
     def replace_nodes(self, keys: list[str], *, on_event: OnEvent | None = None) -> list[node_probe.Node]:

@@ -80,6 +80,13 @@ def cost_lines(cost) -> list[str]:
 
     model = "spot" if cost.spot else "on-demand"
     lines = [f"Estimated cost ({model}): {money(cost.usd_per_hour, cost.usd_per_month)}"]
+    if cost.autoscale is not None:  # the total is the ceiling; say so, and what the floor costs
+        low, high = cost.autoscale
+        lines = [
+            f"Estimated cost ({model}): up to {money(cost.usd_per_hour, cost.usd_per_month)} at max_replicas "
+            f"({high} GPU workers per region, the worst case), "
+            f"{money(cost.floor_usd_per_hour, cost.floor_usd_per_month)} at min_replicas ({low}), heads included"
+        ]
     if cost.spot:
         lines.append(f"  on-demand would be: {money(cost.on_demand_usd_per_hour, cost.on_demand_usd_per_month)}")
     else:

@@ -9,7 +9,9 @@ the stack), so no two environments ever share state.
 
 A file that defines environments must say which one a command means (``--env``, ``MLINFRA_ENV``
 or ``default_env``): nothing deploys "the default" by accident. Every environment is validated
-on every load, so a typo in ``[env.prod]`` is found while working on dev.
+on every load, so a typo in ``[env.prod]`` is found while working on dev; but checks that depend
+on this machine (a local model path exists) apply to the chosen environment only
+(``machine_checks``): dev's gitignored ``./weights`` must not fail ``--env prod`` in CI.
 
 This module reads the file and shapes its data; building sections is the spec's job, handed in
 as ``build`` (so this module does not import the spec, which imports it).
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,24 @@ DEFAULT_KEY = "default_env"
 _ENV_NAME = re.compile(catalog.NAME_PATTERN)
 # Keys an environment may not override: the identity of the stack, and the environments themselves.
 _FIXED = ("name", ENV_KEY, DEFAULT_KEY)
+# False while another environment than the chosen one is built: its shape is checked, not this machine.
+_MACHINE_CHECKS: ContextVar[bool] = ContextVar("mlinfra_machine_checks", default=True)
+
+
+def machine_checks() -> bool:
+    """Whether validation may look at this machine (a local path exists): not while building an
+    environment the command did not choose, whose files may live only on another machine."""
+    return _MACHINE_CHECKS.get()
+
+
+@contextmanager
+def shape_only() -> Iterator[None]:
+    """Validate the stacks built inside for shape only: no check of this machine's files."""
+    token = _MACHINE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _MACHINE_CHECKS.reset(token)
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -171,7 +193,8 @@ def load(
     path: Path, env: str | None, build: Callable[[dict[str, Any]], Any], name_max: int
 ) -> tuple[Any, dict, str | None]:
     """Read the file, build the chosen environment's stack (``build(data)``) and check every other
-    environment too. Returns the stack, the data it was built from and the environment's name."""
+    environment's shape too (``shape_only``). Returns the stack, the data it was built from and
+    the environment's name."""
     data = read(path)
     chosen = select(data, env)
     others = [name for name in sorted(tables(data)) if name != chosen]
@@ -181,7 +204,11 @@ def load(
             check_name_budget(data, name, name_max)
         table = effective(data, name)
         try:
-            built = build(table)
+            if stack is None:  # the chosen environment (or a file without any)
+                built = build(table)
+            else:
+                with shape_only():
+                    built = build(table)
         except SpecError as exc:
             raise attribute(exc, data, name) from None
         if stack is None:

@@ -128,9 +128,13 @@ def refuse_with_autoscale(spec: Any) -> None:
 
 
 def check_local(spec: Any) -> None:
-    """The local target reads a model from a path on this machine (relative to the stack file) or from GCS."""
+    """The local target reads a model from a path on this machine (relative to the stack file) or
+    from GCS. Whether the path exists is checked for the chosen environment only: another one's
+    path may exist only on another machine (``environments.machine_checks``)."""
+    from mlinfra.environments import machine_checks
+
     model = spec.model
-    if model is None or model.in_gcs:
+    if model is None or model.in_gcs or not machine_checks():
         return
     path = model_path(spec)
     if not path.exists():

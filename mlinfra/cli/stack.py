@@ -238,7 +238,7 @@ def envs(file: FileOpt = DEFAULT_FILE, as_json: JsonOpt = False):
     if not result.environments:
         return out.print(f"{file} defines no environments ([env.<name>] tables).", markup=False)
     for env in result.environments:
-        state = "deployed" if env.deployed else "not deployed"
+        state = "deployed" if env.deployed else f"unknown ({env.unknown})" if env.deployed is None else "not deployed"
         marks = "".join([" (default)" if env.default else "", " protected" if env.protected else ""])
         out.print(f"{env.name}{marks}: {env.stack}, {state}", markup=False)
         for key, value in env.overrides.items():

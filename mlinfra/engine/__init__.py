@@ -20,6 +20,7 @@ _RUNNER = (
     "Terraform",
     "initialized_backend",
     "local_outputs",
+    "state_outputs",
     "local_resources",
     "terraform_command",
     "terraform_env",

@@ -327,7 +327,12 @@ def local_outputs(workdir: Path) -> dict | None:
     """Output values from a local state file, read directly (what ``terraform output -json``
     would print, without starting Terraform); None when there is no readable local state."""
     state = local_state(workdir)
-    outputs = state.get("outputs") if state is not None else None
+    return state_outputs(state) if state is not None else None
+
+
+def state_outputs(state: dict) -> dict | None:
+    """The output values a Terraform state (format 4) holds, wherever it was read from."""
+    outputs = state.get("outputs")
     if not isinstance(outputs, dict):
         return None
     return {name: (value or {}).get("value") for name, value in outputs.items()}

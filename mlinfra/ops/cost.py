@@ -64,12 +64,19 @@ def refuse_over_budget(stack: Any, operation: str) -> None:
             source=source,
         )
     if total > limit:
+        scaling = estimate.autoscale  # judged at its ceiling: the autoscaler may go there unasked
+        what = f"the {model} estimate" + (
+            f" at autoscale.max_replicas = {scaling[1]} (the worst case)" if scaling else ""
+        )
+        floor = estimate.floor_usd_per_hour
+        at_floor = f" (at min_replicas = {scaling[0]}: ${floor:,.2f}/hour)" if scaling and floor is not None else ""
         raise SpecError(
             "cost.max_usd_per_hour",
-            f"the {model} estimate is ${total:,.2f}/hour, ${total - limit:,.2f} over the limit of ${limit:,.2f}; "
+            f"{what} is ${total:,.2f}/hour, ${total - limit:,.2f} over the limit of ${limit:,.2f}{at_floor}; "
             f"driven by {budget_drivers(estimate)}",
             source=source,
-            hint="fewer replicas or regions, a smaller machine type, compute.spot = true, or a higher limit",
+            hint=("a lower autoscale.max_replicas, fewer regions" if scaling else "fewer replicas or regions")
+            + ", a smaller machine type, compute.spot = true, or a higher limit",
         )
 
 
@@ -168,8 +175,9 @@ def spent(stack: Any) -> Spend:
     return deployed.cost
 
 
-def report(stack: Any, nodes: list, now: float | None = None) -> Spend:
-    """The spend of ``nodes`` (the stack's deployed nodes, from ``status``) at ``now`` (epoch s)."""
+def report(stack: Any, nodes: list, now: float | None = None, scaling: dict | None = None) -> Spend:
+    """The spend of ``nodes`` (the stack's deployed nodes, from ``status``) at ``now`` (epoch s);
+    for an [autoscale] stack also its GPU workers, as ``scaling`` (status's ``autoscale``) counts them."""
     from mlinfra.timeutil import iso_epoch
 
     now = time.time() if now is None else now
@@ -178,6 +186,11 @@ def report(stack: Any, nodes: list, now: float | None = None) -> Spend:
     model = "none" if estimate is None else "spot" if estimate.spot else "on-demand"
     priced = {n.node: n for n in estimate.nodes} if estimate is not None else {}
     spent = [_node_spend(stack, node, estimate, priced.get(node.key), environment, now) for node in nodes]
+    if estimate is not None and estimate.autoscale is not None:
+        spent += [
+            _workers_spend(stack, estimate, region, scaling, environment)
+            for region in dict.fromkeys(n.region for n in nodes)
+        ]
     groups = []
     for region, environment_name in dict.fromkeys((n.region, n.environment) for n in spent):
         members = [n for n in spent if (n.region, n.environment) == (region, environment_name)]
@@ -215,8 +228,6 @@ def _node_spend(stack: Any, node: Any, estimate: Any, priced: Any, environment: 
     rate = None
     if estimate is None:
         unknown.append(stack.driver.no_price)
-    elif stack.spec.autoscale is not None:  # the estimate prices fixed replicas, not Ray's heads and workers
-        unknown.append("an [autoscale] stack's heads and workers are not priced yet")
     elif priced is None:
         unknown.append(f"{node.key}: the stack file has no such node now (`mlinfra plan` shows what changes)")
     elif node.machine_type and node.machine_type != priced.machine_type:
@@ -243,6 +254,39 @@ def _node_spend(stack: Any, node: Any, estimate: Any, priced: Any, environment: 
         usd_per_hour=rate,
         usd_so_far=round(rate * running_h, 4) if rate is not None and running_h is not None else None,
         usd_per_month=round(rate * HOURS_PER_MONTH, 2) if rate is not None else None,
+        unknown=tuple(unknown),
+    )
+
+
+def _workers_spend(stack: Any, estimate: Any, region: str, scaling: dict | None, environment: str | None) -> NodeSpend:
+    """An [autoscale] region's GPU workers: as many as joined its Ray cluster (the head counts
+    them; VMs still booting are not counted yet), at the worker's rate. Their running time is not
+    recorded: the autoscaler starts and stops them, so what they cost so far is unknown."""
+    worker = next(n for n in estimate.nodes if n.region == region and n.role == "worker")
+    figures = ((scaling or {}).get("regions") or {}).get(region) or {}
+    rate = (worker.spot if estimate.spot else worker.on_demand).usd_per_hour
+    joined = figures.get("nodes")
+    unknown = [f"{region}: the workers' running time is not recorded (the autoscaler starts and stops them)"]
+    count = joined - 1 if isinstance(joined, int) and joined > 0 else None  # Ray's nodes include the head
+    if count is None:
+        unknown.append(f"{region}: how many workers run is unknown ({figures.get('error') or 'the head did not say'})")
+    elif rate is None:
+        unknown.append(f"{region}: no known price for a worker ({'; '.join(worker.on_demand.missing)})")
+    per_hour = round(count * rate, 5) if count is not None and rate is not None else None
+    return NodeSpend(
+        node=f"{region}-workers",
+        name=f"{region} workers ({'?' if count is None else count} of {estimate.autoscale[1]})",
+        region=region,
+        environment=environment,
+        created_at=None,
+        running_h=None,
+        machine_type=worker.machine_type,
+        gpu=worker.gpu,
+        gpu_count=worker.gpu_count * (count or 0),
+        spot=stack.spec.compute.spot,
+        usd_per_hour=per_hour,
+        usd_so_far=None,
+        usd_per_month=round(per_hour * HOURS_PER_MONTH, 2) if per_hour is not None else None,
         unknown=tuple(unknown),
     )
 

@@ -1,7 +1,10 @@
 """``mlinfra envs``: each environment of a stack file, what it overrides, and whether it is up.
 
 Each environment is its own deployment (see ``mlinfra.environments``), so this loads every one as
-a ``Stack`` and asks its own state: nothing is shared between them, nothing is changed.
+a ``Stack`` and reads its own state: nothing is shared between them, nothing is changed. Read-only
+means no render, no ``terraform init`` and no probe: the outputs come straight from the state (a
+local file, or the GCS object). An environment whose state cannot be read (no credentials, a
+bucket that does not answer) is listed as unknown, with the reason, and the others still are.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from mlinfra import environments
 from mlinfra.api import Stack
-from mlinfra.errors import SpecError
+from mlinfra.errors import MlinfraError, SpecError
 from mlinfra.jsondata import Result
 
 
@@ -23,9 +26,10 @@ class EnvironmentInfo(Result):
     default: bool  # the file's default_env
     overrides: dict[str, Any]  # key path -> value, as the [env.<name>] table writes them
     protected: bool
-    deployed: bool
+    deployed: bool | None  # None: unknown, the state could not be read (``unknown`` says why)
     endpoints: list[str] = field(default_factory=list)  # one per node ([autoscale]: the one in front)
     workdir: Path | None = None
+    unknown: str = ""
 
 
 @dataclass
@@ -48,19 +52,21 @@ def list_environments(path: str | Path) -> EnvironmentsResult:
     default = data.get(environments.DEFAULT_KEY) if tables else None
     result = EnvironmentsResult(path, default or "")
     for name in sorted(tables):
-        stack = Stack.load(path, name)
-        status = stack.status()
-        endpoints = [status.endpoint] if status.endpoint else [node.endpoint for node in status.nodes]
-        result.environments.append(
-            EnvironmentInfo(
-                name,
-                stack.name,
-                name == default,
-                environments.overrides(tables[name]),
-                stack.protected,
-                status.deployed,
-                endpoints,
-                stack.workdir,
-            )
+        # Shape only: a listing needs no file of this machine's (another environment's ./weights).
+        with environments.shape_only():
+            stack = Stack.load(path, name)
+        info = EnvironmentInfo(
+            name, stack.name, name == default, environments.overrides(tables[name]), stack.protected, False
         )
+        info.workdir = stack.workdir
+        try:
+            outputs = stack.backend.read_outputs()
+        except MlinfraError as exc:  # this environment's state only: the others are still listed
+            info.deployed, info.unknown = None, str(exc)
+        else:
+            nodes = stack.driver.discover(outputs, stack.workspace) if outputs else []
+            info.deployed = bool(nodes)
+            # [autoscale]: one endpoint, the first region's Serve proxy (as `status` shows it).
+            info.endpoints = [n.endpoint for n in nodes][: 1 if stack.spec.autoscale is not None else None]
+        result.environments.append(info)
     return result

@@ -50,6 +50,13 @@ class LocalState:
         """Whether anything may be deployed: here, only if the state file exists."""
         return self.workspace.local_state.is_file()
 
+    def read_outputs(self) -> dict | None:
+        """The module's outputs read straight from the state, without rendering or running
+        Terraform (None: no state yet). For listings that must change nothing (`mlinfra envs`)."""
+        from mlinfra.engine import local_outputs
+
+        return local_outputs(self.workspace.root)
+
 
 class GcsState(LocalState):
     """State in ``gs://<bucket>/<prefix>/default.tfstate``, locked by Terraform's own lock object."""
@@ -84,6 +91,15 @@ class GcsState(LocalState):
 
     def may_have_state(self) -> bool:
         return True  # another machine may have applied it: ask the bucket
+
+    def read_outputs(self) -> dict | None:
+        """Read the state object from the bucket (no ``terraform init``); a bucket that cannot be
+        reached or read raises ``MlinfraError`` in seconds, naming it."""
+        from mlinfra.engine import state_outputs
+        from mlinfra.state import remote
+
+        state = remote.read_current(self.spec.state, self.prefix, self.spec.gcp.project)
+        return state_outputs(state) if state is not None else None
 
 
 def backend(spec: StackSpec, workspace: Workspace) -> LocalState:

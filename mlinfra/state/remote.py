@@ -156,6 +156,15 @@ def read_generation(stack, generation: int) -> dict:
     return json.loads(text)
 
 
+def read_current(state, prefix: str, project: str = "") -> dict | None:
+    """The state object as Terraform's gcs backend last wrote it (None: there is none yet)."""
+    name = gcs.state_object(prefix)
+    with gcs.errors(state, "reading the state"):
+        blob = gcs.client(state, project).bucket(state.bucket).get_blob(name, retry=gcs.retry(), timeout=gcs.DEADLINE_S)
+        text = blob.download_as_text(retry=gcs.retry(), timeout=gcs.DEADLINE_S) if blob is not None else None
+    return json.loads(text) if text else None
+
+
 def plan_restore(stack, generation: int, current: dict) -> RestorePlan:
     """What restoring ``generation`` would change, compared with ``current`` (state pull)."""
     _require_gcs(stack)

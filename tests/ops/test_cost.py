@@ -342,3 +342,113 @@ def test_the_refusal_names_the_most_expensive_node_groups_first():
         "1 × g2-standard-4 (1 × nvidia-l4) in us-west1 at $0.71/hour each = $0.71/hour; "
         "1 × n1-standard-4 (1 × nvidia-tesla-t4) in us-central1 at $0.54/hour each = $0.54/hour; and 1 more group(s)"
     )
+
+
+# -- [autoscale] stacks: a head per region plus min..max GPU workers ---------------------------------
+
+# a2-highgpu-1g: host 0.73948 + one A100 2.93391; the head, e2-standard-4: 0.13402 (always
+# on-demand): the rows of mlinfra/clouds/gcp/gpus.toml, from [S5].
+A100_VM = 0.73948 + 2.93391
+HEAD_VM = 0.13402
+SA = "ray-head@ml-demo-123456.iam.gserviceaccount.com"
+
+
+def autoscale_file(project: Path, limit: float, low: int, high: int, spot: str = "false") -> None:
+    project.mkdir()
+    write_stack(
+        project,
+        f'name = "budget"\ntarget = "gcp"\n[gcp]\nproject = "ml-demo-123456"\nregions = ["us-central1"]\n'
+        f'service_account = "{SA}"\n[compute]\ngpu = "a100"\nspot = {spot}\n'
+        f"[autoscale]\nmin_replicas = {low}\nmax_replicas = {high}\n[cost]\nmax_usd_per_hour = {limit}\n",
+    )
+
+
+def test_an_autoscaled_stack_is_priced_as_head_plus_workers_floor_and_ceiling(tmp_path):
+    stack = gcp_stack(
+        tmp_path,
+        "ray",
+        compute={"gpu": "a100"},
+        gcp={"service_account": SA},
+        autoscale={"min_replicas": 2, "max_replicas": 10},
+    )
+    estimate = stack.cost()
+    assert estimate.autoscale == (2, 10)
+    assert estimate.on_demand_usd_per_hour == pytest.approx(HEAD_VM + 10 * A100_VM)  # the ceiling
+    assert estimate.floor_on_demand_usd_per_hour == pytest.approx(HEAD_VM + 2 * A100_VM)
+    # The head never runs as Spot: its Spot price is its on-demand one.
+    assert estimate.floor_spot_usd_per_hour == pytest.approx(HEAD_VM + 2 * (0.29576 + 1.1472))
+    roles = [(n.node, n.role, n.machine_type, n.in_floor) for n in estimate.nodes]
+    assert roles[:3] == [
+        ("us-central1-0", "head", "e2-standard-4", True),
+        ("us-central1-worker-0", "worker", "a2-highgpu-1g", True),
+        ("us-central1-worker-1", "worker", "a2-highgpu-1g", True),
+    ]
+    assert len(roles) == 11 and not roles[-1][3]
+    data = estimate.as_dict()
+    assert data["autoscale"]["min_replicas"] == 2 and data["autoscale"]["floor_usd_per_hour"] == pytest.approx(
+        HEAD_VM + 2 * A100_VM
+    )
+    assert data["usd_per_hour"] == pytest.approx(HEAD_VM + 10 * A100_VM)
+
+
+@pytest.mark.parametrize("low", [0, 2])
+def test_the_budget_guard_judges_an_autoscaled_stack_at_its_ceiling(low, tmp_path, monkeypatch, spy_terraform):
+    project = tmp_path / "project"
+    autoscale_file(project, limit=5, low=low, high=10)
+    monkeypatch.chdir(project)
+    result = runner.invoke(app, ["plan"])
+    assert result.exit_code == 2, result.output
+    ceiling, floor = HEAD_VM + 10 * A100_VM, HEAD_VM + low * A100_VM
+    assert result.stderr.endswith(
+        f"error: mlinfra.toml: cost.max_usd_per_hour: the on-demand estimate at autoscale.max_replicas = 10 (the "
+        f"worst case) is ${ceiling:,.2f}/hour, ${ceiling - 5:,.2f} over the limit of $5.00 (at min_replicas = {low}: "
+        f"${floor:,.2f}/hour); driven by 10 × a2-highgpu-1g (1 × nvidia-tesla-a100) in us-central1 at "
+        f"${A100_VM:,.2f}/hour each = ${10 * A100_VM:,.2f}/hour; 1 × e2-standard-4 in us-central1 at "
+        f"${HEAD_VM:,.2f}/hour each = ${HEAD_VM:,.2f}/hour\n"
+        "hint: a lower autoscale.max_replicas, fewer regions, a smaller machine type, compute.spot = true, "
+        "or a higher limit\n"
+    )
+    assert not spy_terraform.exists()
+
+
+def test_plan_shows_an_autoscaled_stacks_floor_and_ceiling(tmp_path, monkeypatch, spy_terraform):
+    project = tmp_path / "project"
+    autoscale_file(project, limit=40, low=1, high=10)  # the ceiling, $36.87, fits
+    monkeypatch.chdir(project)
+    result = runner.invoke(app, ["plan"])
+    assert spy_terraform.exists()  # within budget: Terraform ran (the spy fails it)
+    ceiling, floor = HEAD_VM + 10 * A100_VM, HEAD_VM + A100_VM
+    assert (
+        f"Estimated cost (on-demand): up to ${ceiling:,.2f}/hour, ${ceiling * 730:,.0f}/month at max_replicas "
+        f"(10 GPU workers per region, the worst case), ${floor:,.2f}/hour, ${floor * 730:,.0f}/month at "
+        "min_replicas (1), heads included"
+    ) in result.output
+
+
+def test_the_spend_of_an_autoscaled_stack_prices_its_heads_and_the_workers_that_joined(tmp_path):
+    from mlinfra.nodes import Node
+
+    stack = gcp_stack(
+        tmp_path,
+        "ray",
+        compute={"gpu": "a100"},
+        gcp={"service_account": SA, "regions": ["us-central1"]},
+        autoscale={"min_replicas": 0, "max_replicas": 10},
+    )
+    head = Node("us-central1-0", "ray-us-central1-0-head", "us-central1", 0, "http://127.0.0.1:9", "")
+    # What the head reports (templates/serve-local/mlinfra_serve_app.py status): Ray's live nodes, itself included.
+    scaling = {"regions": {"us-central1": {"replicas": 3, "nodes": 4}}}
+    spend = cost.report(stack, [head], now=CREATED_S, scaling=scaling)
+    assert [(n.node, n.machine_type, n.usd_per_hour) for n in spend.nodes] == [
+        ("us-central1-0", "e2-standard-4", HEAD_VM),
+        ("us-central1-workers", "a2-highgpu-1g", round(3 * A100_VM, 5)),
+    ]
+    assert spend.usd_per_hour == pytest.approx(HEAD_VM + 3 * A100_VM)  # now: head + 3 workers
+    assert spend.usd_so_far is None  # the workers' running time is not recorded: unknown, not $0
+    assert any("not recorded" in reason for reason in spend.unknown)
+    assert not any("not priced yet" in reason for reason in spend.unknown)
+    unreachable = cost.report(
+        stack, [head], now=CREATED_S, scaling={"regions": {"us-central1": {"error": "ssh: timed out"}}}
+    )
+    assert unreachable.usd_per_hour is None
+    assert "us-central1: how many workers run is unknown (ssh: timed out)" in unreachable.unknown

@@ -4,7 +4,7 @@ with the reason, never 0."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlinfra.clouds.gcp.catalog import (
     Gpu,
@@ -183,11 +183,16 @@ class NodeCost:
     gpu_count: int
     on_demand: Price
     spot: Price
+    role: str = "node"  # an [autoscale] stack's "head" or GPU "worker"
+    in_floor: bool = True  # runs at min_replicas too; False: an [autoscale] worker above the minimum
 
 
 @dataclass(frozen=True)
 class Cost:
-    """A stack's estimated price: both models, so a plan can say what Spot would save."""
+    """A stack's estimated price: both models, so a plan can say what Spot would save.
+
+    An [autoscale] stack's totals are its ceiling (heads plus max_replicas workers per region: the
+    worst case, which the budget guard judges); ``floor_*`` is heads plus min_replicas workers."""
 
     spot: bool  # the model the stack uses
     nodes: tuple[NodeCost, ...]
@@ -196,6 +201,17 @@ class Cost:
     missing: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    autoscale: tuple[int, int] | None = None  # (min_replicas, max_replicas) GPU workers per region
+    floor_on_demand_usd_per_hour: float | None = None
+    floor_spot_usd_per_hour: float | None = None
+
+    @property
+    def floor_usd_per_hour(self) -> float | None:
+        return self.floor_spot_usd_per_hour if self.spot else self.floor_on_demand_usd_per_hour
+
+    @property
+    def floor_usd_per_month(self) -> float | None:
+        return _month(self.floor_usd_per_hour)
 
     @property
     def usd_per_hour(self) -> float | None:
@@ -225,6 +241,17 @@ class Cost:
             "missing": list(self.missing),
             "sources": list(self.sources),
             "notes": list(self.notes),
+            # [autoscale]: the totals above are the ceiling (max_replicas), the floor is min_replicas.
+            "autoscale": None
+            if self.autoscale is None
+            else {
+                "min_replicas": self.autoscale[0],
+                "max_replicas": self.autoscale[1],
+                "floor_usd_per_hour": self.floor_usd_per_hour,
+                "floor_usd_per_month": self.floor_usd_per_month,
+                "floor_on_demand_usd_per_hour": self.floor_on_demand_usd_per_hour,
+                "floor_spot_usd_per_hour": self.floor_spot_usd_per_hour,
+            },
             "nodes": [
                 {
                     "node": n.node,
@@ -234,6 +261,8 @@ class Cost:
                     "gpu_count": n.gpu_count,
                     "on_demand_usd_per_hour": n.on_demand.usd_per_hour,
                     "spot_usd_per_hour": n.spot.usd_per_hour,
+                    "role": n.role,
+                    "in_floor": n.in_floor,
                 }
                 for n in self.nodes
             ],
@@ -244,43 +273,76 @@ def _month(per_hour: float | None) -> float | None:
     return None if per_hour is None else round(per_hour * HOURS_PER_MONTH, 2)
 
 
-def estimate_cost(stack) -> Cost:
+def estimate_cost(stack, head_machine: str = "") -> Cost:
     """$/hour and $/month for every node of ``stack`` (a validated GCP StackSpec), Spot and on-demand.
 
-    Covers the VMs (host + GPUs); not the boot disk, network egress, or discounts. A price the
-    catalog does not have makes the total None, with the reason in ``missing``.
+    An [autoscale] stack is priced as what it runs: per region a CPU head (``head_machine``,
+    always on-demand) and its GPU workers, min_replicas of them at the floor and max_replicas at
+    the ceiling. Covers the VMs (host + GPUs); not the boot disk, network egress, or discounts.
+    A price the catalog does not have makes the total None, with the reason in ``missing``.
     """
     gpu = stack.compute.accelerator
     count = stack.compute.gpu_count if gpu else 0
     machine = (
         machine_type(stack.compute.machine_type) if stack.compute.machine_type else default_machine_type(gpu, count)
     )
+
+    def gpu_node(key: str, region: str) -> NodeCost:
+        if machine is None:  # a CPU-only type mlinfra has no shape for
+            unknown = Price(None, (f"price of {stack.compute.machine_type}",))
+            prices = (unknown, unknown)
+        else:
+            prices = (vm_price(machine, gpu, count, region, False), vm_price(machine, gpu, count, region, True))
+        name = machine.name if machine else stack.compute.machine_type
+        return NodeCost(key, region, name, gpu.name if gpu else None, count, *prices)
+
+    scaling = stack.autoscale
     nodes = []
     for region in stack.gcp.regions:
-        for replica in range(stack.compute.replicas):
-            if machine is None:  # a CPU-only type mlinfra has no shape for
-                unknown = Price(None, (f"price of {stack.compute.machine_type}",))
-                prices = (unknown, unknown)
-            else:
-                prices = (vm_price(machine, gpu, count, region, False), vm_price(machine, gpu, count, region, True))
-            nodes.append(
-                NodeCost(
-                    f"{region}-{replica}",
-                    region,
-                    machine.name if machine else stack.compute.machine_type,
-                    gpu.name if gpu else None,
-                    count,
-                    *prices,
-                )
-            )
+        if scaling is None:
+            nodes += [gpu_node(f"{region}-{replica}", region) for replica in range(stack.compute.replicas)]
+            continue
+        nodes.append(_head(region, head_machine))
+        nodes += [
+            replace(gpu_node(f"{region}-worker-{i}", region), role="worker", in_floor=i < scaling.min_replicas)
+            for i in range(scaling.max_replicas)
+        ]
 
-    def total(pick) -> float | None:
-        values = [pick(n).usd_per_hour for n in nodes]
+    def total(pick, among) -> float | None:
+        values = [pick(n).usd_per_hour for n in among]
         return None if any(v is None for v in values) else round(sum(values), 5)
 
+    floor = [n for n in nodes if n.in_floor]
     missing = tuple(dict.fromkeys(m for n in nodes for p in (n.on_demand, n.spot) for m in p.missing))
     sources = tuple(dict.fromkeys(s for n in nodes for p in (n.on_demand, n.spot) for s in p.sources))
-    notes = ("VM price only: boot disk, egress and discounts are not included", "Spot prices change as often as daily")
-    return Cost(
-        stack.compute.spot, tuple(nodes), total(lambda n: n.on_demand), total(lambda n: n.spot), missing, sources, notes
+    notes: tuple[str, ...] = (
+        "VM price only: boot disk, egress and discounts are not included",
+        "Spot prices change as often as daily",
     )
+    if scaling is not None:
+        notes += (
+            f"[autoscale]: per region a head VM (never Spot) and {scaling.min_replicas} (floor) to "
+            f"{scaling.max_replicas} (ceiling) GPU workers; the total is the ceiling, the worst case",
+        )
+    return Cost(
+        stack.compute.spot,
+        tuple(nodes),
+        total(lambda n: n.on_demand, nodes),
+        total(lambda n: n.spot, nodes),
+        missing,
+        sources,
+        notes,
+        (scaling.min_replicas, scaling.max_replicas) if scaling is not None else None,
+        total(lambda n: n.on_demand, floor) if scaling is not None else None,
+        total(lambda n: n.spot, floor) if scaling is not None else None,
+    )
+
+
+def _head(region: str, machine: str) -> NodeCost:
+    """An [autoscale] region's head: a CPU VM with standard provisioning, so its "Spot" price is
+    its on-demand one. Keyed ``<region>-0`` like the head's node in the stack's outputs."""
+    if not machine:
+        price = Price(None, ("price of the [autoscale] head's machine type (the target names none)",))
+    else:
+        price = vm_price(MachineType(name=machine, family=machine.split("-")[0]), None, 0, region, False)
+    return NodeCost(f"{region}-0", region, machine or "?", None, 0, price, price, role="head")

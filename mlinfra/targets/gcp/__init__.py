@@ -36,6 +36,7 @@ class GcpDriver(Driver):
     node_resource = "google_compute_instance.node"
     rebuild_budget_s = 600.0  # the article's 10 minutes
     uses_google_cloud = True
+    head_machine = ""  # the CPU VM in front of an [autoscale] stack's GPU workers (serve-gcp's driver)
 
     def regions(self, spec) -> tuple[str, ...]:
         return spec.gcp.regions
@@ -90,7 +91,7 @@ class GcpDriver(Driver):
     def cost(self, spec, placement: Placement) -> Any:
         from mlinfra.clouds.gcp import prices
 
-        return prices.estimate_cost(spec)
+        return prices.estimate_cost(spec, self.head_machine)
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         return module.tfvars(spec, placement.resolved, workspace)

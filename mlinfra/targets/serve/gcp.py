@@ -54,6 +54,7 @@ class ServeGcpDriver(GcpDriver):
     templates = "serve-gcp"
     node_files = ()  # the Ray templates run no workload.py (serve.image, setup and [model] are refused)
     node_resource = "google_compute_instance.head"
+    head_machine = HEAD_MACHINE  # priced by the estimate and the budget guard
     rebuild_budget_s = 1200.0
     reports_from_nodes = False  # serve-gcp's heads and workers carry no guest_report.py (yet)
 
