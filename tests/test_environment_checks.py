@@ -54,3 +54,27 @@ def test_another_environments_shape_is_still_checked(tmp_path, monkeypatch):
     result = runner.invoke(app, ["render", "--env", "prod"])
     assert result.exit_code == 2
     assert "env.dev.model.uri: './my weights' must be a gs:// URI or a path, without spaces" in result.stderr
+
+
+# dev tries a custom scaling policy that lives only in a developer's checkout; prod scales on queue depth.
+DEV_POLICY = """
+    name = "scaler"
+    [serve]
+    command = "python -m http.server $PORT"
+    [autoscale]
+    max_replicas = 2
+    [env.dev.autoscale]
+    policy = "experiments.latency_policy:decide"
+    [env.prod.autoscale]
+    max_replicas = 3
+"""
+
+
+def test_another_environments_policy_module_is_looked_up_only_when_chosen(tmp_path, monkeypatch):
+    write_stack(tmp_path, DEV_POLICY)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["render", "--env", "prod"])
+    assert result.exit_code == 0, result.output
+    chosen = runner.invoke(app, ["render", "--env", "dev"])
+    assert chosen.exit_code == 2
+    assert "autoscale.policy: cannot import module 'experiments.latency_policy'" in chosen.stderr

@@ -41,8 +41,10 @@ def check_policy(spec) -> Path | None:
     """``autoscale.policy`` names a module that can be found from the stack's directory (where
     the Ray workers look too) and a function name; the module is not imported here (a dotted
     name's parent packages are, as ``importlib.util.find_spec`` does). Returns its file."""
+    from mlinfra.environments import machine_checks
+
     policy = spec.autoscale.policy
-    if not policy:
+    if not policy or not machine_checks():  # another environment's module may live on another machine
         return None
     module = policy.partition(":")[0]
     base = str(_stack_dir(spec))
@@ -64,8 +66,10 @@ def policy_files(spec) -> dict[str, str]:
     """The custom policy's source for a head on another machine (GCP): its module file and the
     ``__init__.py`` of each package above it, by path relative to the stack's directory. Only a
     policy that lives there can be shipped; one installed elsewhere would be missing on the head."""
+    from mlinfra.environments import machine_checks
+
     origin = check_policy(spec)
-    if not spec.autoscale.policy:
+    if not spec.autoscale.policy or not machine_checks():
         return {}
     base, module = _stack_dir(spec), spec.autoscale.policy.partition(":")[0]
     if origin is None or origin.suffix != ".py" or not origin.resolve().is_relative_to(base):
