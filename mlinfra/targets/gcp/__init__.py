@@ -96,9 +96,9 @@ class GcpDriver(Driver):
         return module.tfvars(spec, placement.resolved, workspace)
 
     def discover(self, outputs: dict[str, Any], workspace) -> list:
-        asked = read_json(workspace.tfvars).get("nodes") or {}
+        rendered = read_json(workspace.tfvars)
         return [
-            replace(node, workload=workload.asked((asked.get(node.key) or {}).get("node_config") or {}))
+            replace(node, workload=workload.asked(module.node_config(rendered, node.key)))
             for node in super().discover(outputs, workspace)
         ]
 

@@ -51,7 +51,6 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
                 "command": stack.serve.command,
                 "env": dict(stack.serve.env),
                 "secrets": dict(stack.serve.secrets),  # references only: the node reads the values
-                "workload": workload.node_values(stack),  # image, setup, model (templates/node/workload.py)
                 "port": stack.serve.port,
                 "health_path": stack.serve.health_path,
                 "gpus": count,
@@ -91,8 +90,28 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
             for variable, name in REFERENCE_TEXTGEN.items()
         },
         "nodes": nodes,
+        "node_config_extra": node_config_extra(stack),
         "node_check": node_checks.settings(stack),  # what each node checks on itself (guest_report.py)
     }
+
+
+def node_config_extra(stack) -> dict[str, Any]:
+    """Fields added to node_config after it first shipped, each only when the stack uses it.
+
+    node_config is what replaces a VM when it changes (templates/gcp/node_config.tf.j2): a field
+    rendered empty for every stack would replace every VM on the first `up` after an upgrade.
+    """
+    extra: dict[str, Any] = {}
+    values = workload.node_values(stack)  # image, setup, model (templates/node/workload.py)
+    if any(values.values()):
+        extra["workload"] = values
+    return extra
+
+
+def node_config(values: dict[str, Any], key: str) -> dict[str, Any]:
+    """What node ``key`` of rendered ``values`` (tfvars) was asked to run: its node_config with the extra fields."""
+    node = (values.get("nodes") or {}).get(key) or {}
+    return (node.get("node_config") or {}) | (values.get("node_config_extra") or {})
 
 
 # terraform variable -> file of the package. Each is one metadata value on the node, which holds

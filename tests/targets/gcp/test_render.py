@@ -282,10 +282,11 @@ def test_user_values_never_reach_the_tf_files(tmp_path):
         text = path.read_text()
         for fragment in ("pwned", "NASTY", "line2", "$(id)", "x=${y}", "{{ 7*7 }}", "weights-bucket", "ranker-nasty"):
             assert fragment not in text, f"{fragment!r} leaked into {path.name}"
-    node = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())["nodes"]["us-central1-0"]
+    values = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())
+    node = values["nodes"]["us-central1-0"]
     assert node["node_config"]["command"] == command
     assert node["node_config"]["env"] == {"NASTY": NASTY, "OTHER": "$(id)"}
-    assert node["node_config"]["workload"] == {
+    assert values["node_config_extra"]["workload"] == {
         "image": "registry.example.com:5000/acme/ranker-nasty:v1", "args": shlex.split(command),
         "setup": [NASTY, "$(id)"], "model_uri": model, "model_sha256": "", "model_dir": "/models/x${y}"}
     module, diagnostics = TerraformConfig.load_config_dir(str(rendered.workdir))
