@@ -44,7 +44,7 @@ variable "ssh_user" {
 }
 
 variable "ssh_public_key" {
-  description = "The stack's ed25519 public key (the private key stays in the work dir)."
+  description = "The stack's ed25519 public key (the private key stays in the work dir); empty without serve.ssh_cidrs: no login."
   type        = string
 }
 

@@ -81,8 +81,9 @@ resource "google_compute_instance" "node" {
 
   metadata = {
     # Only the stack's own key logs in: keys in the project's metadata do not reach its VMs.
+    # It has one only with serve.ssh_cidrs (ssh_public_key ""): then nobody logs in at all.
     "block-project-ssh-keys"         = "true"
-    "ssh-keys"                       = "${var.ssh_user}:${var.ssh_public_key}"
+    "ssh-keys"                       = join("", [for key in compact([var.ssh_public_key]) : "${var.ssh_user}:${key}"])
     "install-nvidia-driver"          = each.value.has_gpu ? "True" : "False"
     "startup-script"                 = file("${path.module}/startup.sh")
     "mlinfra-launcher"               = file("${path.module}/launch.py")
