@@ -16,7 +16,7 @@ from pathlib import Path
 
 from helpers import gcp_stack
 
-from mlinfra.console import plan_markdown
+from mlinfra.console import Stream, plan_markdown, print_plan
 from mlinfra.engine.events import parse_line, plan_summary
 from mlinfra.engine.terraform import terraform_command, terraform_env
 from mlinfra.results import PlanResult
@@ -95,7 +95,7 @@ def test_upgrading_mlinfra_replaces_no_vm_of_an_unchanged_stack(tmp_path):
     assert planned.returncode == 0, planned.stdout + planned.stderr  # 0: no changes; 2 would replace every VM
 
 
-def test_a_stack_that_starts_using_a_workload_still_replaces_its_nodes(tmp_path):
+def test_a_stack_that_starts_using_a_workload_still_replaces_its_nodes(tmp_path, capsys):
     """The other side: what a node runs changing (here serve.setup) must still replace it."""
     before = gcp_stack(tmp_path / "a", "upgrade", compute={"gpu": "t4"}).render().workdir
     workdir = tmp_path / "deployed"
@@ -111,6 +111,10 @@ def test_a_stack_that_starts_using_a_workload_still_replaces_its_nodes(tmp_path)
     assert summary.describe() == "1 to add, 1 to change, 1 to destroy; REPLACES 1 (destroyed, then created again)"
     markdown = plan_markdown(PlanResult("upgrade", workdir, summary))
     assert '**Replaced** (destroyed, then created again): `terraform_data.node["us-central1-0"]`' in markdown
+    print_plan(summary, Stream(stderr=False))
+    assert 'Will be REPLACED (destroyed, then created again): terraform_data.node["us-central1-0"]\n' in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_plain_stack_renders_node_config_as_it_did_before_node_config_extra(tmp_path):
