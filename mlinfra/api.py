@@ -387,7 +387,10 @@ class Stack(StateCommands):
 
         engine = self._terraform(on_event)
         try:
-            return self.workspace.prepare(self.render, engine, state.config_path(self.workspace, self.backend), migrate)
+            read_back = lambda: self.driver.read_back_state(self.spec, self.placement, self.workspace, engine)  # noqa: E731
+            return self.workspace.prepare(
+                self.render, engine, state.config_path(self.workspace, self.backend), migrate, read_back
+            )
         except StateLocked:
             raise LockHeld(self.lock().holder() or LockInfo.unknown()) from None
         except EngineError as exc:

@@ -69,6 +69,8 @@ def print_plan(summary: PlanSummary, console: Stream) -> None:
     for change in summary.changes:
         mark = _ACTION_MARK.get(change.action, "?")
         console.print(f"  {mark} {change.address} ({change.action})", markup=False)
+    if summary.replaced:
+        console.print(f"Will be REPLACED (destroyed, then created again): {', '.join(summary.replaced)}", markup=False)
     console.print(f"Plan: {summary.describe()}.", markup=False)
 
 
@@ -103,6 +105,8 @@ def plan_markdown(result) -> str:
         lines += ["| action | resource |", "| --- | --- |"]
         lines += [f"| {c.action} | `{c.address}` |" for c in summary.changes]
         lines.append("")
+    if summary.replaced:
+        lines += [f"**Replaced** (destroyed, then created again): {', '.join(f'`{a}`' for a in summary.replaced)}", ""]
     if summary.drift:
         lines += [
             f"Changed outside mlinfra (drift): {', '.join(f'`{c.address}` ({c.action})' for c in summary.drift)}",

@@ -33,8 +33,14 @@ class PlanResult(Result):
 
     @property
     def exit_code(self) -> int:
-        """``plan --detailed-exitcode``: 0 nothing to do, 3 changes pending or drift found."""
-        return 3 if self.summary.has_changes or self.summary.drift else 0
+        """``plan --detailed-exitcode``: 3 when the plan would change something, else 0.
+
+        Drift alone does not count: refresh also reports objects that changed only where the module
+        ignores changes (hashicorp/terraform#28803), such as the mlinfra-check-request metadata key
+        `verify --fresh` and `heal` set on GCP nodes; its ``resource_drift`` event names the object,
+        not the attributes. Drift that matters is drift the plan undoes, so it is a planned change.
+        """
+        return 3 if self.summary.has_changes else 0
 
 
 @dataclass

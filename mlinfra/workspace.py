@@ -98,12 +98,16 @@ class Workspace:
         engine: Terraform,
         backend_config: Path | None,
         migrate: Callable[[str, str], bool] | None,
+        read_back: Callable[[], bool] | None = None,
     ) -> Terraform:
         """Render, then init when needed, under the work dir's mutex: two commands at once means
-        one renders and inits, then the other finds it done."""
+        one renders and inits, then the other finds it done. ``read_back`` (after init) takes from
+        the state what a fresh work dir lacks; when it took something, the module is rendered again."""
         with workdir_mutex(self.root):
             render()
             engine.init(backend_config, migrate=migrate)
+            if read_back is not None and read_back():
+                render()
         return engine
 
 

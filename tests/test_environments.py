@@ -265,7 +265,7 @@ def test_drift_is_read_from_terraform_events_and_reported(tmp_path):
     summary = plan_summary([DRIFT_EVENT, {"type": "change_summary", "changes": {"operation": "plan"}}])
     assert not summary.has_changes and [c.address for c in summary.drift] == ['terraform_data.node["local-0"]']
     result = PlanResult("s", tmp_path, summary)
-    assert result.exit_code == 3
+    assert result.exit_code == 0  # drift the plan leaves alone (ignored attributes): nothing to do
     assert result.as_dict()["drift"] == [{"address": 'terraform_data.node["local-0"]', "action": "update"}]
     assert "drift" in plan_markdown(result)
     assert PlanResult("s", tmp_path, plan_summary([])).exit_code == 0
@@ -332,3 +332,41 @@ def test_detailed_exitcode_with_no_change_and_with_a_real_change(tmp_path, monke
     plain = runner.invoke(app, ["plan", "--env", "dev"])  # without the flag a pending change is success
     assert plain.exit_code == 0, plain.output
     assert "--detailed-exitcode" in runner.invoke(app, ["plan", "--help"]).stdout
+
+
+def _gcp_node_event(kind: str, action: str) -> dict:
+    """A GCP node's event as Terraform's JSON UI prints it (internal/command/views/json_view.go):
+    ``resource_drift`` names the object and an action, never which attributes differ."""
+    address = 'google_compute_instance.node["us-central1-0"]'
+    message = "Drift detected" if kind == "resource_drift" else "Plan to"
+    return {
+        "@level": "info",
+        "@message": f"{address}: {message} ({action})",
+        "type": kind,
+        "change": {
+            "resource": {
+                "addr": address,
+                "resource_type": "google_compute_instance",
+                "resource_name": "node",
+                "resource_key": "us-central1-0",
+                "implied_provider": "google",
+            },
+            "action": action,
+        },
+    }
+
+
+def test_drift_in_ignored_metadata_after_heal_does_not_fail_the_drift_check(tmp_path):
+    """`heal` and `verify --fresh` set the mlinfra-check-request key, which the module ignores
+    (lifecycle ignore_changes): refresh reports the node as drifted, the plan changes nothing."""
+    drift = _gcp_node_event("resource_drift", "update")
+    summary = plan_summary([drift, {"type": "change_summary", "changes": {"add": 0, "change": 0, "remove": 0,
+                                                                          "operation": "plan"}}])
+    assert PlanResult("s", tmp_path, summary).exit_code == 0
+    assert [c.address for c in summary.drift] == ['google_compute_instance.node["us-central1-0"]']  # still shown
+
+    # Someone edited what the module manages (a label, say): the plan puts it back, so exit 3.
+    undone = plan_summary([drift, _gcp_node_event("planned_change", "update"),
+                           {"type": "change_summary", "changes": {"add": 0, "change": 1, "remove": 0,
+                                                                  "operation": "plan"}}])
+    assert PlanResult("s", tmp_path, undone).exit_code == 3

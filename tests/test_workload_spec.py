@@ -58,7 +58,7 @@ def test_model_values_are_canonical_and_the_checksum_is_normalised(tmp_path):
                       model={"uri": "gs://my-bucket/models/demand/v3/", "sha256": f"sha256:{sha}"})
     assert stack.spec.model.sha256 == sha.lower() and stack.spec.model.dir == "/models/model"
     values = json.loads((stack.render().workdir / "terraform.tfvars.json").read_text())
-    assert values["nodes"]["us-central1-0"]["node_config"]["workload"]["model_sha256"] == sha.lower()
+    assert values["node_config_extra"]["workload"]["model_sha256"] == sha.lower()
 
 
 def test_a_local_model_path_is_relative_to_the_stack_file(tmp_path):

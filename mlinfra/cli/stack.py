@@ -68,15 +68,15 @@ def plan(
         bool,
         typer.Option(
             "--detailed-exitcode",
-            help="Exit 0 when there is nothing to change, 3 when changes are pending or drift was found "
-            "(1 still means the plan failed, 2 bad input): for drift checks in CI.",
+            help="Exit 0 when there is nothing to change, 3 when changes are pending, including drift the "
+            "plan undoes (1 still means the plan failed, 2 bad input): for drift checks in CI.",
         ),
     ] = False,
 ):
     """Show what `up` would change (and, on GCP, what it costs), changing nothing.
 
     Exit codes: 0 planned, 1 the plan failed, 2 bad input; with --detailed-exitcode, 3 when
-    changes are pending or resources drifted (were changed outside mlinfra)."""
+    changes are pending (drift that the plan undoes is a change; drift it leaves alone is only shown)."""
     from mlinfra.console import cost_lines, out, plan_markdown, print_json, print_plan
 
     stack = load(file, env)

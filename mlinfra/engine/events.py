@@ -35,7 +35,7 @@ class Change:
 
 @dataclass
 class PlanSummary(Result):
-    _json_extra = ("has_changes",)
+    _json_extra = ("has_changes", "replaced")
 
     add: int = 0
     change: int = 0
@@ -49,10 +49,17 @@ class PlanSummary(Result):
     def has_changes(self) -> bool:
         return bool(self.add or self.change or self.destroy)
 
+    @property
+    def replaced(self) -> list[str]:
+        """What will be destroyed and created again (a GCP node: a new VM, its disk and address gone)."""
+        return [change.address for change in self.changes if change.action == "replace"]
+
     def describe(self) -> str:
         if not self.has_changes:
             return "no changes"
-        return f"{self.add} to add, {self.change} to change, {self.destroy} to destroy"
+        counts = f"{self.add} to add, {self.change} to change, {self.destroy} to destroy"
+        replaced = self.replaced
+        return f"{counts}; REPLACES {len(replaced)} (destroyed, then created again)" if replaced else counts
 
 
 @dataclass

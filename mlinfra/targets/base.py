@@ -153,6 +153,11 @@ class Driver:
         target, so the next render uses them), or raise the error that explains the failure."""
         raise error
 
+    def read_back_state(self, spec: StackSpec, placement: Placement, workspace: Workspace, engine: Any) -> bool:
+        """After ``terraform init``: record in the work dir what it lacks and the state knows (a
+        fresh CI checkout over remote state); True when the module must be rendered again."""
+        return False
+
     def explain_init_failure(self, diagnostics: list[Any]) -> str | None:
         """One line for a known ``terraform init`` failure (a provider that cannot be installed)."""
         return None

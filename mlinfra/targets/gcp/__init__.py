@@ -97,9 +97,9 @@ class GcpDriver(Driver):
         return module.tfvars(spec, placement.resolved, workspace)
 
     def discover(self, outputs: dict[str, Any], workspace) -> list:
-        asked = read_json(workspace.tfvars).get("nodes") or {}
+        rendered = read_json(workspace.tfvars)
         return [
-            replace(node, workload=workload.asked((asked.get(node.key) or {}).get("node_config") or {}))
+            replace(node, workload=workload.asked(module.node_config(rendered, node.key)))
             for node in super().discover(outputs, workspace)
         ]
 
@@ -145,6 +145,14 @@ class GcpDriver(Driver):
         for move in found:
             module.record_zone_move(workspace, move.node, move.from_zone, move.to_zone, move.reason)
         return found
+
+    def read_back_state(self, spec, placement: Placement, workspace, engine) -> bool:
+        from mlinfra.targets.gcp import adopt
+
+        if spec.state.backend == "local" or module.read_back_done(workspace):  # local state lives in the work dir
+            return False
+        adopt.read_back(spec, placement.resolved, workspace, engine.state_pull())
+        return True
 
     def explain_init_failure(self, diagnostics: list[Any]) -> str | None:
         return explain_init_failure(diagnostics)

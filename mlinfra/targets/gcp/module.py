@@ -18,13 +18,18 @@ from mlinfra.timeutil import utc_now
 from mlinfra.workspace import Workspace
 
 SSH_USER = "mlinfra"
+STATE_RECORD = "from-state.json"  # what adopt.py read back from the state: its presence means done
+
+
+def read_back_done(workspace: Workspace) -> bool:
+    return (workspace / STATE_RECORD).is_file()
 
 
 def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, Any]:
     """Every value templates/gcp/ needs: the only way user values reach Terraform."""
     gpu, machine = resolved.gpu, resolved.machine
     count = resolved.gpu_count
-    private_key, public_key = ssh_key(workspace, stack.name)
+    private_key, public_key = ssh_key(workspace, stack)
     image = image_path(stack.gcp.image, gpu)
     disk_type = machine.disk if machine else "pd-balanced"
     nodes = {}
@@ -51,7 +56,6 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
                 "command": stack.serve.command,
                 "env": dict(stack.serve.env),
                 "secrets": dict(stack.serve.secrets),  # references only: the node reads the values
-                "workload": workload.node_values(stack),  # image, setup, model (templates/node/workload.py)
                 "port": stack.serve.port,
                 "health_path": stack.serve.health_path,
                 "gpus": count,
@@ -74,7 +78,7 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
         "ssh_cidrs": list(stack.serve.ssh_cidrs),
         "ssh_user": SSH_USER,
         "ssh_public_key": public_key,
-        "ssh_private_key_file": str(private_key),
+        "ssh_private_key_file": str(private_key) if public_key else "",
         "service_account": stack.gcp.service_account,
         "public_ip": stack.gcp.public_ip,
         "disk_kms_key": stack.gcp.disk_kms_key or None,  # null: Google-managed encryption
@@ -91,8 +95,28 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
             for variable, name in REFERENCE_TEXTGEN.items()
         },
         "nodes": nodes,
+        "node_config_extra": node_config_extra(stack),
         "node_check": node_checks.settings(stack),  # what each node checks on itself (guest_report.py)
     }
+
+
+def node_config_extra(stack) -> dict[str, Any]:
+    """Fields added to node_config after it first shipped, each only when the stack uses it.
+
+    node_config is what replaces a VM when it changes (templates/gcp/node_config.tf.j2): a field
+    rendered empty for every stack would replace every VM on the first `up` after an upgrade.
+    """
+    extra: dict[str, Any] = {}
+    values = workload.node_values(stack)  # image, setup, model (templates/node/workload.py)
+    if any(values.values()):
+        extra["workload"] = values
+    return extra
+
+
+def node_config(values: dict[str, Any], key: str) -> dict[str, Any]:
+    """What node ``key`` of rendered ``values`` (tfvars) was asked to run: its node_config with the extra fields."""
+    node = (values.get("nodes") or {}).get(key) or {}
+    return (node.get("node_config") or {}) | (values.get("node_config_extra") or {})
 
 
 # terraform variable -> file of the package. Each is one metadata value on the node, which holds
@@ -114,27 +138,45 @@ def image_path(image: str, gpu: Gpu | None) -> str:
     return f"projects/deeplearning-platform-release/global/images/family/{image}"
 
 
-def ssh_key(workspace: Workspace, stack_name: str) -> tuple[Path, str]:
+def public_key_file(workspace: Workspace) -> Path:
+    private = workspace.ssh_key.resolve()
+    return private.with_name(private.name + ".pub")
+
+
+def ssh_key(workspace: Workspace, stack) -> tuple[Path, str]:
     """The stack's ed25519 key pair in the work dir (made once, mode 0600); returns (private path, public key).
+
+    Only a stack that lets SSH in (serve.ssh_cidrs) has one: the gate's checks run on the node
+    itself (guest_report.py), so nothing else needs a login, and a key the module does not carry
+    cannot change between two checkouts. Public key "": none (no login at all).
+
+    With remote state and a work dir that has not read it yet (a fresh checkout: adopt.py), no key
+    is made: the nodes may already carry one, which adopt.py reads back after ``terraform init``.
 
     ssh-keygen makes it: the OpenSSH client is needed anyway to reach the nodes, and Python's
     standard library has no ed25519. The private key is never read or printed here.
     """
     private = workspace.ssh_key.resolve()
-    public = private.with_name(private.name + ".pub")
-    if not (private.is_file() and public.is_file()):
-        keygen = shutil.which("ssh-keygen")
-        if keygen is None:
-            raise MlinfraError("ssh-keygen not found: install the OpenSSH client (it is also what reaches the nodes)")
-        private.parent.mkdir(parents=True, exist_ok=True)
-        private.unlink(missing_ok=True)
-        public.unlink(missing_ok=True)
-        subprocess.run(
-            [keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"mlinfra-{stack_name}", "-f", str(private)],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-        )
+    public = public_key_file(workspace)
+    if not stack.serve.ssh_cidrs:
+        return private, ""
+    if public.is_file():  # made here, or read back from state (then the private key is elsewhere)
+        if private.is_file():
+            private.chmod(0o600)
+        return private, public.read_text().strip()
+    if stack.state.backend != "local" and not read_back_done(workspace):
+        return private, ""  # rendered again once adopt.py has looked at the state
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        raise MlinfraError("ssh-keygen not found: install the OpenSSH client (it is also what reaches the nodes)")
+    private.parent.mkdir(parents=True, exist_ok=True)
+    private.unlink(missing_ok=True)
+    subprocess.run(
+        [keygen, "-q", "-t", "ed25519", "-N", "", "-C", f"mlinfra-{stack.name}", "-f", str(private)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
     private.chmod(0o600)
     return private, public.read_text().strip()
 

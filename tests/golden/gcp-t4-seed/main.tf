@@ -9,14 +9,6 @@ locals {
   labels = var.labels
 }
 
-# What runs on a node. A change replaces the VM (disposable by design) instead of leaving the
-# old process running under new metadata until some later reboot.
-resource "terraform_data" "node_config" {
-  for_each = var.nodes
-
-  input = each.value.node_config
-}
-
 resource "google_compute_instance" "node" {
   # What the checkov scan (tests/targets/gcp/test_checkov.py) still reports, by design:
   # checkov:skip=CKV_GCP_40:opt-out default - gcp.public_ip = true gives each node an ephemeral external IP behind the stack's firewall rules; gcp.public_ip = false removes it (checkov 3.3 still sees the access_config of an empty dynamic block)
@@ -89,12 +81,13 @@ resource "google_compute_instance" "node" {
 
   metadata = {
     # Only the stack's own key logs in: keys in the project's metadata do not reach its VMs.
+    # It has one only with serve.ssh_cidrs (ssh_public_key ""): then nobody logs in at all.
     "block-project-ssh-keys"         = "true"
-    "ssh-keys"                       = "${var.ssh_user}:${var.ssh_public_key}"
+    "ssh-keys"                       = join("", [for key in compact([var.ssh_public_key]) : "${var.ssh_user}:${key}"])
     "install-nvidia-driver"          = each.value.has_gpu ? "True" : "False"
     "startup-script"                 = file("${path.module}/startup.sh")
     "mlinfra-launcher"               = file("${path.module}/launch.py")
-    "mlinfra-node"                   = jsonencode(each.value.node_config)
+    "mlinfra-node"                   = jsonencode(local.node_config[each.key])
     "mlinfra-reference-server"       = var.reference_server
     "mlinfra-reference-model"        = var.reference_model
     "mlinfra-reference-completions"  = var.reference_completions

@@ -44,7 +44,7 @@ variable "ssh_user" {
 }
 
 variable "ssh_public_key" {
-  description = "The stack's ed25519 public key (the private key stays in the work dir)."
+  description = "The stack's ed25519 public key (the private key stays in the work dir); empty without serve.ssh_cidrs: no login."
   type        = string
 }
 
@@ -100,6 +100,11 @@ variable "reference_textgen_data" {
   type        = string
 }
 
+variable "node_config_extra" {
+  description = "Fields added to every node's node_config since it first shipped, each only when used: {} or {workload = {image, args, setup, model_uri, model_sha256, model_dir}}."
+  type        = any
+}
+
 variable "nodes" {
   description = "One entry per node (region x replica), keyed \"<region>-<replica>\"."
   type = map(object({
@@ -125,14 +130,6 @@ variable "nodes" {
       port        = number
       health_path = string
       gpus        = number
-      workload = object({
-        image        = string
-        args         = list(string)
-        setup        = list(string)
-        model_uri    = string
-        model_sha256 = string
-        model_dir    = string
-      })
     })
   }))
 }

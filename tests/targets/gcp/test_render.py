@@ -282,10 +282,11 @@ def test_user_values_never_reach_the_tf_files(tmp_path):
         text = path.read_text()
         for fragment in ("pwned", "NASTY", "line2", "$(id)", "x=${y}", "{{ 7*7 }}", "weights-bucket", "ranker-nasty"):
             assert fragment not in text, f"{fragment!r} leaked into {path.name}"
-    node = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())["nodes"]["us-central1-0"]
+    values = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())
+    node = values["nodes"]["us-central1-0"]
     assert node["node_config"]["command"] == command
     assert node["node_config"]["env"] == {"NASTY": NASTY, "OTHER": "$(id)"}
-    assert node["node_config"]["workload"] == {
+    assert values["node_config_extra"]["workload"] == {
         "image": "registry.example.com:5000/acme/ranker-nasty:v1", "args": shlex.split(command),
         "setup": [NASTY, "$(id)"], "model_uri": model, "model_sha256": "", "model_dir": "/models/x${y}"}
     module, diagnostics = TerraformConfig.load_config_dir(str(rendered.workdir))
@@ -385,7 +386,7 @@ def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
 # -- the stack's SSH key ---------------------------------------------------------------------------
 
 def test_ssh_key_is_made_once_private_and_reused(tmp_path):
-    stack = seed_stack(tmp_path)
+    stack = seed_stack(tmp_path, ssh_cidrs=["203.0.113.0/24"])
     first = json.loads((stack.render().workdir / "terraform.tfvars.json").read_text())
     key = Path(first["ssh_private_key_file"])
     assert key.parent == stack.workdir and stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -400,8 +401,17 @@ def test_ssh_key_is_made_once_private_and_reused(tmp_path):
 def test_missing_ssh_keygen_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(Exception) as info:
-        seed_stack(tmp_path).render()
+        seed_stack(tmp_path, ssh_cidrs=["203.0.113.0/24"]).render()
     assert "ssh-keygen not found" in str(info.value)
+
+
+def test_a_stack_without_ssh_cidrs_has_no_ssh_key(tmp_path, monkeypatch):
+    """Nobody may log in (serve.ssh_cidrs empty): no key pair, an empty ssh-keys value, and
+    nothing that differs between two checkouts of the stack."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # ssh-keygen would be needed to make one
+    values = json.loads((seed_stack(tmp_path).render().workdir / "terraform.tfvars.json").read_text())
+    assert values["ssh_public_key"] == "" and values["ssh_private_key_file"] == ""
+    assert not list((tmp_path / "demand-predictor").rglob("ssh_ed25519*"))
 
 
 def test_schema_check_runs_on_the_shared_schema():
