@@ -186,7 +186,8 @@ class Stack(StateCommands):
         (GCP nodes re-run their own checks first)."""
         from mlinfra import verify as verification
 
-        chosen = verification.parse_checks(checks)  # bad names are bad input, before anything runs
+        # Bad names (and --rate with protocol openai) are bad input: refused before anything runs.
+        chosen = verification.parse_checks(checks, self.spec, options.get("rate"))
         deployed = self.status()
         if not deployed.nodes:
             raise self.not_deployed()
