@@ -82,7 +82,7 @@ def run(
     results: dict[tuple[str, str], CheckResult] = {}
 
     # GCP: gpu and health (and latency when the port is closed to us) from each node's own report.
-    side = stack.driver.node_side(stack, fresh)
+    side = stack.driver.node_side(stack, fresh, checks)  # heal's fresh run: no latency sample
 
     def record(result: CheckResult) -> CheckResult:
         if side is not None and "measured" not in result.details and not result.skipped:

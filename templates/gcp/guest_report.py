@@ -8,21 +8,23 @@ with the Compute API (instances.getGuestAttributes) and their own credentials.
     python3 guest_report.py once /etc/mlinfra/node.json    # one run, for a person on the node
 
 One run: wait for the server's health path on localhost, run the gpu query (the command the
-operator sent: the same nvidia-smi query its parser reads), then a short sequential latency
-sample on localhost (server time, without the network). The raw figures go out as one JSON
-value, ``mlinfra/report``; the operator's mlinfra judges them with the same parser, diagnosis
-and latency budget as every other check.
+operator sent: the same nvidia-smi query its parser reads) and publish both at once as one JSON
+value, ``mlinfra/report`` — heal and verify's health wait for nothing else. Then a sequential
+latency sample on localhost (server time, without the network; at most SAMPLE_LIMIT_S), published
+as ``mlinfra/latency`` with the same ``run``. The operator's mlinfra judges the raw figures with
+the same parser, diagnosis and latency budget as every other check.
 
 Re-runs on request: ``mlinfra verify --fresh`` changes the metadata value
 ``mlinfra-check-request`` (Compute API setMetadata, that key only); ``watch`` waits for that change with the metadata server's
-``?wait_for_change=true`` and publishes a fresh report whose ``run`` is the new value.
+``?wait_for_change=true`` and publishes a fresh report whose ``run`` is the new value. A value
+ending in `` checks=health,gpu`` (what heal asks) names the checks: no latency sample then.
 
 Guest attributes (Google's "Setting and querying guest attributes",
 https://cloud.google.com/compute/docs/metadata/manage-guest-attributes): enabled by the
 ``enable-guest-attributes = TRUE`` metadata key; written from the VM with
 ``PUT http://metadata.google.internal/computeMetadata/v1/instance/guest-attributes/NAMESPACE/KEY``
 and the header ``Metadata-Flavor: Google``; meant for small, infrequent values (at most 10
-queries a minute per VM, bursts of 3 a second) — so a run is one PUT of one value.
+queries a minute per VM, bursts of 3 a second) — so a run is at most two PUTs.
 """
 
 import json
@@ -38,11 +40,13 @@ sys.path.insert(0, HERE)
 from launch import METADATA_HOST, load  # noqa: E402 (launch.py lies beside this file on the node)
 
 NAMESPACE, KEY = "mlinfra", "report"
+LATENCY_KEY = "latency"  # the sample, written after the report: health and gpu never wait for it
 REQUEST_KEY = "mlinfra-check-request"  # the operator's re-run request (a metadata value)
 CHECK_KEY = "mlinfra-check"  # the check settings the operator sent (JSON)
 OUTPUT_CHARS = 2000  # of nvidia-smi's stdout and stderr each: the value stays small
 SAMPLES_MAX = 200  # node-side latency requests at most (one integer each in the report)
 BOOT_GRACE_S = 900  # at boot the Deep Learning VM installs its driver before the server starts
+SAMPLE_LIMIT_S = 120  # a sample stops here (a slow server), so the next request is not kept waiting
 WATCH_TIMEOUT_S = 3600  # one wait_for_change request lasts at most this long, then is renewed
 
 
@@ -60,10 +64,16 @@ def read_metadata(path, etag=None, timeout_s=10):
         return response.read().decode("utf-8"), response.headers.get("ETag", "")
 
 
-def publish(report):
-    """One PUT of the whole report to the guest attribute mlinfra/report."""
-    body = json.dumps(report, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    url = metadata_url("guest-attributes/%s/%s" % (NAMESPACE, KEY))
+def wanted_checks(run):
+    """The checks a re-run request names ("RUN checks=health,gpu"); None: all of them."""
+    names = run.partition(" checks=")[2]
+    return set(names.split(",")) if names else None
+
+
+def publish(value, key=KEY):
+    """One PUT of one JSON value to the guest attribute mlinfra/KEY."""
+    body = json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    url = metadata_url("guest-attributes/%s/%s" % (NAMESPACE, key))
     request = Request(url, data=body, method="PUT", headers={"Metadata-Flavor": "Google"})
     with urlopen(request, timeout=10) as response:
         response.read()
@@ -106,12 +116,17 @@ def check_gpu(command, timeout_s=20):
             "elapsed_s": round(time.monotonic() - started, 3)}
 
 
-def check_latency(url, payload, requests, warmup):
-    """Sequential POSTs to the server on localhost: microseconds per successful request."""
+def check_latency(url, payload, requests, warmup, limit_s=SAMPLE_LIMIT_S):
+    """Sequential POSTs to the server on localhost: microseconds per successful request; the
+    sample stops after ``limit_s`` (``cut_short``: how many requests it did not send)."""
     body = json.dumps(payload).encode("utf-8")
     samples, errors = [], {}
-    started = time.monotonic()
+    started = first = time.monotonic()
+    cut_short = 0
     for i in range(warmup + requests):
+        if time.monotonic() - first >= limit_s:
+            cut_short = warmup + requests - i
+            break
         if i == warmup:  # the measured phase starts after the warm-up
             started = time.monotonic()
         sent = time.monotonic()
@@ -131,11 +146,16 @@ def check_latency(url, payload, requests, warmup):
         else:
             errors[kind] = errors.get(kind, 0) + 1
     return {"url": url, "requests": requests, "warmup": warmup, "samples_us": samples, "errors": errors,
-            "duration_s": round(time.monotonic() - started, 3)}
+            "duration_s": round(time.monotonic() - started, 3), "cut_short": cut_short}
 
 
-def run_checks(node, check, run, boot):
-    """One report: health, then gpu, then latency (only on a healthy server)."""
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_checks(node, check, run, boot, send=publish):
+    """One run: health, then gpu, published at once; then latency (only on a healthy server, and
+    when the request did not name checks without it), published as a second value."""
     base = "http://127.0.0.1:%d" % node["port"]
     deadline = float(check.get("health_timeout_s", 600)) + (float(check.get("boot_grace_s", BOOT_GRACE_S))
                                                             if boot and node.get("gpus") else 0.0)
@@ -143,20 +163,24 @@ def run_checks(node, check, run, boot):
     report["health"] = check_health(base + node["health_path"], deadline)
     report["gpu"] = check_gpu(check["gpu_command"]) if node.get("gpus") else None
     latency = check.get("latency") or {}
-    report["latency"] = None
-    if report["health"]["ok"] and latency:
-        report["latency"] = check_latency(base + latency["path"], latency.get("payload"),
-                                          min(int(latency.get("requests", 50)), SAMPLES_MAX),
-                                          int(latency.get("warmup", 0)))
-    report["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    wanted = wanted_checks(run)
+    sample = bool(report["health"]["ok"] and latency and (wanted is None or "latency" in wanted))
+    report["latency"] = "pending" if sample else None  # pending: it follows as mlinfra/latency
+    report["at"] = now()
+    send(report)
+    if sample:
+        measured = check_latency(base + latency["path"], latency.get("payload"),
+                                 min(int(latency.get("requests", 50)), SAMPLES_MAX),
+                                 int(latency.get("warmup", 0)), float(latency.get("limit_s", SAMPLE_LIMIT_S)))
+        measured.update(run=run, at=now())
+        send(measured, LATENCY_KEY)
+        report = dict(report, latency=measured)  # what `once` prints
     return report
 
 
 def once(node, run, boot):
     check = json.loads(read_metadata("attributes/" + CHECK_KEY)[0])
-    report = run_checks(node, check, run, boot)
-    publish(report)
-    return report
+    return run_checks(node, check, run, boot)
 
 
 def watch(node):

@@ -26,9 +26,14 @@ NVIDIA_SMI = ROOT / "tests" / "standins" / "nvidia-smi"
 
 
 class ModelServer:
-    """A real HTTP server on localhost: its health path answers ``health`` (200 or 503)."""
+    """A real HTTP server on localhost: its health path answers ``health`` (200 or 503). Its
+    predictions wait while ``slow`` is cleared: a server whose latency sample takes its time."""
 
     def __init__(self, health: int):
+        self.slow = threading.Event()
+        self.slow.set()
+        slow = self.slow
+
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
@@ -45,6 +50,7 @@ class ModelServer:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                slow.wait(60)
                 self.answer(200 if self.path == "/predict" else 404)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -52,6 +58,7 @@ class ModelServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
+        self.slow.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -117,7 +124,8 @@ def test_a_healthy_node_with_its_gpu_passes_the_gate_with_no_ingress(tmp_path, s
     report, port = report_from_node(tmp_path, stack, google, health=200, fixture="t4.txt")
     results = by_check(report)
     assert report.passed, [(r.check, r.message) for r in report.results]
-    assert google.puts == ["mlinfra/report"]  # one write per run: guest attributes are for small, rare values
+    # Two writes per run (guest attributes are for small, rare values): health and gpu, then the sample.
+    assert google.puts == ["mlinfra/report", "mlinfra/latency"]
     assert results["gpu"].summary.startswith("1× Tesla T4, driver ") and results["gpu"].summary.endswith("(on the node)")
     assert results["health"].summary.startswith("HTTP 200 after ") and "(on the node, 20" in results["health"].summary
     assert results["latency"].summary.endswith("(on the node: server time, without the network)")
@@ -176,7 +184,9 @@ def test_fresh_asks_the_node_for_a_new_run_and_waits_for_that_one(tmp_path, stac
         asked = google.attributes["mlinfra-check-request"]
         assert asked != "boot" and set(google.attributes) == {"mlinfra-check", "mlinfra-check-request"}
         assert report.passed and {r.details.get("run") for r in report.results if r.check == "health"} == {asked}
-        assert google.puts == ["mlinfra/report", "mlinfra/report"]
+        # The boot run sampled latency; the fresh run of health and gpu did not (the request named them).
+        assert asked.endswith(" checks=health,gpu")
+        assert google.puts == ["mlinfra/report", "mlinfra/latency", "mlinfra/report"]
     finally:
         watcher.terminate()
         watcher.communicate(timeout=30)
@@ -221,3 +231,43 @@ def test_latency_is_measured_from_here_when_the_port_answers(tmp_path, google, m
     assert results["health"].details["measured"] == results["gpu"].details["measured"] == "on the node"
     monkeypatch.setenv("MLINFRA_CLIENT_IP", "not-an-address")
     assert "MLINFRA_CLIENT_IP='not-an-address' is not an IP address" in " ".join(stack.notes())
+
+
+def test_health_and_gpu_are_published_before_the_latency_sample(tmp_path, stack, google):
+    server = ModelServer(200)
+    server.slow.clear()  # every prediction waits: the sample cannot finish until the test says so
+    node = subprocess.Popen([sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
+                            env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = google.wait_for_guest("mlinfra", "report", timeout_s=60)
+        assert first is not None, "the node held health and gpu back until its latency sample was done"
+        assert json.loads(first)["health"]["ok"] and json.loads(first)["latency"] == "pending"
+        assert ("mlinfra", "latency") not in google.guest
+        server.slow.set()
+        node.communicate(timeout=60)
+        report = verify.run(stack, [deployed_node()])
+    finally:
+        node.kill()
+        server.stop()
+    assert report.passed, [(r.check, r.message) for r in report.results]
+    assert by_check(report)["latency"].details["ok"] == 30
+
+
+def test_heal_gets_health_and_gpu_from_a_node_whose_latency_sample_is_slow(tmp_path, stack, google, monkeypatch):
+    monkeypatch.setattr(node_checks, "RUN_MARGIN_S", 30.0)
+    server = ModelServer(200)
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert google.wait_for_guest("mlinfra", "latency", timeout_s=60) is not None  # the boot run is over
+        server.slow.clear()  # from now on a latency sample would not finish
+        # What heal asks (ops/heal.py _failures): a fresh run of health and gpu, 10 s to detect.
+        report = verify.run(stack, [deployed_node()], checks=["health", "gpu"], health_deadline_s=10, fresh=True)
+        assert report.passed, [(r.check, r.message) for r in report.results]
+        assert google.puts == ["mlinfra/report", "mlinfra/latency", "mlinfra/report"]
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=30)
+        server.stop()
