@@ -11,7 +11,8 @@ One run: wait for the server's health path on localhost, run the gpu query (the 
 operator sent: the same nvidia-smi query its parser reads) and publish both at once as one JSON
 value, ``mlinfra/report`` — heal and verify's health wait for nothing else. Then a sequential
 latency sample on localhost (server time, without the network; at most SAMPLE_LIMIT_S), published
-as ``mlinfra/latency`` with the same ``run``. The operator's mlinfra judges the raw figures with
+as ``mlinfra/latency`` with the same ``run``; with ``verify.protocol = "openai"`` the sample is
+streamed completions (the bodies the operator built), measured per token like its own streams. The operator's mlinfra judges the raw figures with
 the same parser, diagnosis and latency budget as every other check.
 
 Re-runs on request: ``mlinfra verify --fresh`` changes the metadata value
@@ -29,6 +30,7 @@ queries a minute per VM, bursts of 3 a second) — so a run is at most two PUTs.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -149,6 +151,114 @@ def check_latency(url, payload, requests, warmup, limit_s=SAMPLE_LIMIT_S):
             "duration_s": round(time.monotonic() - started, 3), "cut_short": cut_short}
 
 
+class StreamFailed(Exception):
+    """One streamed request that went wrong; ``kind`` is what the operator's report counts."""
+
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+
+
+def stream_once(url, body, timeout_s):
+    """One streamed completion (verify.protocol = "openai"): seconds from send to each event with
+    text, to [DONE], and usage.completion_tokens (0: not reported). The same reading as the
+    operator's verify/sse.py: an event ends at a blank line, its data lines joined by LF."""
+    sent = time.monotonic()
+    request = Request(url, data=body, method="POST",
+                      headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+    tokens, usage, data = [], 0, []
+    try:
+        response = urlopen(request, timeout=timeout_s)
+    except HTTPError as exc:
+        raise StreamFailed("http_%d" % exc.code, "HTTP %d" % exc.code)
+    except (URLError, OSError) as exc:
+        kind = "timeout" if "timed out" in str(exc) else "connect"
+        raise StreamFailed(kind, str(getattr(exc, "reason", exc)))
+    with response:
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            raise StreamFailed("not_streaming", "Content-Type %r, not text/event-stream"
+                               % response.headers.get("Content-Type"))
+        while True:
+            try:
+                line = response.readline()
+            except (socket.timeout, OSError) as exc:
+                kind = "stalled" if tokens else "timeout"
+                raise StreamFailed(kind, "no byte for %g s (%s)" % (timeout_s, exc))
+            if not line:
+                raise StreamFailed("closed_early", "the stream ended after %d tokens without [DONE]" % len(tokens))
+            at = time.monotonic() - sent
+            line = line.decode("utf-8", "replace").rstrip("\r\n")
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+                continue
+            if line or not data:
+                continue
+            text, data = "\n".join(data), []
+            if text.strip() == "[DONE]":
+                return tokens, at, usage
+            try:
+                event = json.loads(text)
+            except ValueError:
+                raise StreamFailed("malformed_event", "an event is not JSON: %r" % text[:120])
+            if not isinstance(event, dict) or not isinstance(event.get("choices", []), list):
+                raise StreamFailed("malformed_event", "an event is not a completion chunk: %r" % text[:120])
+            if "error" in event:
+                raise StreamFailed("server_error", "the server sent an error event: %r" % text[:200])
+            for choice in event.get("choices") or []:
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                piece = choice.get("text") if isinstance(choice, dict) and "text" in choice else (
+                    delta.get("content") if isinstance(delta, dict) else None)
+                if isinstance(piece, str) and piece:
+                    tokens.append(at)
+            if isinstance(event.get("usage"), dict) and isinstance(event["usage"].get("completion_tokens"), int):
+                usage = event["usage"]["completion_tokens"]
+
+
+def three_digits(us):
+    """``us`` rounded to three significant digits: inter-token gaps are counted per such value,
+    so the report stays small (a few hundred values, not one per token)."""
+    step = 10 ** max(0, len(str(us)) - 3)
+    return (us + step // 2) // step * step
+
+
+def check_stream(url, bodies, requests, warmup, timeout_s, limit_s=SAMPLE_LIMIT_S):
+    """Sequential streamed completions on localhost: per successful request its latency, time to
+    first token and tokens/s, and the inter-token gaps of all (the operator judges them with the
+    same token budgets as its own streams). Stops after ``limit_s`` like check_latency."""
+    figures = {"url": url, "protocol": "openai", "requests": requests, "warmup": warmup, "latency_us": [],
+               "ttft_us": [], "rates_milli": [], "itl_us": {}, "output_tokens": 0, "errors": {}, "first_error": "",
+               "cut_short": 0}
+    started = first = time.monotonic()
+    for i in range(warmup + requests):
+        if time.monotonic() - first >= limit_s:
+            figures["cut_short"] = warmup + requests - i
+            break
+        if i == warmup:
+            started = time.monotonic()
+        try:
+            tokens, done, usage = stream_once(url, bodies[i % len(bodies)].encode("utf-8"), timeout_s)
+            if not tokens:
+                raise StreamFailed("no_tokens", "a stream ended with [DONE] but carried no text")
+        except StreamFailed as exc:
+            if i >= warmup:
+                figures["errors"][exc.kind] = figures["errors"].get(exc.kind, 0) + 1
+                figures["first_error"] = figures["first_error"] or "%s: %s" % (exc.kind, exc)
+            continue
+        if i < warmup:
+            continue
+        count = usage or len(tokens)
+        figures["latency_us"].append(int(done * 1e6))
+        figures["ttft_us"].append(int(tokens[0] * 1e6))
+        figures["output_tokens"] += count
+        if tokens[-1] > 0:
+            figures["rates_milli"].append(int(count / tokens[-1] * 1000))
+        for before, after in zip(tokens, tokens[1:]):
+            gap = str(three_digits(int((after - before) * 1e6)))
+            figures["itl_us"][gap] = figures["itl_us"].get(gap, 0) + 1
+    figures["duration_s"] = round(time.monotonic() - started, 3)
+    return figures
+
+
 def now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -169,9 +279,14 @@ def run_checks(node, check, run, boot, send=publish):
     report["at"] = now()
     send(report)
     if sample:
-        measured = check_latency(base + latency["path"], latency.get("payload"),
-                                 min(int(latency.get("requests", 50)), SAMPLES_MAX),
-                                 int(latency.get("warmup", 0)), float(latency.get("limit_s", SAMPLE_LIMIT_S)))
+        requests = min(int(latency.get("requests", 50)), SAMPLES_MAX)
+        limit_s = float(latency.get("limit_s", SAMPLE_LIMIT_S))
+        if latency.get("protocol") == "openai":  # streamed completions: per token, as the operator measures
+            measured = check_stream(base + latency["path"], latency["bodies"], requests, int(latency.get("warmup", 0)),
+                                    float(latency.get("token_timeout_s", 10)), limit_s)
+        else:
+            measured = check_latency(base + latency["path"], latency.get("payload"), requests,
+                                     int(latency.get("warmup", 0)), limit_s)
         measured.update(run=run, at=now())
         send(measured, LATENCY_KEY)
         report = dict(report, latency=measured)  # what `once` prints

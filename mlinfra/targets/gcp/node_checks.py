@@ -46,18 +46,25 @@ def settings(spec) -> str:
     from mlinfra.verify import gpu, latency
 
     verify = spec.verify
+    sample: dict[str, Any] = {
+        "path": verify.path,
+        "requests": min(verify.requests, SAMPLES_MAX),
+        "warmup": min(verify.warmup, 20),
+        "limit_s": SAMPLE_LIMIT_S,
+    }
+    if verify.protocol == "openai":  # streamed completions, built as the operator's own streams are
+        from mlinfra.verify.stream import request_body
+
+        bodies = [request_body(p, verify.max_tokens, verify.chat, verify.model_name).decode() for p in verify.prompts]
+        sample.update(protocol="openai", bodies=bodies, token_timeout_s=verify.token_timeout_s)
+    else:
+        sample["payload"] = verify.payload if verify.payload is not None else latency.default_payload()
     return json.dumps(
         {
             "gpu_command": list(gpu.COMMAND),  # the query verify.gpu parses: one source for both sides
             "health_timeout_s": verify.health_timeout_s,
             "boot_grace_s": BOOT_GRACE_S,
-            "latency": {
-                "path": verify.path,
-                "payload": verify.payload if verify.payload is not None else latency.default_payload(),
-                "requests": min(verify.requests, SAMPLES_MAX),
-                "warmup": min(verify.warmup, 20),
-                "limit_s": SAMPLE_LIMIT_S,
-            },
+            "latency": sample,
         },
         sort_keys=True,
     )
@@ -244,6 +251,14 @@ class NodeReports:
                 message=f"not run: the node published no latency sample ({found.reason})",
                 details={"measured": ON_NODE},
             )
+        result = self._judge_stream(node, sample) if sample.get("protocol") == "openai" else self._judge(node, sample)
+        result.summary += f" ({ON_NODE}: server time, without the network)"
+        if sample.get("cut_short"):  # a slow server: the node stopped at SAMPLE_LIMIT_S
+            result.summary += f", {sample['cut_short']} requests not sent after {SAMPLE_LIMIT_S:g} s"
+        result.details.update(measured=ON_NODE, why=found.reason, report_at=(report or {}).get("at"))
+        return result
+
+    def _judge(self, node, sample: dict) -> CheckResult:
         from mlinfra.verify.budget import check_latency
         from mlinfra.verify.histogram import Histogram
         from mlinfra.verify.latency import LoadResult
@@ -257,9 +272,28 @@ class NodeReports:
         for us in sample.get("samples_us") or []:
             load.latency.record(int(us))
         load.ok = load.latency.total
-        result = check_latency(node.name, load, self.spec.verify)
-        result.summary += f" ({ON_NODE}: server time, without the network)"
-        if sample.get("cut_short"):  # a slow server: the node stopped at SAMPLE_LIMIT_S
-            result.summary += f", {sample['cut_short']} requests not sent after {SAMPLE_LIMIT_S:g} s"
-        result.details.update(measured=ON_NODE, why=found.reason, report_at=(report or {}).get("at"))
-        return result
+        return check_latency(node.name, load, self.spec.verify)
+
+    def _judge_stream(self, node, sample: dict) -> CheckResult:
+        """The node's streamed sample against the same token budgets as a stream measured here."""
+        from mlinfra.verify.budget import check_stream
+        from mlinfra.verify.stream import StreamResult
+
+        verify = self.spec.verify
+        result = StreamResult(
+            sample.get("url", ""), int(sample.get("requests", 0)), 1, int(sample.get("warmup", 0)), verify.max_tokens
+        )
+        result.duration_s = result.elapsed_s = float(sample.get("duration_s") or 0.0)
+        result.errors = dict(sample.get("errors") or {})
+        result.first_error = str(sample.get("first_error") or "")
+        for latency_us, ttft_us in zip(sample.get("latency_us") or [], sample.get("ttft_us") or [], strict=False):
+            result.ok += 1
+            result.latency.record(int(latency_us))
+            result.ttft.record(int(ttft_us))
+        for rate in sample.get("rates_milli") or []:
+            result.rates.record(int(rate))
+        for gap_us, count in (sample.get("itl_us") or {}).items():  # gaps rounded to 3 digits, counted
+            for _ in range(int(count)):
+                result.itl.record(int(gap_us))
+        result.output_tokens = int(sample.get("output_tokens") or 0)
+        return check_stream(node.name, result, verify)

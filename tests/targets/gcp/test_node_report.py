@@ -271,3 +271,49 @@ def test_heal_gets_health_and_gpu_from_a_node_whose_latency_sample_is_slow(tmp_p
         watcher.terminate()
         watcher.communicate(timeout=30)
         server.stop()
+
+
+def test_an_openai_stack_gets_a_streamed_sample_measured_per_token_on_the_node(tmp_path, monkeypatch):
+    """`mlinfra serve` (the reference LLM server) on the node's localhost: the node streams the
+    completions the operator built and the operator judges them with the same token budgets."""
+    import socket
+    import time
+    import urllib.request
+
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
+    stack = gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
+                      compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
+                      serve={"port": 8000},
+                      verify={"protocol": "openai", "path": "/v1/chat/completions", "max_tokens": 8, "requests": 10,
+                              "warmup": 1, "health_timeout_s": 5, "ttft_p95_ms": 60000, "itl_p95_ms": 60000})
+    sent = json.loads(node_checks.settings(stack.spec))["latency"]
+    assert [json.loads(body)["stream"] for body in sent["bodies"]] == [True] * 4 and "payload" not in sent
+    google = Google.start(attributes={"mlinfra-check": node_checks.settings(stack.spec),
+                                      "mlinfra-check-request": "boot"})
+    monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{google.address}/compute/v1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlinfra.serve", "--port", str(port), "--token-ms", "1"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # until it listens (the node's own health wait is what the test checks)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        done = subprocess.run([sys.executable, str(REPORTER), "once", node_file(tmp_path, port)],
+                              env=node_env(tmp_path, google, "t4.txt"), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        report = verify.run(stack, [deployed_node()])
+    finally:
+        server.terminate()
+        server.wait(10)
+        google.stop()
+    latency = by_check(report)["latency"]
+    assert report.passed, [(r.check, r.message) for r in report.results]
+    assert latency.details["protocol"] == "openai" and latency.details["output_tokens"] == 80
+    assert latency.details["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"
+    assert latency.summary.startswith("TTFT p50 ") and "(on the node: server time" in latency.summary
+    assert latency.details["budget"]["p95_ms"] == 0.0  # protocol openai: no whole-stream budget by default
