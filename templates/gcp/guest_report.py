@@ -118,15 +118,37 @@ def check_gpu(command, timeout_s=20):
             "elapsed_s": round(time.monotonic() - started, 3)}
 
 
-def check_latency(url, payload, requests, warmup, limit_s=SAMPLE_LIMIT_S):
+def sample_until(limit_s, superseded=None, every_s=5.0):
+    """A ``stop()`` for a sample: true after ``limit_s``, or once ``superseded()`` (asked at most
+    every ``every_s``: a metadata read) says a newer request waits — heal's must not queue behind it."""
+    started = time.monotonic()
+    asked = [started]
+
+    def stop():
+        now_s = time.monotonic()
+        if now_s - started >= limit_s:
+            return True
+        if superseded is not None and now_s - asked[0] >= every_s:
+            asked[0] = now_s
+            try:
+                return bool(superseded())
+            except (URLError, OSError, ValueError):  # the metadata server: ask again next time
+                return False
+        return False
+
+    return stop
+
+
+def check_latency(url, payload, requests, warmup, stop=None):
     """Sequential POSTs to the server on localhost: microseconds per successful request; the
-    sample stops after ``limit_s`` (``cut_short``: how many requests it did not send)."""
+    sample stops when ``stop()`` says so (``cut_short``: how many requests it did not send)."""
+    stop = stop or sample_until(SAMPLE_LIMIT_S)
     body = json.dumps(payload).encode("utf-8")
     samples, errors = [], {}
-    started = first = time.monotonic()
+    started = time.monotonic()
     cut_short = 0
     for i in range(warmup + requests):
-        if time.monotonic() - first >= limit_s:
+        if stop():
             cut_short = warmup + requests - i
             break
         if i == warmup:  # the measured phase starts after the warm-up
@@ -221,16 +243,17 @@ def three_digits(us):
     return (us + step // 2) // step * step
 
 
-def check_stream(url, bodies, requests, warmup, timeout_s, limit_s=SAMPLE_LIMIT_S):
+def check_stream(url, bodies, requests, warmup, timeout_s, stop=None):
     """Sequential streamed completions on localhost: per successful request its latency, time to
     first token and tokens/s, and the inter-token gaps of all (the operator judges them with the
-    same token budgets as its own streams). Stops after ``limit_s`` like check_latency."""
+    same token budgets as its own streams). Stops when ``stop()`` says so, like check_latency."""
+    stop = stop or sample_until(SAMPLE_LIMIT_S)
     figures = {"url": url, "protocol": "openai", "requests": requests, "warmup": warmup, "latency_us": [],
                "ttft_us": [], "rates_milli": [], "itl_us": {}, "output_tokens": 0, "errors": {}, "first_error": "",
                "cut_short": 0}
-    started = first = time.monotonic()
+    started = time.monotonic()
     for i in range(warmup + requests):
-        if time.monotonic() - first >= limit_s:
+        if stop():
             figures["cut_short"] = warmup + requests - i
             break
         if i == warmup:
@@ -263,7 +286,7 @@ def now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def run_checks(node, check, run, boot, send=publish):
+def run_checks(node, check, run, boot, send=publish, superseded=None):
     """One run: health, then gpu, published at once; then latency (only on a healthy server, and
     when the request did not name checks without it), published as a second value."""
     base = "http://127.0.0.1:%d" % node["port"]
@@ -280,22 +303,22 @@ def run_checks(node, check, run, boot, send=publish):
     send(report)
     if sample:
         requests = min(int(latency.get("requests", 50)), SAMPLES_MAX)
-        limit_s = float(latency.get("limit_s", SAMPLE_LIMIT_S))
+        stop = sample_until(float(latency.get("limit_s", SAMPLE_LIMIT_S)), superseded)
         if latency.get("protocol") == "openai":  # streamed completions: per token, as the operator measures
             measured = check_stream(base + latency["path"], latency["bodies"], requests, int(latency.get("warmup", 0)),
-                                    float(latency.get("token_timeout_s", 10)), limit_s)
+                                    float(latency.get("token_timeout_s", 10)), stop)
         else:
             measured = check_latency(base + latency["path"], latency.get("payload"), requests,
-                                     int(latency.get("warmup", 0)), limit_s)
+                                     int(latency.get("warmup", 0)), stop)
         measured.update(run=run, at=now())
         send(measured, LATENCY_KEY)
         report = dict(report, latency=measured)  # what `once` prints
     return report
 
 
-def once(node, run, boot):
+def once(node, run, boot, superseded=None):
     check = json.loads(read_metadata("attributes/" + CHECK_KEY)[0])
-    return run_checks(node, check, run, boot)
+    return run_checks(node, check, run, boot, superseded=superseded)
 
 
 def watch(node):
@@ -304,7 +327,8 @@ def watch(node):
     boot = True
     while True:
         try:
-            once(node, value, boot)
+            # A request that arrives during the sample ends it: health and gpu of the new run come first.
+            once(node, value, boot, lambda: read_metadata("attributes/" + REQUEST_KEY)[0] != value)
         except (URLError, OSError, ValueError, KeyError) as exc:  # logged; the next request tries again
             print("mlinfra-report: could not check or publish: %s" % exc, file=sys.stderr)
         boot = False

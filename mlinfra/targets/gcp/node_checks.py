@@ -253,8 +253,8 @@ class NodeReports:
             )
         result = self._judge_stream(node, sample) if sample.get("protocol") == "openai" else self._judge(node, sample)
         result.summary += f" ({ON_NODE}: server time, without the network)"
-        if sample.get("cut_short"):  # a slow server: the node stopped at SAMPLE_LIMIT_S
-            result.summary += f", {sample['cut_short']} requests not sent after {SAMPLE_LIMIT_S:g} s"
+        if sample.get("cut_short"):  # a slow server, or a newer request (heal's) was waiting
+            result.summary += f", {sample['cut_short']} requests not sent (the node stops at {SAMPLE_LIMIT_S:g} s, or for a newer run)"
         result.details.update(measured=ON_NODE, why=found.reason, report_at=(report or {}).get("at"))
         return result
 

@@ -273,6 +273,26 @@ def test_heal_gets_health_and_gpu_from_a_node_whose_latency_sample_is_slow(tmp_p
         server.stop()
 
 
+def test_a_request_during_a_slow_sample_ends_it_so_heal_is_answered(tmp_path, stack, google, monkeypatch):
+    monkeypatch.setattr(node_checks, "RUN_MARGIN_S", 30.0)
+    server = ModelServer(200)
+    server.slow.clear()  # the boot run's sample: each prediction hangs until the node's 10 s timeout
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        boot = google.wait_for_guest("mlinfra", "report", timeout_s=60)
+        assert boot is not None and json.loads(boot)["latency"] == "pending"  # the boot sample is under way
+        report = verify.run(stack, [deployed_node()], checks=["health", "gpu"], health_deadline_s=10, fresh=True)
+        assert report.passed, [(r.check, r.message) for r in report.results]
+        cut = json.loads(google.guest[("mlinfra", "latency")])
+        assert cut["run"] == "boot" and cut["cut_short"] > 0  # the boot sample gave way to heal's request
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=30)
+        server.stop()
+
+
 def test_an_openai_stack_gets_a_streamed_sample_measured_per_token_on_the_node(tmp_path, monkeypatch):
     """`mlinfra serve` (the reference LLM server) on the node's localhost: the node streams the
     completions the operator built and the operator judges them with the same token budgets."""
