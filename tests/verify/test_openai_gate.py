@@ -78,3 +78,44 @@ def test_requests_for_an_openai_stack_are_streamed_completions(tmp_path):
     assert headers["Accept"] == "text/event-stream"
     http = Stack.load(write_stack(tmp_path, OPENAI.replace('protocol = "openai"', ""), name="http.toml"))
     assert "instances" in json.loads(request_body(http.spec.verify)[0])
+
+
+def test_the_cold_start_request_of_an_openai_stack_is_answered_by_the_reference_server(tmp_path):
+    """`mlinfra serve`'s chat path answers the /predict body with 400: the first request at zero
+    replicas must be the streamed completion the benchmark sends."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from types import SimpleNamespace
+
+    from mlinfra.verify import request_body
+    from mlinfra.verify.autoscale import cold_start
+
+    spec = Stack.load(write_stack(tmp_path, OPENAI + 'path = "/v1/chat/completions"\nmax_tokens = 4\n')).spec
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlinfra.serve", "--port", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        # Serve's status at rest (targets/serve): the region has no replica, so this request is the cold start.
+        at_rest = SimpleNamespace(autoscale={"regions": {"a": {"replicas": 0, "starting": 0}}})
+        stack = SimpleNamespace(spec=spec, status=lambda: at_rest)
+        node = SimpleNamespace(name="v-gate-a-0", region="a", endpoint=f"http://127.0.0.1:{port}")
+        result = cold_start(stack, node, *request_body(spec.verify))
+        from mlinfra.verify.latency import default_payload
+
+        old = cold_start(stack, node, json.dumps(default_payload()).encode(), {"Content-Type": "application/json"})
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result is not None and result.passed, result and result.message
+    assert result.details["status"] == 200
+    assert old is not None and old.details["status"] == 400  # what the /predict body got before
