@@ -186,7 +186,7 @@ class Stack(StateCommands):
         (GCP nodes re-run their own checks first)."""
         from mlinfra import verify as verification
 
-        chosen = verification.parse_checks(checks)  # bad names are bad input, before anything runs
+        chosen = verification.parse_checks(checks, self.spec, options.get("rate"))  # bad input: before anything runs
         deployed = self.status()
         if not deployed.nodes:
             raise self.not_deployed()

@@ -287,6 +287,8 @@ class StackSpec(Section):
             if isinstance(value, dict):  # Stack(compute={"gpu": "t4"}) is accepted too
                 object.__setattr__(self, key, _build(cls, value, key))
                 object.__setattr__(self, "given", self.given | {f"{key}.{name}" for name in value})
+                if key == "verify":  # Stack(verify={...}): the table says what it gave (load: the file)
+                    self.verify.apply_protocol_defaults(self.given)
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
         super().__post_init__()
@@ -335,6 +337,7 @@ class StackSpec(Section):
             raise exc.with_source(str(path)) from None
         keys = {f"{section}.{name}" for section, table in data.items() if isinstance(table, dict) for name in table}
         object.__setattr__(spec, "given", spec.given | keys)  # what the file wrote, not the defaults
+        spec.verify.apply_protocol_defaults(spec.given)
         object.__setattr__(spec, "environment", chosen or "")
         return spec
 

@@ -113,7 +113,7 @@ class Driver:
         cannot tell (a remote VM: its health endpoint is all we see)."""
         return None
 
-    def node_side(self, stack: Any, fresh: bool = False) -> Any:
+    def node_side(self, stack: Any, fresh: bool = False, checks: tuple[str, ...] = ()) -> Any:
         """Checks the nodes ran on themselves (GCP: ``targets.gcp.node_checks.NodeReports``), read
         instead of reaching the node from here; None: every check runs from this machine."""
         return None

@@ -45,7 +45,11 @@ class VerifyReport(Result):
         return verdict(self.results)
 
 
-def parse_checks(names: Iterable[str] | None) -> tuple[str, ...]:
+def parse_checks(names: Iterable[str] | None, spec=None, rate: float | None = None) -> tuple[str, ...]:
+    """The checks to run; with ``spec``, also refuse options the stack cannot take (``rate``
+    with protocol openai) — bad input, refused before anything runs."""
+    if rate and spec is not None and spec.verify.protocol == "openai":
+        raise UsageError("--rate: verify.protocol 'openai' runs a closed loop at verify.concurrency")
     if not names:
         return DEFAULT_CHECKS
     chosen = tuple(dict.fromkeys(n.strip() for name in names for n in name.split(",") if n.strip()))
@@ -72,15 +76,13 @@ def run(
     ``idle``: the autoscale check also waits for the replicas to return to ``min_replicas``.
     ``fresh``: where nodes report on themselves (GCP), ask each for a new run first.
     """
-    checks = parse_checks(checks)
-    if rate and stack.spec.verify.protocol == "openai":
-        raise UsageError("--rate: verify.protocol 'openai' runs a closed loop at verify.concurrency")
+    checks = parse_checks(checks, stack.spec, rate)
     notify = on_result or (lambda result: None)
     started = time.monotonic()
     results: dict[tuple[str, str], CheckResult] = {}
 
     # GCP: gpu and health (and latency when the port is closed to us) from each node's own report.
-    side = stack.driver.node_side(stack, fresh)
+    side = stack.driver.node_side(stack, fresh, checks)  # heal's fresh run: no latency sample
 
     def record(result: CheckResult) -> CheckResult:
         if side is not None and "measured" not in result.details and not result.skipped:
@@ -114,7 +116,7 @@ def run(
             if stack.spec.autoscale is not None:  # at zero replicas, the first request is the cold start
                 from mlinfra.verify.autoscale import cold_start
 
-                first = cold_start(stack, node, _payload(stack))
+                first = cold_start(stack, node, *request_body(stack.spec.verify))
                 if first is not None:
                     record(first)
             record((side and side.latency(node)) or _latency(stack, node, rate))
@@ -122,7 +124,7 @@ def run(
         from mlinfra.verify.autoscale import check_autoscale
 
         for node in nodes:
-            record(check_autoscale(stack, node, _payload(stack), idle=idle))
+            record(check_autoscale(stack, node, *request_body(stack.spec.verify), idle=idle))
     order = {check: i for i, check in enumerate(ORDER)}
     ordered = sorted(results.values(), key=lambda r: ([n.name for n in nodes].index(r.node), order[r.check]))
     runs = {node.name: node.workload for node in nodes if node.workload}
@@ -153,12 +155,12 @@ def _latency(stack, node, rate: float | None) -> CheckResult:
     verify = stack.spec.verify
     if verify.protocol == "openai":  # streamed tokens: TTFT, inter-token latency, tokens/s
         return _tokens(node, verify)
-    payload = verify.payload if verify.payload is not None else latency.default_payload()
+    body, headers = request_body(verify)
     result = latency.run_load(
         node.endpoint + verify.path,
         method="POST",
-        body=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
+        body=body,
+        headers=headers,
         requests=verify.requests,
         concurrency=verify.concurrency,
         warmup=verify.warmup,
@@ -185,8 +187,15 @@ def _tokens(node, verify) -> CheckResult:
     return check_stream(node.name, result, verify)
 
 
-def _payload(stack) -> dict:
+def request_body(verify) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one request the gate sends besides the benchmark (cold start,
+    autoscale load): the stack's payload, or with protocol openai a streamed completion."""
+    if verify.protocol == "openai":
+        from mlinfra.verify.stream import request_body as stream_body
+
+        body = stream_body(verify.prompts[0], verify.max_tokens, verify.chat, verify.model_name)
+        return body, {"Content-Type": "application/json", "Accept": "text/event-stream"}
     from mlinfra.verify import latency
 
-    verify = stack.spec.verify
-    return verify.payload if verify.payload is not None else latency.default_payload()
+    payload = verify.payload if verify.payload is not None else latency.default_payload()
+    return json.dumps(payload).encode(), {"Content-Type": "application/json"}

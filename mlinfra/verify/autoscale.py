@@ -8,7 +8,6 @@ replica counts) and from real requests. ``cold_start`` is the gate's first reque
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
@@ -21,8 +20,8 @@ GRACE_S = 60.0  # on top of Serve's own delays: replica start-up (a model load) 
 POLL_S = 1.0
 
 
-def _post(url: str, body: bytes) -> int:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             response.read()
@@ -47,15 +46,16 @@ def _region(stack, node) -> dict:
     return dict((stack.status().autoscale or {}).get("regions", {}).get(node.region, {"error": "not in status"}))
 
 
-def cold_start(stack, node, payload: dict) -> CheckResult | None:
+def cold_start(stack, node, body: bytes, headers: dict[str, str]) -> CheckResult | None:
     """The gate's first request, timed, when the stack rests at zero replicas: that request is
-    the cold start (Serve holds it while a replica starts serve.command). None when replicas
+    the cold start (Serve holds it while a replica starts serve.command; ``body``: from
+    ``verify.request_body``, so an openai stack gets a streamed completion). None when replicas
     are already running: the first request is then an ordinary one, and no cold start."""
     region = _region(stack, node)
     if "error" in region or region.get("replicas", 0) or region.get("starting", 0):
         return None
     started = time.monotonic()
-    status = _post(node.endpoint + stack.spec.verify.path, json.dumps(payload).encode())
+    status = _post(node.endpoint + stack.spec.verify.path, body, headers)
     seconds = time.monotonic() - started
     summary = f"first request {seconds:.1f}s from 0 replicas (HTTP {status or 'no answer'})"
     ok = 200 <= status < 300
@@ -66,7 +66,7 @@ def cold_start(stack, node, payload: dict) -> CheckResult | None:
     return CheckResult(node.name, "cold-start", ok, summary, message, elapsed_s=seconds, details=details)
 
 
-def check_autoscale(stack, node, payload: dict, idle: bool = False) -> CheckResult:
+def check_autoscale(stack, node, body: bytes, headers: dict[str, str], idle: bool = False) -> CheckResult:
     scale = stack.spec.autoscale
     if scale is None:
         return CheckResult(
@@ -76,18 +76,18 @@ def check_autoscale(stack, node, payload: dict, idle: bool = False) -> CheckResu
     def replicas() -> int:
         return int(_region(stack, node).get("replicas", 0))
 
-    url, body = node.endpoint + stack.spec.verify.path, json.dumps(payload).encode()
+    url = node.endpoint + stack.spec.verify.path
     started = time.monotonic()
     at_rest = replicas()
     first = time.monotonic()
-    cold_status = _post(url, body)
+    cold_status = _post(url, body, headers)
     cold_s = time.monotonic() - first
     statuses: list[int] = []
     stop = threading.Event()
 
     def client() -> None:
         while not stop.is_set():
-            statuses.append(_post(url, body))
+            statuses.append(_post(url, body, headers))
 
     # Enough clients that two replicas' worth of target_ongoing_requests is in flight.
     clients = [

@@ -81,10 +81,10 @@ class GcpDriver(Driver):
         found = reach.warning(spec) if self.reports_from_nodes else None
         return [found] if found else []
 
-    def node_side(self, stack, fresh: bool = False) -> Any:
+    def node_side(self, stack, fresh: bool = False, checks: tuple[str, ...] = ()) -> Any:
         from mlinfra.targets.gcp.node_checks import NodeReports
 
-        return NodeReports(stack, fresh) if self.reports_from_nodes else None
+        return NodeReports(stack, fresh, checks) if self.reports_from_nodes else None
 
     # -- end node-side checks
 

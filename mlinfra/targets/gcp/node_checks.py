@@ -26,16 +26,19 @@ from mlinfra.timeutil import utc_now
 from mlinfra.verify.result import CheckResult
 from mlinfra.verify.runners import RunResult
 
-NAMESPACE, KEY = "mlinfra", "report"  # what guest_report.py writes
+NAMESPACE, KEY = "mlinfra", "report"  # what guest_report.py writes: health and gpu, as soon as known
+LATENCY_KEY = "latency"  # then its latency sample, with the same run (a second write)
 WORKLOAD_KEY = "workload"  # what workload_gcp.py writes at boot: setup, model, image, or why they failed
 REQUEST_KEY = "mlinfra-check-request"  # the metadata value guest_report.py watches
 ON_NODE, FROM_HERE = "on the node", "from this machine"
 SAMPLES_MAX = 200  # node-side latency requests at most: the report stays small
 BOOT_GRACE_S = 900.0  # the Deep Learning VM installs its driver before the server starts (launch.py)
 POLL_S = 5.0  # between two reads of a node's guest attributes while it has not reported
-# A run takes the node a while even when all is well (booting; the nvidia-smi query: up to 20 s; the
-# latency sample: up to SAMPLES_MAX requests): heal's 10 s detection must not read that as a failure.
+# A run takes the node a while even when all is well (booting; the nvidia-smi query: up to 20 s):
+# heal's 10 s detection must not read that as a failure. The latency sample is published apart,
+# after the report, and heal's requests name only health and gpu: it never waits for a sample.
 RUN_MARGIN_S = 60.0
+SAMPLE_LIMIT_S = 120.0  # the node stops its latency sample here (guest_report.py)
 
 
 def settings(spec) -> str:
@@ -43,17 +46,25 @@ def settings(spec) -> str:
     from mlinfra.verify import gpu, latency
 
     verify = spec.verify
+    sample: dict[str, Any] = {
+        "path": verify.path,
+        "requests": min(verify.requests, SAMPLES_MAX),
+        "warmup": min(verify.warmup, 20),
+        "limit_s": SAMPLE_LIMIT_S,
+    }
+    if verify.protocol == "openai":  # streamed completions, built as the operator's own streams are
+        from mlinfra.verify.stream import request_body
+
+        bodies = [request_body(p, verify.max_tokens, verify.chat, verify.model_name).decode() for p in verify.prompts]
+        sample.update(protocol="openai", bodies=bodies, token_timeout_s=verify.token_timeout_s)
+    else:
+        sample["payload"] = verify.payload if verify.payload is not None else latency.default_payload()
     return json.dumps(
         {
             "gpu_command": list(gpu.COMMAND),  # the query verify.gpu parses: one source for both sides
             "health_timeout_s": verify.health_timeout_s,
             "boot_grace_s": BOOT_GRACE_S,
-            "latency": {
-                "path": verify.path,
-                "payload": verify.payload if verify.payload is not None else latency.default_payload(),
-                "requests": min(verify.requests, SAMPLES_MAX),
-                "warmup": min(verify.warmup, 20),
-            },
+            "latency": sample,
         },
         sort_keys=True,
     )
@@ -73,12 +84,17 @@ class ReportRunner:
 
 
 class NodeReports:
-    """The nodes' reports for one verification (``fresh``: ask every node for a new run first)."""
+    """The nodes' reports for one verification (``fresh``: ask every node for a new run first, of
+    ``checks``: a request without latency names the others, and the node runs no sample)."""
 
-    def __init__(self, stack, fresh: bool = False):
+    def __init__(self, stack, fresh: bool = False, checks: tuple[str, ...] = ()):
         self.stack, self.spec = stack, stack.spec
         self.run_id = f"{utc_now()}-{uuid.uuid4().hex[:8]}" if fresh else None
+        named = [check for check in ("health", "gpu") if check in checks]
+        if self.run_id and checks and "latency" not in checks and named:
+            self.run_id += " checks=" + ",".join(named)  # guest_report.wanted_checks reads it
         self.reports: dict[str, dict | None] = {}
+        self.values: dict[str, dict[str, str]] = {}  # node name → its guest attributes, as last read
         self.problems: dict[str, str] = {}
         self.workloads: dict[str, dict] = {}  # node name → its mlinfra/workload attribute (issue 11)
         self._token: str | None = None
@@ -100,6 +116,7 @@ class NodeReports:
             guest_attributes.request_run(project, node.zone, node.name, REQUEST_KEY, self.run_id, self.token())
             self._requested.add(node.name)
         values = guest_attributes.read(project, node.zone, node.name, NAMESPACE, self.token())
+        self.values[node.name] = values
         if WORKLOAD_KEY in values:
             try:
                 self.workloads[node.name] = json.loads(values[WORKLOAD_KEY])
@@ -130,6 +147,25 @@ class NodeReports:
             time.sleep(max(0.0, min(POLL_S, end - time.monotonic())))
         self.reports[node.name] = report
         return report
+
+    def wait_sample(self, node, run: str) -> dict | None:
+        """The node's latency sample of ``run`` (the node stops at SAMPLE_LIMIT_S), or None."""
+        end = time.monotonic() + SAMPLE_LIMIT_S + RUN_MARGIN_S
+        while True:
+            try:
+                sample = json.loads(self.values.get(node.name, {}).get(LATENCY_KEY) or "null")
+            except ValueError:
+                sample = None
+            if isinstance(sample, dict) and sample.get("run") == run:
+                return sample
+            if time.monotonic() >= end:
+                return None
+            time.sleep(max(0.0, min(POLL_S, end - time.monotonic())))
+            try:
+                self.fetch(node)
+            except MlinfraError as exc:
+                self.problems[node.name] = exc.message
+                return None
 
     def workload_failure(self, node) -> str:
         """Why the node never started its server (a model download, checksum or setup step), or ""."""
@@ -204,7 +240,9 @@ class NodeReports:
             return None
         report = self.wait(node, self.spec.verify.health_timeout_s)  # at once when health read it already
         sample = (report or {}).get("latency")
-        if not sample:
+        if sample == "pending":  # published apart, once the node has sent its requests
+            sample = self.wait_sample(node, str((report or {}).get("run")))
+        if not isinstance(sample, dict):
             return CheckResult(
                 node.name,
                 "latency",
@@ -213,6 +251,14 @@ class NodeReports:
                 message=f"not run: the node published no latency sample ({found.reason})",
                 details={"measured": ON_NODE},
             )
+        result = self._judge_stream(node, sample) if sample.get("protocol") == "openai" else self._judge(node, sample)
+        result.summary += f" ({ON_NODE}: server time, without the network)"
+        if sample.get("cut_short"):  # a slow server, or a newer request (heal's) was waiting
+            result.summary += f", {sample['cut_short']} requests not sent (the node stops at {SAMPLE_LIMIT_S:g} s, or for a newer run)"
+        result.details.update(measured=ON_NODE, why=found.reason, report_at=(report or {}).get("at"))
+        return result
+
+    def _judge(self, node, sample: dict) -> CheckResult:
         from mlinfra.verify.budget import check_latency
         from mlinfra.verify.histogram import Histogram
         from mlinfra.verify.latency import LoadResult
@@ -226,7 +272,28 @@ class NodeReports:
         for us in sample.get("samples_us") or []:
             load.latency.record(int(us))
         load.ok = load.latency.total
-        result = check_latency(node.name, load, self.spec.verify)
-        result.summary += f" ({ON_NODE}: server time, without the network)"
-        result.details.update(measured=ON_NODE, why=found.reason, report_at=(report or {}).get("at"))
-        return result
+        return check_latency(node.name, load, self.spec.verify)
+
+    def _judge_stream(self, node, sample: dict) -> CheckResult:
+        """The node's streamed sample against the same token budgets as a stream measured here."""
+        from mlinfra.verify.budget import check_stream
+        from mlinfra.verify.stream import StreamResult
+
+        verify = self.spec.verify
+        result = StreamResult(
+            sample.get("url", ""), int(sample.get("requests", 0)), 1, int(sample.get("warmup", 0)), verify.max_tokens
+        )
+        result.duration_s = result.elapsed_s = float(sample.get("duration_s") or 0.0)
+        result.errors = dict(sample.get("errors") or {})
+        result.first_error = str(sample.get("first_error") or "")
+        for latency_us, ttft_us in zip(sample.get("latency_us") or [], sample.get("ttft_us") or [], strict=False):
+            result.ok += 1
+            result.latency.record(int(latency_us))
+            result.ttft.record(int(ttft_us))
+        for rate in sample.get("rates_milli") or []:
+            result.rates.record(int(rate))
+        for gap_us, count in (sample.get("itl_us") or {}).items():  # gaps rounded to 3 digits, counted
+            for _ in range(int(count)):
+                result.itl.record(int(gap_us))
+        result.output_tokens = int(sample.get("output_tokens") or 0)
+        return check_stream(node.name, result, verify)

@@ -26,9 +26,14 @@ NVIDIA_SMI = ROOT / "tests" / "standins" / "nvidia-smi"
 
 
 class ModelServer:
-    """A real HTTP server on localhost: its health path answers ``health`` (200 or 503)."""
+    """A real HTTP server on localhost: its health path answers ``health`` (200 or 503). Its
+    predictions wait while ``slow`` is cleared: a server whose latency sample takes its time."""
 
     def __init__(self, health: int):
+        self.slow = threading.Event()
+        self.slow.set()
+        slow = self.slow
+
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
@@ -45,6 +50,7 @@ class ModelServer:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                slow.wait(60)
                 self.answer(200 if self.path == "/predict" else 404)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -52,6 +58,7 @@ class ModelServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
+        self.slow.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -117,7 +124,8 @@ def test_a_healthy_node_with_its_gpu_passes_the_gate_with_no_ingress(tmp_path, s
     report, port = report_from_node(tmp_path, stack, google, health=200, fixture="t4.txt")
     results = by_check(report)
     assert report.passed, [(r.check, r.message) for r in report.results]
-    assert google.puts == ["mlinfra/report"]  # one write per run: guest attributes are for small, rare values
+    # Two writes per run (guest attributes are for small, rare values): health and gpu, then the sample.
+    assert google.puts == ["mlinfra/report", "mlinfra/latency"]
     assert results["gpu"].summary.startswith("1× Tesla T4, driver ") and results["gpu"].summary.endswith("(on the node)")
     assert results["health"].summary.startswith("HTTP 200 after ") and "(on the node, 20" in results["health"].summary
     assert results["latency"].summary.endswith("(on the node: server time, without the network)")
@@ -176,7 +184,9 @@ def test_fresh_asks_the_node_for_a_new_run_and_waits_for_that_one(tmp_path, stac
         asked = google.attributes["mlinfra-check-request"]
         assert asked != "boot" and set(google.attributes) == {"mlinfra-check", "mlinfra-check-request"}
         assert report.passed and {r.details.get("run") for r in report.results if r.check == "health"} == {asked}
-        assert google.puts == ["mlinfra/report", "mlinfra/report"]
+        # The boot run sampled latency; the fresh run of health and gpu did not (the request named them).
+        assert asked.endswith(" checks=health,gpu")
+        assert google.puts == ["mlinfra/report", "mlinfra/latency", "mlinfra/report"]
     finally:
         watcher.terminate()
         watcher.communicate(timeout=30)
@@ -221,3 +231,109 @@ def test_latency_is_measured_from_here_when_the_port_answers(tmp_path, google, m
     assert results["health"].details["measured"] == results["gpu"].details["measured"] == "on the node"
     monkeypatch.setenv("MLINFRA_CLIENT_IP", "not-an-address")
     assert "MLINFRA_CLIENT_IP='not-an-address' is not an IP address" in " ".join(stack.notes())
+
+
+def test_health_and_gpu_are_published_before_the_latency_sample(tmp_path, stack, google):
+    server = ModelServer(200)
+    server.slow.clear()  # every prediction waits: the sample cannot finish until the test says so
+    node = subprocess.Popen([sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
+                            env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = google.wait_for_guest("mlinfra", "report", timeout_s=60)
+        assert first is not None, "the node held health and gpu back until its latency sample was done"
+        assert json.loads(first)["health"]["ok"] and json.loads(first)["latency"] == "pending"
+        assert ("mlinfra", "latency") not in google.guest
+        server.slow.set()
+        node.communicate(timeout=60)
+        report = verify.run(stack, [deployed_node()])
+    finally:
+        node.kill()
+        server.stop()
+    assert report.passed, [(r.check, r.message) for r in report.results]
+    assert by_check(report)["latency"].details["ok"] == 30
+
+
+def test_heal_gets_health_and_gpu_from_a_node_whose_latency_sample_is_slow(tmp_path, stack, google, monkeypatch):
+    monkeypatch.setattr(node_checks, "RUN_MARGIN_S", 30.0)
+    server = ModelServer(200)
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert google.wait_for_guest("mlinfra", "latency", timeout_s=60) is not None  # the boot run is over
+        server.slow.clear()  # from now on a latency sample would not finish
+        # What heal asks (ops/heal.py _failures): a fresh run of health and gpu, 10 s to detect.
+        report = verify.run(stack, [deployed_node()], checks=["health", "gpu"], health_deadline_s=10, fresh=True)
+        assert report.passed, [(r.check, r.message) for r in report.results]
+        assert google.puts == ["mlinfra/report", "mlinfra/latency", "mlinfra/report"]
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=30)
+        server.stop()
+
+
+def test_a_request_during_a_slow_sample_ends_it_so_heal_is_answered(tmp_path, stack, google, monkeypatch):
+    monkeypatch.setattr(node_checks, "RUN_MARGIN_S", 30.0)
+    server = ModelServer(200)
+    server.slow.clear()  # the boot run's sample: each prediction hangs until the node's 10 s timeout
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        boot = google.wait_for_guest("mlinfra", "report", timeout_s=60)
+        assert boot is not None and json.loads(boot)["latency"] == "pending"  # the boot sample is under way
+        report = verify.run(stack, [deployed_node()], checks=["health", "gpu"], health_deadline_s=10, fresh=True)
+        assert report.passed, [(r.check, r.message) for r in report.results]
+        cut = json.loads(google.guest[("mlinfra", "latency")])
+        assert cut["run"] == "boot" and cut["cut_short"] > 0  # the boot sample gave way to heal's request
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=30)
+        server.stop()
+
+
+def test_an_openai_stack_gets_a_streamed_sample_measured_per_token_on_the_node(tmp_path, monkeypatch):
+    """`mlinfra serve` (the reference LLM server) on the node's localhost: the node streams the
+    completions the operator built and the operator judges them with the same token budgets."""
+    import socket
+    import time
+    import urllib.request
+
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
+    stack = gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
+                      compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
+                      serve={"port": 8000},
+                      verify={"protocol": "openai", "path": "/v1/chat/completions", "max_tokens": 8, "requests": 10,
+                              "warmup": 1, "health_timeout_s": 5, "ttft_p95_ms": 60000, "itl_p95_ms": 60000})
+    sent = json.loads(node_checks.settings(stack.spec))["latency"]
+    assert [json.loads(body)["stream"] for body in sent["bodies"]] == [True] * 4 and "payload" not in sent
+    google = Google.start(attributes={"mlinfra-check": node_checks.settings(stack.spec),
+                                      "mlinfra-check-request": "boot"})
+    monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{google.address}/compute/v1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlinfra.serve", "--port", str(port), "--token-ms", "1"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # until it listens (the node's own health wait is what the test checks)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        done = subprocess.run([sys.executable, str(REPORTER), "once", node_file(tmp_path, port)],
+                              env=node_env(tmp_path, google, "t4.txt"), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        report = verify.run(stack, [deployed_node()])
+    finally:
+        server.terminate()
+        server.wait(10)
+        google.stop()
+    latency = by_check(report)["latency"]
+    assert report.passed, [(r.check, r.message) for r in report.results]
+    assert latency.details["protocol"] == "openai" and latency.details["output_tokens"] == 80
+    assert latency.details["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"
+    assert latency.summary.startswith("TTFT p50 ") and "(on the node: server time" in latency.summary
+    assert latency.details["budget"]["p95_ms"] == 0.0  # protocol openai: no whole-stream budget by default
