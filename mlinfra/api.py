@@ -13,6 +13,7 @@ one, nobody reviews, and one Terraform run plans and applies.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from mlinfra import state
 from mlinfra.engine.events import PlanSummary, Progress
 from mlinfra.errors import Aborted, EngineError, MlinfraError, StateLocked, UsageError
 from mlinfra.ops import cost as spending
+from mlinfra.ops.recovery import apply_with_recovery
 from mlinfra.render import RenderResult, render
 from mlinfra.results import DownResult, PlanResult, StatusResult, UpResult
 from mlinfra.spec import StackSpec
@@ -124,15 +126,23 @@ class Stack(StateCommands):
             if swept and on_event:
                 stopped = f"stopped {swept} process(es) of this stack that were running outside its state"
                 on_event(Progress("", "sweep", "output", message=stopped))
+            recovering = functools.partial(
+                apply_with_recovery,
+                self,
+                engine,
+                allowed=zone_fallback,
+                on_event=on_event,
+                reengine=lambda: self._engine(on_event, migrate=None),
+            )
             if confirm is None:  # nobody reviews the plan: one Terraform run plans and applies
-                summary, outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event, reviewed=False)
+                summary, outputs, moves = recovering(reviewed=False)
             else:
                 summary = engine.plan()
                 if summary.has_changes:
                     if not confirm(summary):
                         raise Aborted("aborted: nothing was changed")
                     # What is applied is exactly the saved plan that was shown.
-                    _, outputs, moves = self._apply_with_recovery(engine, zone_fallback, on_event, reviewed=True)
+                    _, outputs, moves = recovering(reviewed=True)
                 elif self.incomplete():  # resources without outputs: the saved plan writes them
                     outputs, moves = engine.apply().outputs, []
                 else:
@@ -147,38 +157,6 @@ class Stack(StateCommands):
         return UpResult(
             self.name, summary, summary.has_changes, found, time.monotonic() - started, report, moves, swept
         )
-
-    def _apply_with_recovery(
-        self, engine: Terraform, allowed: bool, on_event: OnEvent | None, reviewed: bool
-    ) -> tuple[PlanSummary, dict, list]:
-        """Apply (the saved plan when ``reviewed``, else plan and apply in one run); when it fails,
-        the target may move nodes (GCP: a stockout sends them to the next zone that offers their
-        GPU) and the module is rendered and applied again."""
-        moves: list = []
-        tried: dict[str, list[str]] = {}
-        summary = PlanSummary()
-        while True:
-            try:
-                if reviewed:
-                    return summary, engine.apply().outputs, moves
-                summary, applied = engine.apply_now()
-                return summary, applied.outputs, moves
-            except EngineError as exc:
-                found = self.driver.recover(self.spec, self.placement, self.workspace, exc, tried, allowed)
-                for move in found:
-                    moves.append(move)
-                    if on_event:
-                        on_event(
-                            Progress(
-                                self.node_address(move.node),
-                                "move",
-                                "output",
-                                message=f"{move.reason}; moving to {move.to_zone}",
-                            )
-                        )
-                engine = self._engine(on_event, migrate=None)  # re-render with the moves recorded
-                if reviewed:  # the same changes, in other zones: the user approved them already
-                    engine.plan()
 
     def verify(self, *, checks: list[str] | None = None, **options: Any) -> VerifyReport:
         """Run the gpu, health and latency checks (or ``checks``) on every deployed node; ``options`` are
