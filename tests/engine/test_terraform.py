@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,7 @@ resource "terraform_data" "slow" {
   for_each = toset(["a", "b"])
   provisioner "local-exec" {
     command = "exec sleep 30"  # exec: Terraform kills the provisioner process, not its children
+    environment = { SLOW_MODULE_TOKEN = "@token@" }  # how the test finds its own sleeps, never by name
   }
 }
 '''
@@ -127,20 +130,37 @@ except Interrupted as exc:
 """
 
 
+def _carrying(token: str) -> list[int]:
+    """The processes whose environment holds ``SLOW_MODULE_TOKEN=token``: this test's, and no
+    other program's `sleep 30` (a name would match whatever else runs on the machine)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"SLOW_MODULE_TOKEN={token}".encode() in environ:
+            found.append(int(pid))
+    return found
+
+
 def test_sigint_during_apply_stops_terraform_gracefully_and_saves_state(tmp_path):
-    module(tmp_path, SLOW_MODULE)
+    token = uuid.uuid4().hex
+    module(tmp_path, SLOW_MODULE.replace("@token@", token))
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stdout:  # wait until both resources are being created
         seen.append(line.strip())
         if seen.count("start") == 2:
             break
-    time.sleep(0.3)
+    deadline = time.monotonic() + 20
+    while len(_carrying(token)) < 2 and time.monotonic() < deadline:  # both provisioners' sleeps run
+        time.sleep(0.05)
+    assert len(_carrying(token)) == 2  # so the check for leftovers below can fail
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 130, out
     assert "INTERRUPTED interrupted: Terraform stopped gracefully and saved its state" in out
     state = (tmp_path / "terraform.tfstate").read_text()
     assert '"terraform_data"' in state and '"tainted"' in state  # recorded, marked for replacement
-    leftover = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True).stdout.split()
-    assert leftover == []
+    assert _carrying(token) == []
