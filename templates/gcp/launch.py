@@ -145,7 +145,13 @@ def workload_hooks(node):
     """workload_gcp (and workload.py, which it uses), imported only for a node with a workload."""
     if not any((node.get("workload") or {}).values()):
         return None
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    return _workload_gcp()
+
+
+def _workload_gcp():
+    here = os.path.dirname(os.path.abspath(__file__))  # startup.sh ships both beside this file, always
+    if here not in sys.path:
+        sys.path.insert(0, here)
     import workload_gcp
 
     return workload_gcp
@@ -158,7 +164,10 @@ def main(argv):
         return 2
     node = load(argv[2])
     if argv[1] == "prepare":
-        prepare(node)
+        try:
+            prepare(node)
+        except Exception as exc:  # noqa: BLE001 (apt-get, pip, a venv, a bug): the node's reason, not a traceback
+            return _workload_gcp().prepare_failed(node, "mlinfra serve (the reference server)", exc)
         hooks = workload_hooks(node)  # issue 11: setup, model, image pull; non-zero stops startup.sh
         return hooks.prepare(node, server_environment) if hooks else 0
     return run(node)  # returns only when it cannot start the server; otherwise the server replaced it

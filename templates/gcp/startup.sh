@@ -31,6 +31,12 @@ fetch_file() {
   mv -f "$2.new" "$2"
 }
 
+# write_unit NAME: a systemd unit from stdin, written beside its place and renamed, the same way.
+write_unit() {
+  cat >"/etc/systemd/system/$1.new"
+  mv -f "/etc/systemd/system/$1.new" "/etc/systemd/system/$1"
+}
+
 # A rerun of this script (without a reboot) prepares again: the server stops first, and starts only
 # if this preparation succeeds too.
 rm -f "$PREPARED"
@@ -65,7 +71,7 @@ python3 /opt/mlinfra/launch.py prepare /etc/mlinfra/node.json
 install -d -m 0755 /run/mlinfra
 : >"$PREPARED"
 
-cat >/etc/systemd/system/mlinfra-serve.service.new <<'UNIT'
+write_unit mlinfra-serve.service <<'UNIT'
 [Unit]
 Description=mlinfra model server (serve.command from the stack)
 Wants=network-online.target
@@ -85,11 +91,10 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 UNIT
-mv -f /etc/systemd/system/mlinfra-serve.service.new /etc/systemd/system/mlinfra-serve.service
 
 # -- node-side checks: the gate's gpu and health figures, published as a guest attribute --
-metadata mlinfra-guest-report >/opt/mlinfra/guest_report.py
-cat >/etc/systemd/system/mlinfra-report.service <<'UNIT'
+fetch_file mlinfra-guest-report /opt/mlinfra/guest_report.py 0644
+write_unit mlinfra-report.service <<'UNIT'
 [Unit]
 Description=mlinfra node-side checks (report in guest attribute mlinfra/report)
 After=mlinfra-serve.service

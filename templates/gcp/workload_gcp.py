@@ -132,7 +132,7 @@ def prepare(node, server_environment):
     expected or not, is published as the node's reason: a boot that dies with a traceback would
     leave the gate waiting out its deadline for a report that never comes."""
     spec = _spec(node)
-    status = {"image": spec.get("image", ""), "command": node["command"]}
+    status = _status(node)
     stage, secrets = "prepare", []
     try:
         os.makedirs(STATE, exist_ok=True)
@@ -173,6 +173,15 @@ def prepare(node, server_environment):
         return _fail(status, "%s: %s: %s" % (stage, type(exc).__name__, exc), secrets)
     _publish(status)
     return 0
+
+
+def _status(node):
+    return {"image": _spec(node).get("image", ""), "command": node["command"]}
+
+
+def prepare_failed(node, stage, exc):
+    """launch.py's own prepare (the reference server's venv) failed: published as every failure here is."""
+    return _fail(_status(node), "%s: %s: %s" % (stage, type(exc).__name__, exc), [])
 
 
 def _fail(status, message, secrets):

@@ -452,3 +452,61 @@ def test_the_spend_of_an_autoscaled_stack_prices_its_heads_and_the_workers_that_
     )
     assert unreachable.usd_per_hour is None
     assert "us-central1: how many workers run is unknown (ssh: timed out)" in unreachable.unknown
+
+
+def test_an_autoscaled_gcp_stacks_heads_spend_so_far_from_their_recorded_creation(tmp_path, monkeypatch):
+    """The heads' running time, as for plain GCP nodes: the serve-gcp ``nodes`` output carries each
+    head's creation_timestamp (recorded here in the output's own shape: its keys are read from the
+    rendered outputs.tf). The workers' running time stays unknown, and says so."""
+    from mlinfra.targets.serve.gcp import DRIVER, region_names
+    from mlinfra.verify.runners import RunResult
+
+    stack = gcp_stack(
+        tmp_path,
+        "ray",
+        compute={"gpu": "a100"},
+        gcp={"service_account": SA, "regions": ["us-central1"]},
+        autoscale={"min_replicas": 0, "max_replicas": 10},
+    )
+    stack.render()
+    block = (stack.workdir / "outputs.tf").read_text().split('output "nodes"')[1].split("\n  }\n")[0]
+    keys = re.findall(r"^\s{6}([a-z_]+)\s+=", block, re.M)
+    recorded = {
+        "name": region_names("ray", "us-central1", "us-central1-0")["head"],
+        "region": "us-central1",
+        "replica": 0,
+        "zone": "us-central1-a",
+        "machine_type": "e2-standard-4",  # the provider records the short name, as for plain nodes
+        "creation_timestamp": CREATED,
+        "endpoint": "http://127.0.0.1:9",
+        "health_url": "http://127.0.0.1:9/-/healthz",
+        "ssh": "mlinfra@127.0.0.1",
+        "ssh_key": "",
+    }
+    assert sorted(keys) == sorted(recorded)  # the recorded output is the one the template computes
+    state = {
+        "version": 4,
+        "terraform_version": "1.15.0",
+        "serial": 3,
+        "lineage": "0c5b7c1e-6c3e-4f3c-9d36-cost00000002",
+        "outputs": {"nodes": {"value": {"us-central1-0": recorded}, "type": ["map", ["object", {}]]}},
+        "resources": [],
+    }
+    (stack.workdir / "terraform.tfstate").write_text(json.dumps(state))
+    answer = RunResult(0, json.dumps({"app": "RUNNING", "replicas": 2, "nodes": 3}), "")  # the head + 2 workers
+    monkeypatch.setattr(DRIVER, "gpu_runner", lambda node, workspace: type("R", (), {"run": lambda *a: answer})())
+    status = stack.status()
+    assert [n.created_at for n in status.nodes] == [CREATED_S]
+    spend = cost.report(stack, status.nodes, now=CREATED_S + 5 * 3600, scaling=status.autoscale)
+    head, workers = spend.nodes
+    assert (head.node, head.created_at, head.running_h, head.usd_per_hour, head.usd_so_far) == (
+        "us-central1-0",
+        "2026-11-20T16:00:00Z",
+        5.0,
+        HEAD_VM,
+        round(5 * HEAD_VM, 4),
+    )
+    assert head.unknown == ()
+    assert (workers.usd_per_hour, workers.usd_so_far) == (round(2 * A100_VM, 5), None)
+    assert spend.usd_so_far is None  # the workers' part is unknown: the total is, not the heads' $0.67
+    assert not any("no creation time" in reason for reason in spend.unknown)

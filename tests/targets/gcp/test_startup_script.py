@@ -113,3 +113,35 @@ def test_metadata_lost_midway_keeps_the_previous_file_whole(tmp_path, node):
     assert not (root / "opt" / "mlinfra" / "workload.py.new").exists()
     assert not [call for call in calls if call.startswith("python3 ")]
     assert Path(root / "opt" / "mlinfra" / "launch.py").read_text() == ATTRIBUTES["mlinfra-launcher"]
+
+
+def test_a_failed_read_of_the_node_checks_keeps_the_previous_reporter_whole(tmp_path, node):
+    """guest_report.py and its unit go in as the other files do: whole (written beside, then renamed),
+    or, when the metadata read fails, not at all, so the running reporter's file stays the last good one."""
+    root, attrs = node[0], node[1]
+    (root / "opt" / "mlinfra").mkdir(parents=True)
+    (root / "opt" / "mlinfra" / "guest_report.py").write_text("# guest_report.py v1\n")
+    (attrs / "mlinfra-guest-report").unlink()
+    (attrs / "mlinfra-guest-report.partial").write_text("# guest_report.py v2, cut sh")
+    done, calls = boot(tmp_path, node)
+    assert done.returncode != 0 and "cannot read instance metadata mlinfra-guest-report" in done.stderr
+    assert (root / "opt" / "mlinfra" / "guest_report.py").read_text() == "# guest_report.py v1\n"
+    assert not list(root.rglob("*.new"))
+    assert not [call for call in calls if re.match(r"systemctl (start|restart|enable)", call)]
+
+
+def test_the_node_checks_files_are_renamed_into_place(tmp_path, node):
+    """A unit file or reporter is never seen half-written: each is written as NAME.new, then moved."""
+    root, script = node[0], node[3]
+    done, _ = boot(tmp_path, node)
+    assert done.returncode == 0, done.stderr
+    reporter = root / "opt" / "mlinfra" / "guest_report.py"
+    assert reporter.read_text() == ATTRIBUTES["mlinfra-guest-report"]
+    assert stat.S_IMODE(reporter.stat().st_mode) == 0o644
+    unit = (root / "etc" / "systemd" / "system" / "mlinfra-report.service").read_text()
+    assert f"ExecStart=/usr/bin/python3 {root}/opt/mlinfra/guest_report.py watch {root}/etc/mlinfra/node.json" in unit
+    text = script.read_text()
+    for path in (reporter, root / "etc" / "systemd" / "system" / "mlinfra-report.service"):
+        # the only redirections to the final paths are none: every write goes to PATH.new
+        assert not re.search(rf">\s*{re.escape(str(path))}(?![.\w])", text), path
+    assert not list(root.rglob("*.new"))

@@ -78,12 +78,13 @@ def node_dir(tmp_path):
     return opt
 
 
-def node_config(tmp_path: Path, secrets: dict | None = None, **workload) -> Path:
+def node_config(tmp_path: Path, secrets: dict | None = None, command: str = 'cat "$MODEL_DIR/w.bin" > served',
+                **workload) -> Path:
     values = {"image": "", "args": [], "setup": [], "model_uri": "", "model_sha256": "", "model_dir": ""} | workload
     config = tmp_path / "node.json"
     config.write_text(json.dumps({"stack": "wl", "node": "us-central1-0", "port": 8000, "gpus": 1, "health_path": "/",
                                   "env": {"MODE": "$(id)"}, "secrets": secrets or {}, "workload": values,
-                                  "command": 'cat "$MODEL_DIR/w.bin" > served'}))
+                                  "command": command}))
     return config
 
 
@@ -257,3 +258,38 @@ def test_every_boot_failure_is_published_as_the_nodes_reason(tmp_path, node_dir,
     assert error.startswith(expected), error
     assert f"mlinfra: {error}" in done.stderr
     assert (tmp_path / "taken" / "keep").read_text() == "not mlinfra's"  # nothing of the node's was removed
+
+
+@pytest.mark.parametrize("failing", ["apt-get", "pip"])
+def test_a_failed_reference_server_install_is_the_nodes_reason_too(tmp_path, node_dir, google, failing):
+    """launch.py's own prepare (the venv, apt-get and pip for `mlinfra serve`) runs for every node, with
+    or without a workload: its failure is published like workload_gcp's, not left as a traceback."""
+    emulator, metadata = google
+    opt, bin_dir = tmp_path / "node-opt", tmp_path / "bin"
+    opt.mkdir()
+    (opt / "serve.py").write_text("# the reference server, as startup.sh writes it from metadata\n")
+    # launch.py's node paths (/opt/mlinfra, /usr/local/bin/mlinfra), moved under tmp_path
+    launcher = node_dir / "launch.py"
+    launcher.write_text(launcher.read_text().replace('"/opt/mlinfra/', f'"{opt}/')
+                        .replace('"/usr/local/bin/mlinfra"', f'"{bin_dir}/mlinfra"'))
+    if failing == "apt-get":  # no ensurepip (python3-venv missing), and the package index is locked
+        (opt / "venv").write_text("")  # `python3 -m venv` fails here, as without ensurepip
+        (bin_dir / "apt-get").write_text("#!/bin/sh\necho 'E: Could not get lock /var/lib/apt/lists/lock' >&2\nexit 100\n")
+        (bin_dir / "apt-get").chmod(0o755)
+    else:  # the venv exists; PyPI cannot be reached
+        (opt / "venv" / "bin").mkdir(parents=True)
+        (opt / "venv" / "bin" / "python").write_text("")
+        (opt / "venv" / "bin" / "pip").write_text("#!/bin/sh\necho 'ERROR: No matching distribution found for aiohttp' >&2\nexit 1\n")
+        (opt / "venv" / "bin" / "pip").chmod(0o755)
+    config = node_config(tmp_path, command="mlinfra serve --port 8000")  # no workload: no hooks imported
+    done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    status = json.loads(metadata.guest[("mlinfra", "workload")])
+    command = {"apt-get": "['apt-get', 'update', '-q']", "pip": f"['{opt}/venv/bin/pip', 'install', '-q', 'aiohttp', 'numpy']"}
+    assert status["error"] == (f"mlinfra serve (the reference server): CalledProcessError: Command '{command[failing]}' "
+                               f"returned non-zero exit status {100 if failing == 'apt-get' else 1}.")
+    assert status["command"] == "mlinfra serve --port 8000"
+    assert f"mlinfra: {status['error']}" in done.stderr
+    assert json.loads((tmp_path / "state" / "workload.json").read_text()) == status
+    assert not (bin_dir / "mlinfra").exists()  # no shim for a server that is not there

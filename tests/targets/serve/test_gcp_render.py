@@ -91,3 +91,19 @@ def test_a_name_over_gcps_limit_is_a_spec_error_that_gives_the_budget():
         r"name \(30\) and region 'northamerica-northeast22x' \(25\) must be shorter",
     ):
         region_names("a" * 30, "northamerica-northeast22x", "northamerica-northeast22x-0")
+
+
+def test_the_heads_output_reads_only_attributes_the_instance_has_and_their_creation_time(tmp_path):
+    """`mlinfra cost` counts each head's running time from its creation_timestamp (as for plain GCP
+    nodes, templates/gcp/outputs.tf.j2): every head attribute the output reads is the provider's."""
+    rendered = autoscaled(tmp_path).render()
+    outputs = (rendered.workdir / "outputs.tf").read_text()
+    used = set(re.findall(r"google_compute_instance\.head\[key\]\.([a-z_]+)", outputs))
+    assert {"creation_timestamp", "machine_type"} <= used
+    schemas = json.loads(SCHEMA.read_text())["provider_schemas"]
+    block = next(iter(schemas.values()))["resource_schemas"]["google_compute_instance"]["block"]
+    assert used <= set(block["attributes"]) | set(block["block_types"])
+    assert block["attributes"]["creation_timestamp"]["computed"]
+    assert re.search(
+        r"^\s*creation_timestamp\s*=\s*google_compute_instance\.head\[key\]\.creation_timestamp$", outputs, re.M
+    )

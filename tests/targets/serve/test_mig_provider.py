@@ -11,17 +11,22 @@ from ray.autoscaler.batching_node_provider import ScaleRequest
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, STATUS_UP_TO_DATE
 
 from helpers import DATA, TEMPLATES
+from mlinfra.targets.serve.gcp import region_names
 
 FIXTURES = DATA / "gcp" / "compute-api"
+# The names the serve-gcp target gives stack "ray-gcp"'s us-central1 head, group and workers (the
+# same function makes them for Terraform and for the provider's config), not copies of them.
+NAMES = region_names("ray-gcp", "us-central1", "us-central1-0")
+RUNNING, PENDING = NAMES["base_instance_name"] + "-7fq2", NAMES["base_instance_name"] + "-k3m9"
 GROUP = (
     "https://compute.googleapis.com/compute/v1/projects/ml-demo-123456/regions/us-central1"
-    "/instanceGroupManagers/ray-gcp-us-central1-workers"
+    f"/instanceGroupManagers/{NAMES['group']}"
 )
 CONFIG = {
     "project": "ml-demo-123456",
     "region": "us-central1",
-    "group": "ray-gcp-us-central1-workers",
-    "head_name": "ray-gcp-us-central1-head",
+    "group": NAMES["group"],
+    "head_name": NAMES["head"],
     "head_ip": "10.128.0.2",
     "disable_node_updaters": True,
     "disable_launch_config_check": True,
@@ -54,8 +59,8 @@ def test_node_data_is_the_head_plus_the_groups_live_and_pending_workers():
     api = RecordedApi()
     provider = load_provider().MigNodeProvider(CONFIG, "ray-gcp", call=api)
     nodes = provider.get_node_data()
-    assert set(nodes) == {"ray-gcp-us-central1-head", "ray-gcp-us-central1-w-7fq2", "ray-gcp-us-central1-w-k3m9"}
-    head, running, pending = (nodes[k] for k in sorted(nodes))
+    assert set(nodes) == {NAMES["head"], RUNNING, PENDING}
+    head, running, pending = nodes[NAMES["head"]], nodes[RUNNING], nodes[PENDING]
     assert (head.kind, head.ip, head.status) == (NODE_KIND_HEAD, "10.128.0.2", STATUS_UP_TO_DATE)
     assert (running.kind, running.type, running.ip, running.status) == (
         NODE_KIND_WORKER,
@@ -68,7 +73,7 @@ def test_node_data_is_the_head_plus_the_groups_live_and_pending_workers():
     assert [c[1].rsplit("/", 1)[1] for c in api.calls] == [
         "listManagedInstances",
         "listManagedInstances?pageToken=page-2",
-        "ray-gcp-us-central1-w-7fq2",
+        RUNNING,
     ]
     provider.get_node_data()
     assert sum(1 for method, _, _ in api.calls if method == "GET") == 1
@@ -77,13 +82,13 @@ def test_node_data_is_the_head_plus_the_groups_live_and_pending_workers():
 def test_scale_request_deletes_the_chosen_workers_by_zone_then_resizes():
     api = RecordedApi()
     provider = load_provider().MigNodeProvider(CONFIG, "ray-gcp", call=api)
-    provider.submit_scale_request(ScaleRequest({"gpu_worker": 1}, {"ray-gcp-us-central1-w-k3m9"}))
+    provider.submit_scale_request(ScaleRequest({"gpu_worker": 1}, {PENDING}))
     posts = [(url.removeprefix(GROUP), body) for method, url, body in api.calls if "listManaged" not in url]
     assert posts == [
         (
             "/deleteInstances",
             {
-                "instances": ["zones/us-central1-b/instances/ray-gcp-us-central1-w-k3m9"],
+                "instances": [f"zones/us-central1-b/instances/{PENDING}"],
                 "skipInstancesOnValidationError": True,
             },
         ),
@@ -96,3 +101,14 @@ def test_scale_to_zero_is_one_resize():
     provider = load_provider().MigNodeProvider(CONFIG, "ray-gcp", call=api)
     provider.submit_scale_request(ScaleRequest({"gpu_worker": 0}, set()))
     assert api.calls == [("POST", GROUP + "/resize?size=0", None)]
+
+
+def test_the_recorded_responses_name_what_the_target_names():
+    """The fixtures' group and workers carry the names serve-gcp gives them (region_names): a
+    renamed group or prefix fails here, not only on a real autoscaler."""
+    pages = json.loads((FIXTURES / "list-managed-instances.json").read_text())["pages"]
+    workers = [item["instance"].rsplit("/", 1)[1] for page in pages for item in page["managedInstances"]]
+    assert workers and all(name.startswith(NAMES["base_instance_name"] + "-") for name in workers)
+    assert {RUNNING, PENDING} <= set(workers)
+    operation = json.loads((FIXTURES / "operation.json").read_text())
+    assert operation["targetLink"].rsplit("/", 1)[1] == NAMES["group"]
