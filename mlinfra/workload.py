@@ -80,14 +80,7 @@ class Model(Section):
             raise SpecError(
                 "model.dir", f"{self.dir!r} must be an absolute directory path (not '/', no '..', ':' or spaces)"
             )
-        normal = posixpath.normpath(self.dir)
-        if not any(normal.startswith(prefix + "/") for prefix in MODEL_DIR_PREFIXES):
-            raise SpecError(
-                "model.dir",
-                f"{self.dir!r} must be a directory of its own below {', '.join(MODEL_DIR_PREFIXES)} (like "
-                "'/models/demand'): the node links it to the model, so it is never a system directory",
-            )
-        object.__setattr__(self, "dir", normal)
+        object.__setattr__(self, "dir", posixpath.normpath(self.dir))
 
     @property
     def in_gcs(self) -> bool:
@@ -153,6 +146,15 @@ def check_gcp(spec: Any) -> None:
             "model.uri",
             "the node reads the model with its service account: set gcp.service_account "
             "(with roles/storage.objectViewer on the bucket)",
+        )
+    # Without an image, the VM (as root, at boot) links model.dir to the downloaded model: it must
+    # be a directory of its own, never a system one. With an image it is only a mount point inside
+    # the container, and on the local target MODEL_DIR is the cache itself.
+    if not spec.serve.image and not any(model.dir.startswith(prefix + "/") for prefix in MODEL_DIR_PREFIXES):
+        raise SpecError(
+            "model.dir",
+            f"{model.dir!r} must be a directory of its own below {', '.join(MODEL_DIR_PREFIXES)} (like "
+            "'/models/demand'): the node links it to the model, so it is never a system directory",
         )
 
 

@@ -1,6 +1,6 @@
 """serve.image, serve.setup and [model] as the stack file gives them (issue 11): what is accepted,
 its canonical form, and the warning for an image that is not pinned. Bad input is the corpus in
-tests/data/bad/115-131 (one line, exit 2, nothing run: tests/test_spec.py)."""
+tests/data/bad/115-134 (one line, exit 2, nothing run: tests/test_spec.py)."""
 
 from __future__ import annotations
 
@@ -81,3 +81,16 @@ def test_the_summary_line_names_image_model_and_setup():
     assert summary(ran) == (f"image vllm/vllm-openai@{DIGEST}; model gs://b/m/ (generation 17, sha256 abababababab, "
                             "cached); setup ok (2 step(s))")
     assert summary({}) == ""
+
+
+def test_model_dir_allow_list_applies_where_the_vm_makes_a_link(tmp_path):
+    """Only a GCP node without an image links model.dir as root; with an image it is a mount point
+    inside the container, and on the local target MODEL_DIR is the stack's cache."""
+    model = {"uri": "gs://ml-demo-models/ranker/", "dir": "/opt/ml/model"}
+    gcp = {"project": "ml-demo-123456", "service_account": SERVICE_ACCOUNT}
+    with pytest.raises(SpecError, match="model.dir: '/opt/ml/model' must be a directory of its own below /models"):
+        gcp_stack(tmp_path, gcp=gcp, model=model)
+    image = f"vllm/vllm-openai@{DIGEST}"
+    assert gcp_stack(tmp_path, gcp=gcp, model=model, serve={"image": image}).spec.model.dir == "/opt/ml/model"
+    local = Stack(name="loc", path=tmp_path / "mlinfra.toml", model=model)
+    assert local.spec.model.dir == "/opt/ml/model"

@@ -162,7 +162,10 @@ def read_current(state, prefix: str, project: str = "") -> dict | None:
     with gcs.errors(state, "reading the state"):
         blob = gcs.client(state, project).bucket(state.bucket).get_blob(name, retry=gcs.retry(), timeout=gcs.DEADLINE_S)
         text = blob.download_as_text(retry=gcs.retry(), timeout=gcs.DEADLINE_S) if blob is not None else None
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except ValueError as exc:  # a truncated or foreign object: one line, like every other way of failing
+        raise MlinfraError(f"reading the state: gs://{state.bucket}/{name} is not Terraform state ({exc})") from None
 
 
 def plan_restore(stack, generation: int, current: dict) -> RestorePlan:
