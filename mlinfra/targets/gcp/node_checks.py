@@ -223,9 +223,10 @@ class NodeReports:
             summary = f"HTTP {seen.get('status')} after {waited:.1f} s ({ON_NODE}, {report.get('at')})"
             return CheckResult(node.name, "health", True, summary, elapsed_s=waited, details=details)
         answer = f"answered HTTP {seen['status']}" if seen.get("status") else f"did not answer ({seen.get('error')})"
+        why = self.workload_failure(node)  # the reporter runs from before prepare: a failed prepare is why
         message = (
-            f"{ON_NODE}, {seen.get('url')} {answer} for {waited:.0f} s. Fix: look at the server's log on the node "
-            "(`journalctl -u mlinfra-serve`)"
+            f"{ON_NODE}, {seen.get('url')} {answer} for {waited:.0f} s{f' ({why})' if why else ''}. Fix: look at the "
+            "server's log on the node (`journalctl -u mlinfra-serve`)"
         )
         return CheckResult(
             node.name, "health", False, "not healthy", message=message, elapsed_s=waited, details=details

@@ -388,3 +388,12 @@ def test_reports_of_nodes_made_by_an_earlier_mlinfra_are_read(tmp_path, stack, g
     google.guest[("mlinfra", "report")] = json.dumps(dict(new, latency=sample))
     earlier = verify.run(stack, [deployed_node()])
     assert earlier.passed and by_check(earlier)["latency"].details["ok"] == 30
+
+
+def test_an_unhealthy_report_from_a_node_whose_prepare_failed_says_why(tmp_path, stack, google):
+    """The reporter runs from before prepare, so a node whose prepare failed reports health too:
+    the row names the prepare failure (mlinfra/workload), not only the port that did not answer."""
+    google.guest[("mlinfra", "workload")] = json.dumps({"command": "true", "error": "serve.setup: step 1 failed"})
+    report, _ = report_from_node(tmp_path, stack, google, health=503, fixture="t4.txt")
+    health = by_check(report)["health"]
+    assert not health.passed and "(the node did not start its server: serve.setup: step 1 failed)" in health.message

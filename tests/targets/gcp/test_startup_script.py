@@ -82,7 +82,7 @@ def test_a_boot_prepares_then_starts_the_server_that_needs_this_boots_marker(tmp
     # The reporter runs before prepare (a node whose prepare fails still reports), after the server stopped.
     assert calls.index("systemctl stop mlinfra-serve.service") < calls.index("systemctl restart mlinfra-report.service") < prepare
     assert calls[-3:] == ["systemctl daemon-reload", "systemctl enable mlinfra-serve.service",
-                          "systemctl restart mlinfra-serve.service"]
+                          "systemctl restart mlinfra-serve.service mlinfra-report.service"]
     assert (root / "run" / "mlinfra" / "prepared").exists()
     unit = (root / "etc" / "systemd" / "system" / "mlinfra-serve.service").read_text()
     assert f"ConditionPathExists={root}/run/mlinfra/prepared" in unit.splitlines()
