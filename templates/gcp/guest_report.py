@@ -18,7 +18,9 @@ the same parser, diagnosis and latency budget as every other check.
 Re-runs on request: ``mlinfra verify --fresh`` changes the metadata value
 ``mlinfra-check-request`` (Compute API setMetadata, that key only); ``watch`` waits for that change with the metadata server's
 ``?wait_for_change=true`` and publishes a fresh report whose ``run`` is the new value. A value
-ending in `` checks=health,gpu`` (what heal asks) names the checks: no latency sample then.
+ending in `` checks=health,gpu`` (what heal asks) names the checks: no latency sample then, and the
+report says ``"latency": null, "latency_pending": false``; the operator then judges the latest
+``mlinfra/latency`` of any run, with its age.
 
 Guest attributes (Google's "Setting and querying guest attributes",
 https://cloud.google.com/compute/docs/metadata/manage-guest-attributes): enabled by the
@@ -298,7 +300,9 @@ def run_checks(node, check, run, boot, send=publish, superseded=None):
     latency = check.get("latency") or {}
     wanted = wanted_checks(run)
     sample = bool(report["health"]["ok"] and latency and (wanted is None or "latency" in wanted))
-    report["latency"] = "pending" if sample else None  # pending: it follows as mlinfra/latency
+    # The sample follows as mlinfra/latency. "latency" keeps its type (null, or the sample's dict as
+    # an earlier mlinfra wrote it): an operator of another version reads it without tripping.
+    report["latency"], report["latency_pending"] = None, sample
     report["at"] = now()
     send(report)
     if sample:

@@ -184,6 +184,18 @@ def prepare_failed(node, stage, exc):
     return _fail(_status(node), "%s: %s: %s" % (stage, type(exc).__name__, exc), [])
 
 
+def startup_failed(stage, message, node_path=""):
+    """startup.sh's ERR trap: a step of its own (a file from metadata, the service user, a unit)
+    failed, before or after launch.py, published as the node's reason like every failure here —
+    a first boot that dies there would otherwise publish nothing and leave the gate waiting."""
+    try:
+        with open(node_path, encoding="utf-8") as handle:
+            status = _status(json.load(handle))
+    except (OSError, ValueError, KeyError, TypeError):  # node.json may be the file that could not be read
+        status = {}
+    return _fail(status, "startup.sh: %s: %s" % (stage, message), [])
+
+
 def _fail(status, message, secrets):
     status["error"] = _redact(message, secrets)
     print("mlinfra: %s" % status["error"], file=sys.stderr)
@@ -219,3 +231,11 @@ def server_argv(node, env):
     # bind "": the port on every interface; the stack's firewall rules decide who reaches it.
     return workload.container_argv(engine, spec["image"], CONTAINER, int(node["port"]), passed, spec.get("args", []),
                                    model_host, spec.get("model_dir", ""), node.get("gpus", 0), bind="")
+
+
+if __name__ == "__main__":  # python3 workload_gcp.py fail STAGE MESSAGE [NODE_JSON]: startup.sh's ERR trap
+    if len(sys.argv) not in (4, 5) or sys.argv[1] != "fail":
+        print("usage: workload_gcp.py fail STAGE MESSAGE [NODE_JSON]", file=sys.stderr)
+        sys.exit(2)
+    startup_failed(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) == 5 else "")
+    sys.exit(0)

@@ -22,7 +22,7 @@ from typing import Any
 
 from mlinfra.clouds.gcp import guest_attributes
 from mlinfra.errors import CommandTimedOut, MlinfraError
-from mlinfra.timeutil import utc_now
+from mlinfra.timeutil import parse_epoch, utc_now
 from mlinfra.verify.result import CheckResult
 from mlinfra.verify.runners import RunResult
 
@@ -30,6 +30,7 @@ NAMESPACE, KEY = "mlinfra", "report"  # what guest_report.py writes: health and 
 LATENCY_KEY = "latency"  # then its latency sample, with the same run (a second write)
 WORKLOAD_KEY = "workload"  # what workload_gcp.py writes at boot: setup, model, image, or why they failed
 REQUEST_KEY = "mlinfra-check-request"  # the metadata value guest_report.py watches
+CHECKS_MARK = " checks="  # a request naming its checks ends so ("RUN checks=health,gpu": heal's)
 ON_NODE, FROM_HERE = "on the node", "from this machine"
 SAMPLES_MAX = 200  # node-side latency requests at most: the report stays small
 BOOT_GRACE_S = 900.0  # the Deep Learning VM installs its driver before the server starts (launch.py)
@@ -70,6 +71,24 @@ def settings(spec) -> str:
     )
 
 
+def sampled(run: str) -> bool:
+    """Whether the node's run ``run`` included a latency sample (a request naming checks without it did not)."""
+    named = run.partition(CHECKS_MARK)[2]
+    return not named or "latency" in named.split(",")
+
+
+def age(at: str) -> str:
+    """How long ago the node's ``at`` (``2026-12-03T10:21:07Z``) was: "12 min ago"."""
+    try:
+        seconds = parse_epoch(utc_now()) - parse_epoch(at)
+    except ValueError:
+        return f"an unknown time ago ({at!r})"
+    minutes = max(0, int(seconds // 60))
+    if minutes < 1:
+        return "less than a minute ago"
+    return f"{minutes} min ago" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min ago"
+
+
 class ReportRunner:
     """A ``verify.gpu`` runner that replays what nvidia-smi did on the node."""
 
@@ -92,7 +111,7 @@ class NodeReports:
         self.run_id = f"{utc_now()}-{uuid.uuid4().hex[:8]}" if fresh else None
         named = [check for check in ("health", "gpu") if check in checks]
         if self.run_id and checks and "latency" not in checks and named:
-            self.run_id += " checks=" + ",".join(named)  # guest_report.wanted_checks reads it
+            self.run_id += CHECKS_MARK + ",".join(named)  # guest_report.wanted_checks reads it
         self.reports: dict[str, dict | None] = {}
         self.values: dict[str, dict[str, str]] = {}  # node name → its guest attributes, as last read
         self.problems: dict[str, str] = {}
@@ -204,9 +223,10 @@ class NodeReports:
             summary = f"HTTP {seen.get('status')} after {waited:.1f} s ({ON_NODE}, {report.get('at')})"
             return CheckResult(node.name, "health", True, summary, elapsed_s=waited, details=details)
         answer = f"answered HTTP {seen['status']}" if seen.get("status") else f"did not answer ({seen.get('error')})"
+        why = self.workload_failure(node)  # the reporter runs from before prepare: a failed prepare is why
         message = (
-            f"{ON_NODE}, {seen.get('url')} {answer} for {waited:.0f} s. Fix: look at the server's log on the node "
-            "(`journalctl -u mlinfra-serve`)"
+            f"{ON_NODE}, {seen.get('url')} {answer} for {waited:.0f} s{f' ({why})' if why else ''}. Fix: look at the "
+            "server's log on the node (`journalctl -u mlinfra-serve`)"
         )
         return CheckResult(
             node.name, "health", False, "not healthy", message=message, elapsed_s=waited, details=details
@@ -238,11 +258,14 @@ class NodeReports:
         found = reach.assess(self.spec)
         if found.state == reach.ALLOWED or (found.state == reach.UNKNOWN and port_answers(node.endpoint)):
             return None
-        report = self.wait(node, self.spec.verify.health_timeout_s)  # at once when health read it already
-        sample = (report or {}).get("latency")
-        if sample == "pending":  # published apart, once the node has sent its requests
-            sample = self.wait_sample(node, str((report or {}).get("run")))
-        if not isinstance(sample, dict):
+        report = self.wait(node, self.spec.verify.health_timeout_s) or {}  # at once when health read it already
+        sample, run = report.get("latency"), str(report.get("run"))
+        # "pending" in the report itself: a node of the previous mlinfra (latency_pending since).
+        if report.get("latency_pending") or sample == "pending":  # published apart, once the node has sent its requests
+            sample = self.wait_sample(node, run)
+        elif sample is None and report and not sampled(run):
+            return self._latest_sample(node, run, found.reason, report)
+        if not isinstance(sample, dict):  # a dict in the report itself: a node of an earlier mlinfra
             return CheckResult(
                 node.name,
                 "latency",
@@ -251,11 +274,34 @@ class NodeReports:
                 message=f"not run: the node published no latency sample ({found.reason})",
                 details={"measured": ON_NODE},
             )
+        return self._judged(node, sample, found.reason, report)
+
+    def _latest_sample(self, node, run: str, why: str, report: dict) -> CheckResult:
+        """The node's last run checked health and gpu only (heal's request): its latest sample,
+        whatever run it came from, with its age — a heal round must not fail a later plain verify."""
+        try:
+            sample = json.loads(self.values.get(node.name, {}).get(LATENCY_KEY) or "null")
+        except ValueError:
+            sample = None
+        if not isinstance(sample, dict):
+            message = (
+                f"skipped: the node's last run ({run}) checked health and gpu only and it has published no latency "
+                "sample yet; `mlinfra verify --fresh` asks it for one"
+            )
+            return CheckResult(
+                node.name, "latency", True, "no sample", message=message, skipped=True, details={"measured": ON_NODE}
+            )
+        result = self._judged(node, sample, why, report)
+        result.summary += f", sample from {age(str(sample.get('at') or ''))} (run {sample.get('run')})"
+        result.details.update(sample_at=sample.get("at"), sample_run=sample.get("run"))
+        return result
+
+    def _judged(self, node, sample: dict, why: str, report: dict) -> CheckResult:
         result = self._judge_stream(node, sample) if sample.get("protocol") == "openai" else self._judge(node, sample)
         result.summary += f" ({ON_NODE}: server time, without the network)"
         if sample.get("cut_short"):  # a slow server, or a newer request (heal's) was waiting
             result.summary += f", {sample['cut_short']} requests not sent (the node stops at {SAMPLE_LIMIT_S:g} s, or for a newer run)"
-        result.details.update(measured=ON_NODE, why=found.reason, report_at=(report or {}).get("at"))
+        result.details.update(measured=ON_NODE, why=why, report_at=report.get("at"))
         return result
 
     def _judge(self, node, sample: dict) -> CheckResult:

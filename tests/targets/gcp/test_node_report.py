@@ -242,7 +242,9 @@ def test_health_and_gpu_are_published_before_the_latency_sample(tmp_path, stack,
     try:
         first = google.wait_for_guest("mlinfra", "report", timeout_s=60)
         assert first is not None, "the node held health and gpu back until its latency sample was done"
-        assert json.loads(first)["health"]["ok"] and json.loads(first)["latency"] == "pending"
+        # "latency" keeps its type (null): an operator of the previous mlinfra read "pending" as a sample and crashed.
+        assert json.loads(first)["health"]["ok"] and json.loads(first)["latency"] is None
+        assert json.loads(first)["latency_pending"] is True
         assert ("mlinfra", "latency") not in google.guest
         server.slow.set()
         node.communicate(timeout=60)
@@ -282,7 +284,7 @@ def test_a_request_during_a_slow_sample_ends_it_so_heal_is_answered(tmp_path, st
                                stderr=subprocess.PIPE, text=True)
     try:
         boot = google.wait_for_guest("mlinfra", "report", timeout_s=60)
-        assert boot is not None and json.loads(boot)["latency"] == "pending"  # the boot sample is under way
+        assert boot is not None and json.loads(boot)["latency_pending"]  # the boot sample is under way
         report = verify.run(stack, [deployed_node()], checks=["health", "gpu"], health_deadline_s=10, fresh=True)
         assert report.passed, [(r.check, r.message) for r in report.results]
         cut = json.loads(google.guest[("mlinfra", "latency")])
@@ -337,3 +339,61 @@ def test_an_openai_stack_gets_a_streamed_sample_measured_per_token_on_the_node(t
     assert latency.details["url"] == f"http://127.0.0.1:{port}/v1/chat/completions"
     assert latency.summary.startswith("TTFT p50 ") and "(on the node: server time" in latency.summary
     assert latency.details["budget"]["p95_ms"] == 0.0  # protocol openai: no whole-stream budget by default
+
+
+def test_a_plain_verify_after_a_heal_round_judges_the_latest_sample_and_says_its_age(tmp_path, stack, google):
+    """heal's run (health and gpu only) leaves a report without a sample; a later `mlinfra verify`
+    (not --fresh) judges the boot run's sample, whose run differs, instead of failing latency."""
+    server = ModelServer(200)
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert google.wait_for_guest("mlinfra", "latency", timeout_s=60) is not None  # the boot run is over
+        healed = verify.run(stack, [deployed_node()], checks=["health", "gpu"], fresh=True)  # a heal round
+        assert healed.passed and google.puts == ["mlinfra/report", "mlinfra/latency", "mlinfra/report"]
+        report = verify.run(stack, [deployed_node()])
+    finally:
+        watcher.terminate()
+        watcher.communicate(timeout=30)
+        server.stop()
+    latency = by_check(report)["latency"]
+    assert report.passed and latency.passed, latency.message
+    assert latency.details["ok"] == 30 and latency.details["sample_run"] == "boot"
+    assert latency.summary.endswith(", sample from less than a minute ago (run boot)"), latency.summary
+    assert node_checks.age("2026-01-01T00:00:00Z").endswith(" min ago")
+
+
+def test_a_heal_round_on_a_node_with_no_sample_yet_skips_latency_saying_why(tmp_path, stack, google):
+    google.attributes["mlinfra-check-request"] = "r1 checks=health,gpu"  # heal asked before any sample
+    report, _ = report_from_node(tmp_path, stack, google, health=200, fixture="t4.txt")
+    assert google.puts == ["mlinfra/report"]
+    latency = by_check(report)["latency"]
+    assert latency.skipped and latency.status == "skip", (latency.passed, latency.message)
+    assert latency.message.startswith("skipped: the node's last run (r1 checks=health,gpu) checked health and gpu only")
+    assert report.passed  # health and gpu ran and passed
+
+
+def test_reports_of_nodes_made_by_an_earlier_mlinfra_are_read(tmp_path, stack, google):
+    """Node-side scripts change only on a new VM: an older node's report has no latency_pending,
+    and says "pending" (the previous mlinfra) or carries its sample inside (the one before)."""
+    report_from_node(tmp_path, stack, google, health=200, fixture="t4.txt")
+    new = json.loads(google.guest[("mlinfra", "report")])
+    sample = json.loads(google.guest[("mlinfra", "latency")])
+    del new["latency_pending"]
+    google.guest[("mlinfra", "report")] = json.dumps(dict(new, latency="pending"))
+    previous = verify.run(stack, [deployed_node()])
+    assert previous.passed and by_check(previous)["latency"].details["ok"] == 30
+    del google.guest[("mlinfra", "latency")]
+    google.guest[("mlinfra", "report")] = json.dumps(dict(new, latency=sample))
+    earlier = verify.run(stack, [deployed_node()])
+    assert earlier.passed and by_check(earlier)["latency"].details["ok"] == 30
+
+
+def test_an_unhealthy_report_from_a_node_whose_prepare_failed_says_why(tmp_path, stack, google):
+    """The reporter runs from before prepare, so a node whose prepare failed reports health too:
+    the row names the prepare failure (mlinfra/workload), not only the port that did not answer."""
+    google.guest[("mlinfra", "workload")] = json.dumps({"command": "true", "error": "serve.setup: step 1 failed"})
+    report, _ = report_from_node(tmp_path, stack, google, health=503, fixture="t4.txt")
+    health = by_check(report)["health"]
+    assert not health.passed and "(the node did not start its server: serve.setup: step 1 failed)" in health.message

@@ -34,8 +34,8 @@ STANDINS = {
     "python3": 'echo "python3 $* marker=$([ -e "$ROOT/run/mlinfra/prepared" ] && echo yes || echo no)" >>"$CALLS"\n'
                '[ ! -e "$ROOT/prepare-fails" ]\n',
     "systemctl": 'echo "systemctl $*" >>"$CALLS"\n',
-    "id": "echo 999\n",
-    "useradd": 'echo "useradd $*" >>"$CALLS"\n',
+    "id": '[ ! -e "$ROOT/no-user" ] && echo 999\n',
+    "useradd": 'echo "useradd $*" >>"$CALLS"\n[ ! -e "$ROOT/useradd-fails" ]\n',
     "chgrp": 'echo "chgrp $*" >>"$CALLS"\n',
 }
 
@@ -79,7 +79,9 @@ def test_a_boot_prepares_then_starts_the_server_that_needs_this_boots_marker(tmp
     prepare = next(i for i, call in enumerate(calls) if call.startswith("python3 "))
     assert calls[prepare] == f"python3 {root}/opt/mlinfra/launch.py prepare {root}/etc/mlinfra/node.json marker=no"
     assert calls.index("systemctl stop mlinfra-serve.service") < prepare
-    assert calls[-3:] == ["systemctl daemon-reload", "systemctl enable mlinfra-serve.service mlinfra-report.service",
+    # The reporter runs before prepare (a node whose prepare fails still reports), after the server stopped.
+    assert calls.index("systemctl stop mlinfra-serve.service") < calls.index("systemctl restart mlinfra-report.service") < prepare
+    assert calls[-3:] == ["systemctl daemon-reload", "systemctl enable mlinfra-serve.service",
                           "systemctl restart mlinfra-serve.service mlinfra-report.service"]
     assert (root / "run" / "mlinfra" / "prepared").exists()
     unit = (root / "etc" / "systemd" / "system" / "mlinfra-serve.service").read_text()
@@ -97,7 +99,11 @@ def test_a_failed_prepare_leaves_the_server_stopped_and_unmarked(tmp_path, node)
     assert done.returncode != 0
     assert not (root / "run" / "mlinfra" / "prepared").exists()
     assert calls[-1].startswith("python3 ") and "systemctl stop mlinfra-serve.service" in calls
-    assert not [call for call in calls if re.match(r"systemctl (start|restart|enable)", call)]
+    assert not [call for call in calls if re.match(r"systemctl (start|restart|enable) mlinfra-serve", call)]
+    # The reporter was started first, so the node still publishes health and gpu; launch.py published
+    # its own reason, which the ERR trap does not overwrite.
+    assert "systemctl restart mlinfra-report.service" in calls
+    assert not [call for call in calls if "workload_gcp.py fail" in call]
 
 
 def test_metadata_lost_midway_keeps_the_previous_file_whole(tmp_path, node):
@@ -111,8 +117,8 @@ def test_metadata_lost_midway_keeps_the_previous_file_whole(tmp_path, node):
     assert done.returncode != 0 and "cannot read instance metadata mlinfra-workload" in done.stderr
     assert (root / "opt" / "mlinfra" / "workload.py").read_text() == "# workload.py v1\n"
     assert not (root / "opt" / "mlinfra" / "workload.py.new").exists()
-    assert not [call for call in calls if call.startswith("python3 ")]
-    assert Path(root / "opt" / "mlinfra" / "launch.py").read_text() == ATTRIBUTES["mlinfra-launcher"]
+    assert not [call for call in calls if call.startswith("python3 ")]  # workload_gcp.py not there: nothing to publish with
+    assert not Path(root / "opt" / "mlinfra" / "launch.py").exists()  # it stopped there: workload.py is read first
 
 
 def test_a_failed_read_of_the_node_checks_keeps_the_previous_reporter_whole(tmp_path, node):
@@ -145,3 +151,38 @@ def test_the_node_checks_files_are_renamed_into_place(tmp_path, node):
         # the only redirections to the final paths are none: every write goes to PATH.new
         assert not re.search(rf">\s*{re.escape(str(path))}(?![.\w])", text), path
     assert not list(root.rglob("*.new"))
+
+
+def test_a_rerun_whose_metadata_read_fails_leaves_the_server_serving(tmp_path, node):
+    """The server stops only once every file was read: a transient metadata failure (set -e) on a
+    rerun must not take down a node that was serving."""
+    root, attrs = node[0], node[1]
+    (root / "run" / "mlinfra").mkdir(parents=True)
+    (root / "run" / "mlinfra" / "prepared").write_text("")  # the server runs from the last run
+    (attrs / "mlinfra-guest-report").unlink()  # the last file read
+    done, calls = boot(tmp_path, node)
+    assert done.returncode != 0 and "cannot read instance metadata mlinfra-guest-report" in done.stderr
+    assert not [call for call in calls if call.startswith("systemctl")]
+    assert (root / "run" / "mlinfra" / "prepared").exists()
+
+
+@pytest.mark.parametrize(("make_it_fail", "stage"), [
+    (lambda root, attrs: (attrs / "mlinfra-node").unlink(),
+     "reading instance metadata mlinfra-node into {root}/etc/mlinfra/node.json"),
+    (lambda root, attrs: [(root / "no-user").write_text(""), (root / "useradd-fails").write_text("")],
+     "creating the service user mlserve"),
+])
+def test_a_failed_step_before_launch_py_is_published_as_the_nodes_reason(tmp_path, node, make_it_fail, stage):
+    """A first boot that fails in startup.sh itself (a file from metadata, useradd) publishes the step
+    through workload_gcp.py's own publish (the guest attribute mlinfra/workload), so the gate says
+    why at once; before, it published nothing and the gate waited out its deadline."""
+    root, attrs = node[0], node[1]
+    make_it_fail(root, attrs)
+    done, calls = boot(tmp_path, node)
+    assert done.returncode != 0
+    failed = [call for call in calls if call.startswith(f"python3 {root}/opt/mlinfra/workload_gcp.py fail ")]
+    stage = stage.format(root=root)
+    assert failed == [f"python3 {root}/opt/mlinfra/workload_gcp.py fail {stage} exit status 1; the startup log "
+                      f"(serial console) has more {root}/etc/mlinfra/node.json marker=no"], calls
+    assert f"mlinfra: startup failed while {stage} (exit status 1)" in done.stderr
+    assert not [call for call in calls if call.startswith("systemctl")]  # nor was the server stopped

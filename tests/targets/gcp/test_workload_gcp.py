@@ -293,3 +293,29 @@ def test_a_failed_reference_server_install_is_the_nodes_reason_too(tmp_path, nod
     assert f"mlinfra: {status['error']}" in done.stderr
     assert json.loads((tmp_path / "state" / "workload.json").read_text()) == status
     assert not (bin_dir / "mlinfra").exists()  # no shim for a server that is not there
+
+
+@pytest.mark.parametrize("node_json", [True, False])
+def test_a_failed_startup_step_is_published_through_the_same_path(tmp_path, node_dir, google, monkeypatch, node_json):
+    """startup.sh's ERR trap (`workload_gcp.py fail STAGE MESSAGE NODE_JSON`): its own steps' failures
+    (a file from metadata, the service user) go where launch.py's go, and the gate reads them at once."""
+    emulator, metadata = google
+    config = node_config(tmp_path, command="mlinfra serve --port 8000") if node_json else tmp_path / "absent.json"
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GCE_METADATA_HOST": metadata.address,
+           "MLINFRA_STATE_DIR": str(tmp_path / "state")}
+    stage = "reading instance metadata mlinfra-node into /etc/mlinfra/node.json"
+    done = subprocess.run([sys.executable, str(node_dir / "workload_gcp.py"), "fail", stage, "exit status 1",
+                           str(config)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(metadata.guest[("mlinfra", "workload")])
+    assert status["error"] == f"startup.sh: {stage}: exit status 1"
+    assert status.get("command") == ("mlinfra serve --port 8000" if node_json else None)
+    assert json.loads((tmp_path / "state" / "workload.json").read_text()) == status
+    monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{metadata.address}/compute/v1")
+    monkeypatch.setattr(node_checks, "BOOT_GRACE_S", 0.0)  # were the early stop lost, this waits 20 s, not 15 min
+    stack = gcp_stack(tmp_path, "wl", gcp={"zones": ["us-central1-a"]}, verify={"health_timeout_s": 20})
+    node = Node(key="us-central1-0", name="wl-us-central1-0", region="us-central1", replica=0,
+                endpoint="http://192.0.2.10:8000", health_url="http://192.0.2.10:8000/health", zone="us-central1-a")
+    health = verify.run(stack, [node], checks=["health"]).results[0]
+    assert health.message.startswith(f"the node did not start its server: startup.sh: {stage}: exit status 1")
