@@ -44,8 +44,11 @@ def pytest_configure(config):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--update-golden", action="store_true",
-                     help="rewrite tests/golden/ from what the renderer produces now (review the diff!)")
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/ from what the renderer produces now (review the diff!)",
+    )
 
 
 @pytest.fixture
