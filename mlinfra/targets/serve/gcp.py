@@ -78,9 +78,12 @@ class ServeGcpDriver(GcpDriver):
 
     def notes(self, spec, placement: Placement) -> list[str]:
         a = spec.autoscale
-        return super().notes(spec, placement) + [
-            f"autoscaled by Ray Serve: {a.min_replicas}–{a.max_replicas} GPU workers per region (a regional MIG)"
-        ]
+        blind = [] if spec.serve.ssh_cidrs else [f"warning: serve.ssh_cidrs is empty: {NO_SSH} (status, cost, verify)"]
+        return (
+            super().notes(spec, placement)
+            + [f"autoscaled by Ray Serve: {a.min_replicas}–{a.max_replicas} GPU workers per region (a regional MIG)"]
+            + blind
+        )
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         base = module.tfvars(spec, placement.resolved, workspace)

@@ -217,3 +217,10 @@ def test_a_policy_outside_the_stacks_directory_cannot_be_shipped(tmp_path):
         SpecError, match=r"autoscale.policy: module 'json.decoder' is not a .py file in the stack's directory"
     ):
         autoscaled(tmp_path, policy="json.decoder:scale").render()
+
+
+def test_plan_warns_when_an_autoscaled_gcp_stack_cannot_read_its_replicas(tmp_path):
+    blind, seen = autoscaled(tmp_path / "a", ssh_cidrs=()), autoscaled(tmp_path / "b")
+    warning = f"warning: serve.ssh_cidrs is empty: {NO_SSH} (status, cost, verify)"
+    assert warning in DRIVER.notes(blind.spec, DRIVER.validate(blind.spec))
+    assert warning not in DRIVER.notes(seen.spec, DRIVER.validate(seen.spec))
