@@ -44,11 +44,8 @@ def pytest_configure(config):
 
 
 def pytest_addoption(parser):
-    parser.addoption(
-        "--update-golden",
-        action="store_true",
-        help="rewrite tests/golden/ from what the renderer produces now (review the diff!)",
-    )
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/ from what the renderer produces now (review the diff!)")
 
 
 @pytest.fixture

@@ -45,27 +45,12 @@ class Emulator:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [
-                str(_get_binary_path()),
-                "-backend",
-                "memory",
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                str(self.port),
-                "-log-level",
-                "error",
-                # Terraform's Go client reads objects through the XML path (GET /bucket/object), which
-                # the emulator only routes for its "public host": without this every read is a 404,
-                # Terraform sees no state, and each command tries to create one under a fresh lock.
-                "-public-host",
-                f"127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+            [str(_get_binary_path()), "-backend", "memory", "-scheme", "http", "-host", "127.0.0.1",
+             "-port", str(self.port), "-log-level", "error",
+             # Terraform's Go client reads objects through the XML path (GET /bucket/object), which
+             # the emulator only routes for its "public host": without this every read is a 404,
+             # Terraform sees no state, and each command tries to create one under a fresh lock.
+             "-public-host", f"127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -82,30 +67,24 @@ class Emulator:
 
     def read(self, bucket: str, name: str) -> str:
         quoted = urllib.request.quote(name, safe="")
-        return (
-            urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o/{quoted}?alt=media", timeout=5).read().decode()
-        )
+        return urllib.request.urlopen(f"{self.url}/storage/v1/b/{bucket}/o/{quoted}?alt=media", timeout=5).read().decode()
 
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=10)
 
+
     def create_bucket(self, bucket: str) -> None:
         body = json.dumps({"name": bucket}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/storage/v1/b", data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
+        request = urllib.request.Request(f"{self.url}/storage/v1/b", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
         urllib.request.urlopen(request, timeout=5).read()
 
     def upload(self, bucket: str, name: str, data: bytes) -> dict:
         """objects.insert (uploadType=media); returns the object's metadata (its generation)."""
         quoted = urllib.request.quote(name, safe="")
-        request = urllib.request.Request(
-            f"{self.url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={quoted}",
-            data=data,
-            method="POST",
-            headers={"Content-Type": "application/octet-stream"},
-        )
+        request = urllib.request.Request(f"{self.url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={quoted}",
+                                         data=data, method="POST", headers={"Content-Type": "application/octet-stream"})
         return json.loads(urllib.request.urlopen(request, timeout=5).read())
 
 
@@ -147,10 +126,6 @@ def gcp_stack(tmp_path: Path, name: str = "gpu", **sections) -> "Stack":
 
 def seed_stack(tmp_path: Path, **serve) -> "Stack":
     """n1-standard-4 + one T4 in us-central1-a serving on port 8000 (disposable-ml-infrastructure.txt)."""
-    return gcp_stack(
-        tmp_path,
-        "demand-predictor",
-        gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
-        compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
-        serve={"port": 8000, **serve},
-    )
+    return gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
+                     compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
+                     serve={"port": 8000, **serve})

@@ -26,12 +26,8 @@ def modules() -> dict[str, ast.Module]:
 
 def imports(tree: ast.Module, known: set[str]) -> set[str]:
     """Every mlinfra module ``tree`` imports, at the top or inside functions; not under TYPE_CHECKING."""
-    typing_only = {
-        id(sub)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for sub in ast.walk(node)
-    }
+    typing_only = {id(sub) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(node.test) for sub in ast.walk(node)}
 
     def owner(name: str) -> str:
         while name and name not in known:
@@ -53,13 +49,9 @@ def imports(tree: ast.Module, known: set[str]) -> set[str]:
 
 def test_no_target_is_named_outside_the_targets_package():
     pattern = re.compile(r"target ==|target !=|\.target in")
-    offenders = [
-        f"{path.relative_to(ROOT)}:{number}"
-        for path in PACKAGE.rglob("*.py")
-        if "targets" not in path.relative_to(PACKAGE).parts[:1]
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line)
-    ]
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in PACKAGE.rglob("*.py")
+                 if "targets" not in path.relative_to(PACKAGE).parts[:1]
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
 
 
@@ -76,7 +68,7 @@ def test_there_is_no_import_cycle():
     def visit(name: str, path: list[str]) -> None:
         for nxt in sorted(graph[name]):
             if nxt in path:
-                cycles.append(path[path.index(nxt) :] + [nxt])
+                cycles.append(path[path.index(nxt):] + [nxt])
             elif nxt not in done:
                 visit(nxt, path + [nxt])
         done.add(name)
@@ -102,11 +94,9 @@ def test_nothing_imports_the_cli_and_only_cli_and_console_import_rich_or_typer()
 
 def test_a_local_stack_command_imports_no_google_cloud_code():
     """`mlinfra status` on a local stack needs neither the GCP target nor its clouds' rules."""
-    code = (
-        "import sys; from mlinfra import Stack; s = Stack(name='arch', path='/nonexistent/mlinfra.toml'); "
-        "s.status(); print(sorted(m for m in sys.modules if m.startswith(('mlinfra.targets.gcp', "
-        "'mlinfra.clouds.gcp.rules', 'mlinfra.clouds.gcp.stockout', 'google'))))"
-    )
+    code = ("import sys; from mlinfra import Stack; s = Stack(name='arch', path='/nonexistent/mlinfra.toml'); "
+            "s.status(); print(sorted(m for m in sys.modules if m.startswith(('mlinfra.targets.gcp', "
+            "'mlinfra.clouds.gcp.rules', 'mlinfra.clouds.gcp.stockout', 'google'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -114,34 +104,19 @@ def test_a_local_stack_command_imports_no_google_cloud_code():
 def test_a_stack_without_autoscale_never_imports_ray():
     """Ray is an extra: importing mlinfra, and validating, rendering and asking the status of a stack
     without [autoscale], load none of it (nor the Ray Serve driver)."""
-    code = (
-        "import sys, tempfile; from mlinfra import Stack; d = tempfile.mkdtemp(); "
-        "s = Stack(name='arch', path=d + '/mlinfra.toml'); s.render(); s.status(); s.plan; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray' or m.startswith('mlinfra.targets.serve.local')))"
-    )
+    code = ("import sys, tempfile; from mlinfra import Stack; d = tempfile.mkdtemp(); "
+            "s = Stack(name='arch', path=d + '/mlinfra.toml'); s.render(); s.status(); s.plan; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray' or m.startswith('mlinfra.targets.serve.local')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-    assert (
-        "ray"
-        in subprocess.run([sys.executable, "-c", "import ray; print('ray')"], capture_output=True, text=True).stdout
-    )  # the check above could not see Ray at all otherwise
+    assert "ray" in subprocess.run([sys.executable, "-c", "import ray; print('ray')"], capture_output=True,
+                                   text=True).stdout  # the check above could not see Ray at all otherwise
 
 
 def test_public_api_is_pinned():
     assert mlinfra.__all__ == [
-        "Aborted",
-        "Compute",
-        "EngineError",
-        "Gcp",
-        "Local",
-        "MlinfraError",
-        "Serve",
-        "SpecError",
-        "Stack",
-        "StackSpec",
-        "State",
-        "Verify",
-        "__version__",
+        "Aborted", "Compute", "EngineError", "Gcp", "Local", "MlinfraError", "Serve", "SpecError", "Stack",
+        "StackSpec", "State", "Verify", "__version__",
     ]
     for name in mlinfra.__all__:
         assert getattr(mlinfra, name) is not None

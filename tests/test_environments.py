@@ -360,18 +360,13 @@ def test_drift_in_ignored_metadata_after_heal_does_not_fail_the_drift_check(tmp_
     """`heal` and `verify --fresh` set the mlinfra-check-request key, which the module ignores
     (lifecycle ignore_changes): refresh reports the node as drifted, the plan changes nothing."""
     drift = _gcp_node_event("resource_drift", "update")
-    summary = plan_summary(
-        [drift, {"type": "change_summary", "changes": {"add": 0, "change": 0, "remove": 0, "operation": "plan"}}]
-    )
+    summary = plan_summary([drift, {"type": "change_summary", "changes": {"add": 0, "change": 0, "remove": 0,
+                                                                          "operation": "plan"}}])
     assert PlanResult("s", tmp_path, summary).exit_code == 0
     assert [c.address for c in summary.drift] == ['google_compute_instance.node["us-central1-0"]']  # still shown
 
     # Someone edited what the module manages (a label, say): the plan puts it back, so exit 3.
-    undone = plan_summary(
-        [
-            drift,
-            _gcp_node_event("planned_change", "update"),
-            {"type": "change_summary", "changes": {"add": 0, "change": 1, "remove": 0, "operation": "plan"}},
-        ]
-    )
+    undone = plan_summary([drift, _gcp_node_event("planned_change", "update"),
+                           {"type": "change_summary", "changes": {"add": 0, "change": 1, "remove": 0,
+                                                                  "operation": "plan"}}])
     assert PlanResult("s", tmp_path, undone).exit_code == 3

@@ -22,43 +22,28 @@ GOLDEN = ROOT / "tests" / "golden"
 
 CASES = {
     # Two regions × two replicas of the reference server on this machine.
-    "local-two-regions": dict(
-        local={"regions": ["east", "west"]}, compute={"replicas": 2}, serve={"env": {"MODEL": "demand-v3"}}
-    ),
+    "local-two-regions": dict(local={"regions": ["east", "west"]}, compute={"replicas": 2},
+                              serve={"env": {"MODEL": "demand-v3"}}),
     # The seed article's stack: one T4 on n1-standard-4 in us-central1-a, port 8000.
-    "gcp-t4-seed": dict(
-        target="gcp",
-        gcp={"project": "ml-demo-123456", "zones": ["us-central1-a"]},
-        compute={"gpu": "t4", "machine_type": "n1-standard-4"},
-    ),
+    "gcp-t4-seed": dict(target="gcp", gcp={"project": "ml-demo-123456", "zones": ["us-central1-a"]},
+                        compute={"gpu": "t4", "machine_type": "n1-standard-4"}),
     # Bundled machine type, Spot, two regions, state in GCS.
-    "gcp-a100-spot-gcs": dict(
-        target="gcp",
-        gcp={"project": "ml-demo-123456", "regions": ["us-central1", "europe-west4"]},
-        compute={"gpu": "a100", "spot": True},
-        state={"backend": "gcs", "bucket": "tf-state-demo"},
-    ),
+    "gcp-a100-spot-gcs": dict(target="gcp", gcp={"project": "ml-demo-123456", "regions": ["us-central1", "europe-west4"]},
+                              compute={"gpu": "a100", "spot": True}, state={"backend": "gcs", "bucket": "tf-state-demo"}),
 }
 
 
 def normalized(tfvars: dict, workdir: Path, stack_dir: Path) -> dict:
     text = json.dumps(tfvars)
-    for real, placeholder in (
-        (str(workdir), "<WORKDIR>"),
-        (str(stack_dir), "<STACK_DIR>"),
-        (sys.executable, "<PYTHON>"),
-    ):
+    for real, placeholder in ((str(workdir), "<WORKDIR>"), (str(stack_dir), "<STACK_DIR>"), (sys.executable, "<PYTHON>")):
         text = text.replace(json.dumps(real)[1:-1], placeholder)
     data = json.loads(text)
     if data.get("ssh_public_key"):
         data["ssh_public_key"] = "<SSH_PUBLIC_KEY>"
     if data.get("reference_server"):
         data["reference_server"] = "<mlinfra/serve.py>"
-    for key, name in (
-        ("reference_completions", "completions.py"),
-        ("reference_textgen", "textgen.py"),
-        ("reference_textgen_data", "textgen.json"),
-    ):
+    for key, name in (("reference_completions", "completions.py"), ("reference_textgen", "textgen.py"),
+                      ("reference_textgen_data", "textgen.json")):
         if data.get(key):
             data[key] = f"<mlinfra/{name}>"
     for node in data.get("nodes", {}).values():
@@ -72,9 +57,7 @@ def rendered_files(name: str, tmp_path: Path) -> dict[str, str]:
     result = stack.render()
     files = {f: (result.workdir / f).read_text() for f in result.files if f.endswith(".tf")}
     tfvars = json.loads((result.workdir / "terraform.tfvars.json").read_text())
-    files["terraform.tfvars.json"] = (
-        json.dumps(normalized(tfvars, result.workdir, tmp_path), indent=2, sort_keys=True) + "\n"
-    )
+    files["terraform.tfvars.json"] = json.dumps(normalized(tfvars, result.workdir, tmp_path), indent=2, sort_keys=True) + "\n"
     if (result.workdir / "backend.tfbackend.json").exists():
         files["backend.tfbackend.json"] = (result.workdir / "backend.tfbackend.json").read_text()
     return files

@@ -16,17 +16,14 @@ from mlinfra.engine import Terraform, terraform_command, terraform_env
 from mlinfra.render import template_context
 
 # Everything that means something to HCL templates, Jinja or a shell.
-NASTY = "q\" ${var.stack} %{if true}x%{endif} $(touch pwned) `touch pwned2` {{ 7*7 }} \\n\nline2 'single'"
+NASTY = 'q" ${var.stack} %{if true}x%{endif} $(touch pwned) `touch pwned2` {{ 7*7 }} \\n\nline2 \'single\''
 
 
 def test_user_values_reach_terraform_verbatim(tmp_path, deployed):
     literal = NASTY.replace("'", "")  # the command quotes it in single quotes, so none inside
     command = f"printf '%s' '{literal}' > literal.txt; printf '%s' \"$NASTY\" > env.txt; {HTTP_SERVER}"
-    stack = Stack(
-        name="inject",
-        path=tmp_path / "mlinfra.toml",
-        serve={"command": command, "health_path": "/", "env": {"NASTY": NASTY}},
-    )
+    stack = Stack(name="inject", path=tmp_path / "mlinfra.toml",
+                  serve={"command": command, "health_path": "/", "env": {"NASTY": NASTY}})
     deployed(stack)
     rendered = stack.render()
     for tf in rendered.workdir.glob("*.tf"):
@@ -50,13 +47,8 @@ def test_user_values_reach_terraform_verbatim(tmp_path, deployed):
 
 def test_templates_never_see_user_text(tmp_path):
     plain = Stack(name="one", path=tmp_path / "a" / "mlinfra.toml", local={"regions": ["x"]})
-    fancy = Stack(
-        name="two",
-        path=tmp_path / "b" / "mlinfra.toml",
-        local={"regions": ["y", "z"]},
-        compute={"replicas": 3},
-        serve={"command": NASTY, "env": {"A": NASTY}},
-    )
+    fancy = Stack(name="two", path=tmp_path / "b" / "mlinfra.toml", local={"regions": ["y", "z"]},
+                  compute={"replicas": 3}, serve={"command": NASTY, "env": {"A": NASTY}})
     assert template_context(fancy) == {"target": "local", "backend": "local"}
     one, two = plain.render(), fancy.render()
     for name in one.files:
@@ -67,13 +59,8 @@ def test_templates_never_see_user_text(tmp_path):
 def test_rendered_hcl_is_fmt_clean_and_valid(tmp_path):
     stack = Stack(name="fmt", path=tmp_path / "mlinfra.toml", local={"regions": ["a", "b"]})
     workdir = stack.render().workdir
-    check = subprocess.run(
-        terraform_command() + ["fmt", "-check", "-diff", "-recursive"],
-        cwd=workdir,
-        env=terraform_env(),
-        capture_output=True,
-        text=True,
-    )
+    check = subprocess.run(terraform_command() + ["fmt", "-check", "-diff", "-recursive"], cwd=workdir,
+                           env=terraform_env(), capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     engine = Terraform(workdir)
     engine.init()
@@ -104,17 +91,14 @@ def test_busy_port_is_not_assigned(tmp_path):
 
 def test_ejected_module_applies_and_destroys_without_mlinfra(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_stack(
-        tmp_path,
-        f"""
+    write_stack(tmp_path, f"""
         name = "eject"
         [local]
         regions = ["a", "b"]
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
-    """,
-    )
+    """)
     result = CliRunner().invoke(app, ["render", "--out", "infra"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / ".mlinfra").exists()  # eject writes only where asked

@@ -29,14 +29,12 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 def make_dry_run(directory: Path, *args: str) -> list[str]:
     # --no-print-directory: under `make test` (CI) MAKELEVEL > 0 makes a nested make announce directories.
-    out = subprocess.run(
-        ["make", "--no-print-directory", "-n", *args], cwd=directory, capture_output=True, text=True, check=True
-    )
+    out = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=directory, capture_output=True,
+                         text=True, check=True)
     return out.stdout.splitlines()
 
 
 # -- mlinfra new ---------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("gpu", ["none", "t4", "L4", "nvidia-tesla-a100"])
 def test_new_local_writes_three_files_and_the_stack_loads(tmp_path, gpu):
@@ -72,18 +70,11 @@ def test_new_writes_the_spec_defaults_and_a_comment_for_every_key(tmp_path):
 
     sections = dict(re.findall(r"^\[(\w+)\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S))
     sections["stack"] = text.split("\n[", 1)[0]
-    spec_tables = {
-        f.name: f.default_factory()
-        for f in dataclasses.fields(StackSpec)
-        if f.default_factory is not dataclasses.MISSING
-    }
+    spec_tables = {f.name: f.default_factory() for f in dataclasses.fields(StackSpec)
+                   if f.default_factory is not dataclasses.MISSING}
     spec_tables.pop("gcp")  # a local stack offers [gcp] commented out (checked below)
     for table, section in [("stack", Stack(name="x").spec)] + list(spec_tables.items()):
-        keys = [
-            f.name
-            for f in dataclasses.fields(section)
-            if f.compare and not dataclasses.is_dataclass(getattr(section, f.name))
-        ]
+        keys = [f.name for f in dataclasses.fields(section) if f.compare and not dataclasses.is_dataclass(getattr(section, f.name))]
         for key in keys:
             # Present (or commented out, like payload), and the line above it explains it.
             match = re.search(rf"^(#[^\n]*)\n(# )?{key} = ", sections[table], re.M)
@@ -91,17 +82,14 @@ def test_new_writes_the_spec_defaults_and_a_comment_for_every_key(tmp_path):
     assert "# [gcp]" in text and '# project = "your-gcp-project"' in text
 
 
-@pytest.mark.parametrize(
-    ("directory", "name"),
-    [
-        ("My Model_v2", "my-model-v2"),
-        ("2024-forecast", "forecast"),
-        ("Modèle Été", "modele-ete"),
-        ("a" * 29 + "-bcd", "a" * 29),  # cut to 30, then the trailing hyphen goes
-        ("123", "ml-stack"),
-        ("---", "ml-stack"),
-    ],
-)
+@pytest.mark.parametrize(("directory", "name"), [
+    ("My Model_v2", "my-model-v2"),
+    ("2024-forecast", "forecast"),
+    ("Modèle Été", "modele-ete"),
+    ("a" * 29 + "-bcd", "a" * 29),  # cut to 30, then the trailing hyphen goes
+    ("123", "ml-stack"),
+    ("---", "ml-stack"),
+])
 def test_name_from_the_directory_follows_gcp_rules(tmp_path, directory, name):
     assert project_name(tmp_path / directory) == name
     new_project(tmp_path / directory)
@@ -116,14 +104,11 @@ def test_explicit_name_is_used_or_refused_with_a_suggestion(tmp_path):
     assert not (tmp_path / "q").exists()
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"target": "gpc"}, r"unknown target 'gpc'.*did you mean 'gcp'"),
-        ({"gpu": "t44"}, r"unknown GPU 't44'.*did you mean 't4'"),
-        ({"gpu": "nvidia-tesla-k80"}, r"not allowed: end of support"),
-    ],
-)
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"target": "gpc"}, r"unknown target 'gpc'.*did you mean 'gcp'"),
+    ({"gpu": "t44"}, r"unknown GPU 't44'.*did you mean 't4'"),
+    ({"gpu": "nvidia-tesla-k80"}, r"not allowed: end of support"),
+])
 def test_bad_target_or_gpu_is_exit_2_and_writes_nothing(tmp_path, kwargs, message):
     (tmp_path / ".gitignore").write_text("venv/\n")
     before = snapshot(tmp_path)
@@ -183,8 +168,7 @@ def test_makefile_targets_run_the_right_commands(tmp_path):
         "mlinfra heal -f mlinfra.toml",
     ]
     assert make_dry_run(tmp_path, "up", "STACK=prod.toml", "MLINFRA=.venv/bin/mlinfra") == [
-        ".venv/bin/mlinfra up --yes -f prod.toml"
-    ]
+        ".venv/bin/mlinfra up --yes -f prod.toml"]
 
 
 def test_new_then_make_up_verify_down_with_real_nodes(tmp_path):
@@ -192,30 +176,19 @@ def test_new_then_make_up_verify_down_with_real_nodes(tmp_path):
     new_project(project)
     env = {**os.environ, "PATH": f"{MLINFRA.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     try:
-        run = subprocess.run(
-            ["make", "up", "verify", "down", f"MLINFRA={MLINFRA}"],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        run = subprocess.run(["make", "up", "verify", "down", f"MLINFRA={MLINFRA}"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout + run.stderr
         assert run.stdout.count("PASSED") == 2  # the gate in `up`, then `verify`
         assert "Destroyed 1 resource(s)" in run.stderr
         assert stack_processes("scaffold-e2e") == []  # `make down` itself, before the safety net
     finally:
-        subprocess.run(
-            [str(MLINFRA), "down", "--yes", "-f", str(project / "mlinfra.toml")],
-            env=env,
-            capture_output=True,
-            timeout=120,
-        )
+        subprocess.run([str(MLINFRA), "down", "--yes", "-f", str(project / "mlinfra.toml")],
+                       env=env, capture_output=True, timeout=120)
     assert stack_processes("scaffold-e2e") == []
 
 
 # -- mlinfra ci github ---------------------------------------------------------------------
-
 
 def load_workflow(path: Path) -> dict:
     import yaml  # not a runtime dependency; the test extra provides it (fail, never skip)
@@ -245,10 +218,8 @@ def test_workflow_structure(tmp_path):
     assert any(s.get("run", "") == f"pip install -r {REQUIREMENTS} && command -v mlinfra" for s in steps)
 
     [auth] = [s for s in steps if s.get("uses", "").startswith("google-github-actions/auth@")]
-    assert auth["with"] == {
-        "workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
-        "service_account": "${{ vars.GCP_SERVICE_ACCOUNT }}",
-    }
+    assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
+                            "service_account": "${{ vars.GCP_SERVICE_ACCOUNT }}"}
     for banned in ("credentials_json", "GOOGLE_APPLICATION_CREDENTIALS", "secrets.", ".json_key", "key_file"):
         assert banned not in text
 
@@ -266,25 +237,10 @@ def test_workflow_structure(tmp_path):
     assert steps.index(rebuild) < steps.index(upload) < len(steps) - 1
 
 
-@pytest.mark.parametrize(
-    "stack_file",
-    [
-        "my stack.toml",
-        "x'.toml",
-        'x".toml',
-        "$HOME.toml",
-        "a;b.toml",
-        "`id`.toml",
-        "../up.toml",
-        "a/../b.toml",
-        "/etc/stack.toml",
-        "-f.toml",
-        "dir/",
-        "",
-        "a//b.toml",
-        "x\n.toml",
-    ],
-)
+@pytest.mark.parametrize("stack_file", [
+    "my stack.toml", "x'.toml", 'x".toml', "$HOME.toml", "a;b.toml", "`id`.toml", "../up.toml",
+    "a/../b.toml", "/etc/stack.toml", "-f.toml", "dir/", "", "a//b.toml", "x\n.toml",
+])
 def test_workflow_refuses_unsafe_stack_paths(tmp_path, stack_file):
     with pytest.raises(UsageError, match="plain relative path") as info:
         ci_github(tmp_path, stack_file=stack_file)
@@ -315,6 +271,7 @@ def test_workflow_notes_about_the_stack(tmp_path):
     new_project(tmp_path, target="gcp", gpu="t4")
     notes = ci_github(tmp_path, force=True).notes
     assert any("backend = 'gcs'" in note for note in notes)
+
 
 
 def test_no_generated_file_installs_the_unrelated_pypi_mlinfra(tmp_path):

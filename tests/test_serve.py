@@ -40,7 +40,8 @@ def free_port() -> int:
 
 def http(method: str, url: str, body=None, timeout: float = 5.0) -> tuple[int, dict, bytes]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
@@ -63,21 +64,13 @@ class Server:
     def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            **(env or {}),
-        }
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **(env or {})}
         self.log = ""
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlinfra.serve", "--port", str(self.port), *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def health_status(self) -> int | None:
         """HTTP status of /health, or None while nothing is listening yet."""
@@ -139,7 +132,7 @@ def predict(server: Server, body) -> tuple[int, dict]:
     return status, json.loads(raw)
 
 
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -275,15 +268,12 @@ def test_predict_is_fast(server):
     assert time.perf_counter() - started < 0.5  # generous for CI; ~10 ms on a laptop
 
 
-@pytest.mark.parametrize(
-    "body, field",
-    [
-        ({"instances": [{"hour": "noon"}]}, "instances[0].hour"),
-        ({"instances": [INSTANCE, {"day_of_week": 9}]}, "instances[1].day_of_week"),
-        ({"instances": "all"}, "instances"),
-        (b"{not json", "JSON"),
-    ],
-)
+@pytest.mark.parametrize("body, field", [
+    ({"instances": [{"hour": "noon"}]}, "instances[0].hour"),
+    ({"instances": [INSTANCE, {"day_of_week": 9}]}, "instances[1].day_of_week"),
+    ({"instances": "all"}, "instances"),
+    (b"{not json", "JSON"),
+])
 def test_predict_bad_input_is_400_naming_the_field(server, body, field):
     status, result = predict(server, body)
     assert status == 400
@@ -302,14 +292,13 @@ def test_metrics_are_valid_and_count_requests(server):
 
     buckets = sorted(
         (float(dict(labels)["le"]), value)
-        for (name, labels), value in after.items()
-        if name == "mlinfra_request_duration_seconds_bucket"
-    )
+        for (name, labels), value in after.items() if name == "mlinfra_request_duration_seconds_bucket")
     assert buckets[-1][0] == math.inf and len(buckets) > 5
     counts = [value for _, value in buckets]
     assert counts == sorted(counts), "buckets must be cumulative"
     total = after[("mlinfra_request_duration_seconds_count", frozenset())]
-    assert counts[-1] == total == sum(value for (name, _), value in after.items() if name == "mlinfra_requests_total")
+    assert counts[-1] == total == sum(
+        value for (name, _), value in after.items() if name == "mlinfra_requests_total")
     assert after[("mlinfra_request_duration_seconds_sum", frozenset())] > 0
     assert after[("mlinfra_requests_in_flight", frozenset())] == 1  # this scrape itself
     assert after[("mlinfra_model_loaded", frozenset())] == 1
@@ -342,12 +331,7 @@ def test_signal_shuts_down_cleanly(start_server, sig):
 def test_port_in_use_exits_1(server):
     result = subprocess.run(
         [sys.executable, "-m", "mlinfra.serve", "--port", str(server.port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=10)
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
 
@@ -357,16 +341,9 @@ def test_port_in_use_exits_1(server):
 
 def random_instances(n: int, seed: int = 3) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [
-        {
-            "hour": float(rng.uniform(0, 24)),
-            "day_of_week": int(rng.integers(0, 7)),
-            "price": float(rng.uniform(0, 50)),
-            "promo": int(rng.integers(0, 2)),
-            "temperature": float(rng.uniform(-60, 60)),
-        }
-        for _ in range(n)
-    ]
+    return [{"hour": float(rng.uniform(0, 24)), "day_of_week": int(rng.integers(0, 7)),
+             "price": float(rng.uniform(0, 50)), "promo": int(rng.integers(0, 2)),
+             "temperature": float(rng.uniform(-60, 60))} for _ in range(n)]
 
 
 def test_python_predictions_match_numpys():
@@ -383,21 +360,13 @@ def test_python_predictions_match_numpys():
 
 
 def test_fast_validation_takes_only_what_the_rules_take():
-    accepted = [
-        {"day_of_week": 2.0},
-        {"promo": True},
-        {"promo": False},
-        {"promo": 1.0},
-        {"hour": 23.999},
-        {"price": 0},
-        {"temperature": -60},
-        {"temperature": 60},
-        {"hour": 0, "price": 1e6},
-    ]
+    accepted = [{"day_of_week": 2.0}, {"promo": True}, {"promo": False}, {"promo": 1.0}, {"hour": 23.999},
+                {"price": 0}, {"temperature": -60}, {"temperature": 60}, {"hour": 0, "price": 1e6}]
     for instance in accepted:
         columns = serve._columns({"instances": [instance]})
         assert columns[1] == [int(instance.get("day_of_week", 2))]  # always an int: it indexes weights
-        np.testing.assert_array_equal(serve.parse_instances({"instances": [instance]}), serve.build_features(*columns))
+        np.testing.assert_array_equal(serve.parse_instances({"instances": [instance]}),
+                                      serve.build_features(*columns))
     bad = [
         ({"instances": [{"price": 10**400}]}, "instances[0].price must be in"),  # not an OverflowError
         ({"instances": [{"hour": float("inf")}]}, "instances[0].hour must be a finite number"),
@@ -406,7 +375,7 @@ def test_fast_validation_takes_only_what_the_rules_take():
         ({"instances": [{"hour": None}]}, "instances[0].hour must be a number, got null"),
         ({"instances": [{}, 3]}, "instances[1] must be a JSON object"),
         ({"instances": None}, '"instances" must be a non-empty list'),
-        ([{}], "body must be a JSON object"),
+        ([{}], 'body must be a JSON object'),
         # Every instance's fields are checked before any value, as before the fast path.
         ({"instances": [{"price": "cheap"}, {"temprature": 1}]}, "instances[1].temprature is not a known field"),
     ]
@@ -416,16 +385,8 @@ def test_fast_validation_takes_only_what_the_rules_take():
 
 
 def test_json_fast_path_is_json_loads():
-    for raw in [
-        b'{"instances": [{}]}',
-        b' {"a": 1}',
-        b'{"a": 1} ',
-        b'{"a": NaN}',
-        "\ufeff{}".encode(),
-        '{"k": "\u00e9"}'.encode(),
-        b"[1, 2.5e300, -0.0]",
-        b'"x"',
-    ]:
+    for raw in [b'{"instances": [{}]}', b' {"a": 1}', b'{"a": 1} ', b'{"a": NaN}', "\ufeff{}".encode(),
+                '{"k": "\u00e9"}'.encode(), b"[1, 2.5e300, -0.0]", b'"x"']:
         assert repr(serve._loads(raw)) == repr(json.loads(raw)), raw
     for raw in [b"{}x", b"{} {}", b"", b"{", b"\xff\xfe", b"[1,]"]:
         with pytest.raises(ValueError):
@@ -450,12 +411,10 @@ def test_weights_are_cached_and_a_damaged_cache_is_refitted(tmp_path, monkeypatc
 def test_a_cache_hit_needs_no_numpy_and_a_server_process_no_aiohttp_client(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path)}
     subprocess.run([sys.executable, "-c", "from mlinfra import serve; serve.load_weights()"], env=env, check=True)
-    code = (
-        "import sys; from mlinfra import serve; web = serve._import_web(bare=True); "
-        "w = serve.cached_weights(); cols = serve._columns({'instances': [{}]}); "
-        "print(w.predict(*cols)[0] > 0, sorted(m for m in sys.modules if m.split('.')[0] == 'numpy' or "
-        "m in ('aiohttp.client', 'aiohttp.connector')), web.Response.__module__)"
-    )
+    code = ("import sys; from mlinfra import serve; web = serve._import_web(bare=True); "
+            "w = serve.cached_weights(); cols = serve._columns({'instances': [{}]}); "
+            "print(w.predict(*cols)[0] > 0, sorted(m for m in sys.modules if m.split('.')[0] == 'numpy' or "
+            "m in ('aiohttp.client', 'aiohttp.connector')), web.Response.__module__)")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "[]", "aiohttp.web_response"]
 
@@ -491,10 +450,8 @@ def test_unknown_routes_and_methods_are_counted_as_unmatched(server):
 def test_expect_100_continue_is_answered_before_the_body(server):
     payload = json.dumps({"instances": [INSTANCE] * 50}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload)
-        )
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload))
         assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         sock.sendall(payload)
         response = b""

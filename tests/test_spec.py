@@ -20,7 +20,7 @@ runner = CliRunner()
 def expected_error(path: Path) -> str:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# expect: "), f"{path.name} must start with '# expect: '"
-    return first[len("# expect: ") :]
+    return first[len("# expect: "):]
 
 
 def test_corpus_is_large_enough():
@@ -32,7 +32,7 @@ def spy_terraform(tmp_path, monkeypatch):
     """A `terraform` that only records that it ran: any call at all is a failure here."""
     marker = tmp_path / "terraform-ran"
     spy = tmp_path / "terraform"
-    spy.write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 1\n')
+    spy.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 1\n")
     spy.chmod(spy.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("MLINFRA_TERRAFORM", str(spy))
     return marker
@@ -75,16 +75,10 @@ def test_file_and_python_build_the_same_stack(tmp_path):
         '[serve]\nallow_cidrs = ["10.1.0.0/16"]\nenv = { MODEL = "v2" }\n'
     )
     from_file = Stack.load(path)
-    from_python = Stack(
-        name="demand",
-        compute=Compute(gpu="t4", replicas=2),
-        serve=Serve(allow_cidrs=["10.1.0.0/16"], env={"MODEL": "v2"}),
-    )
-    from_dicts = Stack(
-        name="demand",
-        compute={"gpu": "t4", "replicas": 2},
-        serve={"allow_cidrs": ["10.1.0.0/16"], "env": {"MODEL": "v2"}},
-    )
+    from_python = Stack(name="demand", compute=Compute(gpu="t4", replicas=2),
+                        serve=Serve(allow_cidrs=["10.1.0.0/16"], env={"MODEL": "v2"}))
+    from_dicts = Stack(name="demand", compute={"gpu": "t4", "replicas": 2},
+                       serve={"allow_cidrs": ["10.1.0.0/16"], "env": {"MODEL": "v2"}})
     assert from_file == from_python == from_dicts
     assert from_file.compute.accelerator.name == "nvidia-tesla-t4"
     assert from_file.serve.allow_cidrs == ("10.1.0.0/16",)
@@ -113,13 +107,8 @@ def test_public_must_be_explicit():
 
 
 def test_gpu_aliases_resolve_to_gcp_names():
-    for alias, name in [
-        ("t4", "nvidia-tesla-t4"),
-        ("a100-80gb", "nvidia-a100-80gb"),
-        ("h100", "nvidia-h100-80gb"),
-        ("nvidia-l4", "nvidia-l4"),
-        ("H200", "nvidia-h200-141gb"),
-    ]:
+    for alias, name in [("t4", "nvidia-tesla-t4"), ("a100-80gb", "nvidia-a100-80gb"),
+                        ("h100", "nvidia-h100-80gb"), ("nvidia-l4", "nvidia-l4"), ("H200", "nvidia-h200-141gb")]:
         assert Stack(name="x", compute={"gpu": alias}).compute.accelerator.name == name
 
 

@@ -54,12 +54,8 @@ def test_a_tag_without_a_digest_is_a_warning_and_a_digest_is_none(tmp_path):
 
 def test_model_values_are_canonical_and_the_checksum_is_normalised(tmp_path):
     sha = "ABCDEF0123456789" * 4
-    stack = gcp_stack(
-        tmp_path,
-        "m",
-        gcp={"service_account": SERVICE_ACCOUNT},
-        model={"uri": "gs://my-bucket/models/demand/v3/", "sha256": f"sha256:{sha}"},
-    )
+    stack = gcp_stack(tmp_path, "m", gcp={"service_account": SERVICE_ACCOUNT},
+                      model={"uri": "gs://my-bucket/models/demand/v3/", "sha256": f"sha256:{sha}"})
     assert stack.spec.model.sha256 == sha.lower() and stack.spec.model.dir == "/models/model"
     values = json.loads((stack.render().workdir / "terraform.tfvars.json").read_text())
     assert values["node_config_extra"]["workload"]["model_sha256"] == sha.lower()
@@ -75,22 +71,13 @@ def test_a_local_model_path_is_relative_to_the_stack_file(tmp_path):
 def test_without_an_image_the_command_is_not_split_and_setup_is_kept_in_order(tmp_path):
     stack = Stack(name="s", path=tmp_path / "mlinfra.toml", serve={"command": "echo 'x", "setup": ["b", "a"]})
     values = stack.driver.tfvars(stack.spec, stack.placement, stack.workspace)["nodes"]["local-0"]
-    assert (
-        values["command"] == "echo 'x"
-        and values["workload"]["args"] == []
-        and values["workload"]["setup"] == ["b", "a"]
-    )
+    assert values["command"] == "echo 'x" and values["workload"]["args"] == [] and values["workload"]["setup"] == ["b", "a"]
 
 
 def test_the_summary_line_names_image_model_and_setup():
-    ran = {
-        "image": "vllm/vllm-openai@" + DIGEST,
-        "command": "--model /m",
-        "model": {"uri": "gs://b/m/", "generation": "17", "sha256": "ab" * 32, "downloaded": False},
-        "setup": {"steps": 2, "result": "ok"},
-    }
-    assert summary(ran) == (
-        f"image vllm/vllm-openai@{DIGEST}; model gs://b/m/ (generation 17, sha256 abababababab, "
-        "cached); setup ok (2 step(s))"
-    )
+    ran = {"image": "vllm/vllm-openai@" + DIGEST, "command": "--model /m",
+           "model": {"uri": "gs://b/m/", "generation": "17", "sha256": "ab" * 32, "downloaded": False},
+           "setup": {"steps": 2, "result": "ok"}}
+    assert summary(ran) == (f"image vllm/vllm-openai@{DIGEST}; model gs://b/m/ (generation 17, sha256 abababababab, "
+                            "cached); setup ok (2 step(s))")
     assert summary({}) == ""

@@ -15,9 +15,7 @@ runner = CliRunner()
 
 
 def stack_file(tmp_path, name="cli", regions='["a", "b"]', extra=""):
-    return write_stack(
-        tmp_path,
-        f"""
+    return write_stack(tmp_path, f"""
         name = "{name}"
         {extra}
         [local]
@@ -25,33 +23,15 @@ def stack_file(tmp_path, name="cli", regions='["a", "b"]', extra=""):
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
-    """,
-    )
+    """)
 
 
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"^  (\w+) ", result.stdout.split("Commands:")[1], re.M)
-    assert commands == [
-        "render",
-        "plan",
-        "up",
-        "verify",
-        "down",
-        "status",
-        "envs",
-        "cost",
-        "rebuild",
-        "heal",
-        "serve",
-        "version",
-        "new",
-        "gpus",
-        "check",
-        "ci",
-        "state",
-    ]
+    assert commands == ["render", "plan", "up", "verify", "down", "status", "envs", "cost", "rebuild", "heal", "serve", "version",
+                        "new", "gpus", "check", "ci", "state"]
 
 
 def test_render_output(tmp_path, monkeypatch):
@@ -99,10 +79,7 @@ def test_plan_text_and_json(tmp_path, monkeypatch):
     result = runner.invoke(app, ["plan", "--json"])
     data = json.loads(result.stdout)  # stdout holds the JSON document and nothing else
     assert data["summary"]["add"] == 2 and data["summary"]["has_changes"] is True
-    assert [c["address"] for c in data["summary"]["changes"]] == [
-        'terraform_data.node["a-0"]',
-        'terraform_data.node["b-0"]',
-    ]
+    assert [c["address"] for c in data["summary"]["changes"]] == ['terraform_data.node["a-0"]', 'terraform_data.node["b-0"]']
 
 
 def test_up_without_a_terminal_needs_yes(tmp_path, monkeypatch):
@@ -151,9 +128,7 @@ def test_up_status_down_through_the_cli(tmp_path, monkeypatch):
         r"(  terraform_data\.node\[\"[ab]-0\"\]: delete(…| done \(\d+s\))\n){4}"
         r'  - terraform_data\.node\["a-0"\] \(delete\)\n  - terraform_data\.node\["b-0"\] \(delete\)\n'
         r"Plan: 0 to add, 0 to change, 2 to destroy\.\n"
-        r"Destroyed 2 resource\(s\) in \d+\.\ds\.\n",
-        result.stderr,
-    )
+        r"Destroyed 2 resource\(s\) in \d+\.\ds\.\n", result.stderr)
 
 
 def test_protected_stack_refuses_down_without_force(tmp_path, monkeypatch):

@@ -28,10 +28,8 @@ def test_a_stack_file_that_is_a_symlink_loop_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "a.toml").symlink_to("b.toml")
     (tmp_path / "b.toml").symlink_to("a.toml")
     result = runner.invoke(app, ["plan", "-f", "a.toml"])
-    assert (result.exit_code, result.stderr) == (
-        2,
-        "error: a.toml: cannot read the stack file: Too many levels of symbolic links\n",
-    )
+    assert (result.exit_code, result.stderr) == (2, "error: a.toml: cannot read the stack file: Too many levels of "
+                                                    "symbolic links\n")
 
 
 def test_a_work_dir_location_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch):
@@ -80,13 +78,8 @@ def test_ctrl_c_at_the_confirmation_prompt_exits_130(tmp_path):
 
 def test_ctrl_c_while_the_cli_imports_exits_130(tmp_path):
     write_stack(tmp_path, 'name = "early"\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "mlinfra", "plan"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "mlinfra", "plan"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lines = []
     for line in proc.stderr:
         lines.append(line)
@@ -121,12 +114,8 @@ def test_a_name_with_accents_gets_a_usable_suggestion():
 
 
 def test_a_damaged_state_file_points_at_its_backup(tmp_path, deployed):
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            f'name = "damaged"\n[local]\nregions = ["a"]\n[serve]\ncommand = "{HTTP_SERVER}"\nhealth_path = "/"\n',
-        )
-    )
+    stack = Stack.load(write_stack(tmp_path, f'name = "damaged"\n[local]\nregions = ["a"]\n[serve]\n'
+                                             f'command = "{HTTP_SERVER}"\nhealth_path = "/"\n'))
     deployed(stack)
     stack.up(verify=False)
     stack.down()
@@ -144,11 +133,8 @@ def test_a_damaged_state_file_points_at_its_backup(tmp_path, deployed):
 
 def test_a_state_endpoint_written_as_terraform_writes_it_is_accepted(tmp_path):
     for endpoint in ("http://127.0.0.1:4443", "http://127.0.0.1:4443/storage/v1/"):
-        stack = Stack(
-            name="ep",
-            path=tmp_path / "mlinfra.toml",
-            state={"backend": "gcs", "bucket": "tf-state", "endpoint": endpoint},
-        )
+        stack = Stack(name="ep", path=tmp_path / "mlinfra.toml",
+                      state={"backend": "gcs", "bucket": "tf-state", "endpoint": endpoint})
         assert stack.backend.config()["storage_custom_endpoint"] == "http://127.0.0.1:4443/storage/v1/"
         from mlinfra.state import gcs
 

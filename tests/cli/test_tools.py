@@ -33,8 +33,7 @@ def test_gpus_for_one_gpu_and_region():
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     # Reference §2.1: T4 comes in 1, 2 or 4; §5: us-central1-a, -b, -c and -f offer it.
     assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
-        ("t4", "nvidia-tesla-t4", n, "n1-standard-4") for n in ("1", "2", "4")
-    ]
+        ("t4", "nvidia-tesla-t4", n, "n1-standard-4") for n in ("1", "2", "4")]
     assert all(r[-4:] == ["a", "b", "c", "f"] for r in rows)
     assert "Sources: S5:" in result.stderr  # the prices' region and sources, beside the table
 
@@ -52,9 +51,7 @@ def test_gpus_shows_the_gpu_alone_beside_the_whole_vm():
     rows = json.loads(runner.invoke(app, ["gpus", "--gpu", "t4", "--json"]).stdout)
     one = rows[0]
     assert (one["count"], one["gpu_usd_per_hour"], one["spot_gpu_usd_per_hour"]) == (1, 0.35, 0.14)
-    assert (
-        one["vm_usd_per_hour"] == 0.54 and one["spot_vm_usd_per_hour"] == 0.18815
-    )  # 0.14 + 4 × 0.0081306 + 15 × 0.0010418
+    assert one["vm_usd_per_hour"] == 0.54 and one["spot_vm_usd_per_hour"] == 0.18815  # 0.14 + 4 × 0.0081306 + 15 × 0.0010418
     assert one["price_region"] == "us-central1" and one["price_sources"][0].startswith("S5: skypilot-org")
     result = runner.invoke(app, ["gpus", "--gpu", "t4"])
     header, first = result.stdout.splitlines()[:2]
@@ -98,18 +95,15 @@ def test_gcp_plan_offline_says_what_to_do_in_one_line(tmp_path, monkeypatch):
     spot = 0.14 + 4 * 0.0081306 + 15 * 0.0010418
     assert result.stdout.splitlines() == [
         f"Estimated cost (on-demand): ${on_demand:.2f}/hour, ${on_demand * 730:,.0f}/month",
-        f"  spot would be: ${spot:.2f}/hour, ${spot * 730:,.0f}/month",
-    ]
+        f"  spot would be: ${spot:.2f}/hour, ${spot * 730:,.0f}/month"]
 
 
 def test_public_stack_is_warned_about(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_stack(tmp_path, SEED + '    public = true\n    allow_cidrs = ["0.0.0.0/0"]\n')
     result = runner.invoke(app, ["plan"])
-    assert (
-        "warning: serve.public = true: port 8000 on every node is open to the whole internet (0.0.0.0/0)"
+    assert "warning: serve.public = true: port 8000 on every node is open to the whole internet (0.0.0.0/0)" \
         in result.stderr.splitlines()
-    )
 
 
 def test_plan_and_check_say_before_applying_that_latency_cannot_run_from_here(tmp_path, monkeypatch):
@@ -117,21 +111,14 @@ def test_plan_and_check_say_before_applying_that_latency_cannot_run_from_here(tm
     write_stack(tmp_path, SEED)
     warned = [line for line in runner.invoke(app, ["plan"]).stderr.splitlines() if "latency" in line]
     assert len(warned) == 1 and warned[0].startswith("warning: the latency check cannot run from this machine: ")
-    for words in (
-        "admits only ranges that are not on the internet",
-        "measures latency on each node instead (server time, without the network)",
-        "serve.allow_cidrs",
-        "35.235.240.0/20",
-        "gcloud compute start-iap-tunnel",
-    ):
+    for words in ("admits only ranges that are not on the internet", "measures latency on each node instead (server time, without "
+                  "the network)", "serve.allow_cidrs", "35.235.240.0/20", "gcloud compute start-iap-tunnel"):
         assert words in warned[0]
     # This machine's address, when the user states it, decides: out of the list, then in it.
     monkeypatch.setenv("MLINFRA_CLIENT_IP", "203.0.113.7")
     check = runner.invoke(app, ["check"]).stdout
-    assert (
-        "warn  reach         the latency check cannot run from this machine: this machine (203.0.113.7, "
+    assert "warn  reach         the latency check cannot run from this machine: this machine (203.0.113.7, " \
         "MLINFRA_CLIENT_IP) is not in serve.allow_cidrs (10.0.0.0/8)" in check
-    )
     write_stack(tmp_path, SEED + '    allow_cidrs = ["203.0.113.0/24", "34.72.10.0/24"]\n')
     assert "latency" not in runner.invoke(app, ["plan"]).stderr
     monkeypatch.setenv("MLINFRA_CLIENT_IP", "198.18.0.1")  # `up` says it too, before Terraform runs
@@ -140,11 +127,9 @@ def test_plan_and_check_say_before_applying_that_latency_cannot_run_from_here(tm
     # Without the address and with a public range allowed, mlinfra says it cannot tell.
     monkeypatch.delenv("MLINFRA_CLIENT_IP")
     stderr = runner.invoke(app, ["plan"]).stderr
-    assert (
-        "warning: latency from here: mlinfra cannot tell offline whether this machine's public address is "
-        "in serve.allow_cidrs (203.0.113.0/24, 34.72.10.0/24); set MLINFRA_CLIENT_IP=ADDRESS to say it. If it cannot, the gate"
+    assert "warning: latency from here: mlinfra cannot tell offline whether this machine's public address is " \
+        "in serve.allow_cidrs (203.0.113.0/24, 34.72.10.0/24); set MLINFRA_CLIENT_IP=ADDRESS to say it. If it cannot, the gate" \
         in stderr
-    )
 
 
 def test_check_schema_offline(tmp_path, monkeypatch):
@@ -173,8 +158,4 @@ def test_check_local_stack(tmp_path, monkeypatch):
     write_stack(tmp_path, 'name = "pre"\n')
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 0
-    assert [line.split()[:2] for line in result.stdout.splitlines()] == [
-        ["ok", "stack"],
-        ["ok", "engine"],
-        ["ok", "render"],
-    ]
+    assert [line.split()[:2] for line in result.stdout.splitlines()] == [["ok", "stack"], ["ok", "engine"], ["ok", "render"]]

@@ -30,9 +30,7 @@ def test_plan_summary_lists_addresses(tmp_path):
     summary = engine.plan()
     assert (summary.add, summary.change, summary.destroy) == (2, 0, 0)
     assert [(c.address, c.action) for c in summary.changes] == [
-        ('terraform_data.n["a"]', "create"),
-        ('terraform_data.n["b"]', "create"),
-    ]
+        ('terraform_data.n["a"]', "create"), ('terraform_data.n["b"]', "create")]
     engine.apply()
     assert engine.plan().has_changes is False
 
@@ -66,7 +64,7 @@ def test_missing_cli_config_file_is_dropped_existing_one_is_kept(tmp_path, monke
     # A user's real configuration is passed through: Terraform reads this one (and says
     # what is wrong with it), which it could not if mlinfra replaced or hid it.
     config = tmp_path / "user.tfrc"
-    config.write_text("provider_installation {\n  bogus_method {}\n}\n")
+    config.write_text('provider_installation {\n  bogus_method {}\n}\n')
     monkeypatch.setenv("TF_CLI_CONFIG_FILE", str(config))
     assert terraform_env()["TF_CLI_CONFIG_FILE"] == str(config)
     stderr = engine.run(["validate"], json_events=False).stderr
@@ -86,9 +84,7 @@ def test_user_terraform_binary_is_used(tmp_path, monkeypatch, deployed):
     wrapper.write_text(f'#!/bin/sh\necho "$1" >> {log}\nexec {sys.executable} -m mlinfra.engine._exec "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("MLINFRA_TERRAFORM", str(wrapper))
-    stack = Stack.load(
-        write_stack(tmp_path, f'name = "userbin"\n[serve]\ncommand = "{HTTP_SERVER}"\nhealth_path = "/"\n')
-    )
+    stack = Stack.load(write_stack(tmp_path, f'name = "userbin"\n[serve]\ncommand = "{HTTP_SERVER}"\nhealth_path = "/"\n'))
     deployed(stack)
     assert stack.up(verify=False).applied
     # Nobody reviews the plan: one Terraform run plans and applies.
@@ -109,7 +105,7 @@ def test_missing_user_binary_is_bad_input(monkeypatch, tmp_path):
     assert info.value.exit_code == 2
 
 
-SLOW_MODULE = """
+SLOW_MODULE = '''
 resource "terraform_data" "slow" {
   for_each = toset(["a", "b"])
   provisioner "local-exec" {
@@ -117,7 +113,7 @@ resource "terraform_data" "slow" {
     environment = { SLOW_MODULE_TOKEN = "@token@" }  # how the test finds its own sleeps, never by name
   }
 }
-"""
+'''
 
 DRIVER = """
 import sys

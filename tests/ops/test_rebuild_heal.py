@@ -23,9 +23,7 @@ SERVE = f"exec {sys.executable} -m mlinfra.serve"
 
 
 def stack_file(tmp_path, name, *, regions='["east", "west"]', replicas=2, command=SERVE, extra=""):
-    return write_stack(
-        tmp_path,
-        f"""
+    return write_stack(tmp_path, f"""
         name = "{name}"
         {extra}
         [local]
@@ -39,8 +37,7 @@ def stack_file(tmp_path, name, *, regions='["east", "west"]', replicas=2, comman
         concurrency = 4
         warmup = 4
         health_timeout_s = 20
-    """,
-    )
+    """)
 
 
 def test_rebuild_two_regions_two_replicas(tmp_path, monkeypatch, deployed):
@@ -101,8 +98,7 @@ def test_heal_replaces_only_the_broken_node(tmp_path, deployed):
     seen = []
     report = stack.heal(detect_s=2, on_replacement=seen.append)
     assert [(r.node, r.failed_check, r.outcome, r.attempts) for r in report.replacements] == [
-        ("hl-a-0", "health", "healed", 1)
-    ]
+        ("hl-a-0", "health", "healed", 1)]
     assert seen == report.replacements and report.healthy == ["hl-b-0"] and report.passed
     after = {n.key: n for n in stack.status().nodes}
     assert after["b-0"].pid == nodes["b-0"].pid  # the healthy node was not touched
@@ -134,14 +130,8 @@ def test_node_that_keeps_crashing_is_unrecoverable(tmp_path, monkeypatch, deploy
 
 def test_sigint_during_the_apply_phase_then_down_leaves_nothing(tmp_path):
     stack_file(tmp_path, "rb-int", regions='["a", "b", "c"]', replicas=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlinfra", "rebuild", "--yes"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "mlinfra", "rebuild", "--yes"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = ""
     try:
         for line in proc.stderr:
@@ -154,13 +144,8 @@ def test_sigint_during_the_apply_phase_then_down_leaves_nothing(tmp_path):
         assert "interrupted: Terraform stopped gracefully and saved its state" in rest
     finally:
         proc.kill()
-        down = subprocess.run(
-            [sys.executable, "-m", "mlinfra", "down", "--yes"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
+        down = subprocess.run([sys.executable, "-m", "mlinfra", "down", "--yes"], cwd=tmp_path,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert down.returncode == 0, down.stderr
     assert stack_processes("rb-int") == []
     state = json.loads((tmp_path / ".mlinfra" / "rb-int" / "terraform.tfstate").read_text())
@@ -182,24 +167,14 @@ def test_heal_watch_logs_each_replacement_as_a_json_line(tmp_path, deployed):
     stack = Stack.load(stack_file(tmp_path, "hl-watch", regions='["a"]', replicas=1))
     deployed(stack)
     pid = stack.up(verify=False).nodes[0].pid
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlinfra", "heal", "--watch", "--interval", "1s"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "mlinfra", "heal", "--watch", "--interval", "1s"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         os.kill(pid, signal.SIGKILL)
         line = proc.stdout.readline()  # blocks until the watcher has replaced the node
         entry = json.loads(line)
-        assert (entry["node"], entry["failed_check"], entry["outcome"], entry["attempts"]) == (
-            "hl-watch-a-0",
-            "health",
-            "healed",
-            1,
-        )
+        assert (entry["node"], entry["failed_check"], entry["outcome"], entry["attempts"]) == \
+            ("hl-watch-a-0", "health", "healed", 1)
         assert entry["at"].endswith("Z") and entry["elapsed_s"] > 0
     finally:
         proc.send_signal(signal.SIGINT)

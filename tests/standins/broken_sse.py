@@ -24,21 +24,16 @@ def chunk(data: bytes) -> bytes:
 
 
 def event(text: str) -> bytes:
-    body = {
-        "id": "cmpl-1",
-        "object": "text_completion",
-        "model": "broken",
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}],
-    }
+    body = {"id": "cmpl-1", "object": "text_completion", "model": "broken",
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]}
     return chunk(b"data: " + json.dumps(body).encode() + b"\n\n")
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: str) -> None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            (int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0
-        )
+        length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                       if line.startswith(b"content-length:")), 0)
         await reader.readexactly(length)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         for word in (" In", " the", " beginning"):
@@ -48,7 +43,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mod
         if mode == "stall":
             await asyncio.sleep(3600)
         elif mode == "malformed":
-            writer.write(chunk(b'data: {"choices": [{"text": " God"\n\n'))
+            writer.write(chunk(b"data: {\"choices\": [{\"text\": \" God\"\n\n"))
             writer.write(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
             await writer.drain()
             await reader.read()  # the client hangs up

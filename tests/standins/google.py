@@ -68,9 +68,7 @@ class Google:
         return hashlib.sha256(self.attributes.get(key, "").encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
-        return base64.b64encode(
-            hashlib.sha256(json.dumps(self.attributes, sort_keys=True).encode()).digest()[:8]
-        ).decode()
+        return base64.b64encode(hashlib.sha256(json.dumps(self.attributes, sort_keys=True).encode()).digest()[:8]).decode()
 
     def set_attribute(self, key: str, value: str) -> None:
         with self.changed:
@@ -99,16 +97,8 @@ def _handler(google: Google):
             self.wfile.write(raw)
 
         def api_error(self, status: int, reason: str, message: str):
-            self.reply(
-                {
-                    "error": {
-                        "code": status,
-                        "message": message,
-                        "errors": [{"message": message, "domain": "global", "reason": reason}],
-                    }
-                },
-                status,
-            )
+            self.reply({"error": {"code": status, "message": message, "errors": [
+                {"message": message, "domain": "global", "reason": reason}]}}, status)
 
         def metadata_only(self) -> bool:
             if self.headers.get("Metadata-Flavor") != "Google":
@@ -146,9 +136,7 @@ def _handler(google: Google):
                 if version not in google.secrets:
                     return self.send_error(404)
                 data = base64.b64encode(google.secrets[version].encode()).decode()
-                return self.reply(
-                    {"name": version.replace("latest", "3"), "payload": {"data": data, "dataCrc32c": "1"}}
-                )
+                return self.reply({"name": version.replace("latest", "3"), "payload": {"data": data, "dataCrc32c": "1"}})
             if url.path.startswith(COMPUTE):
                 return self.compute(url.path, query)
             return self.send_error(404)
@@ -172,30 +160,16 @@ def _handler(google: Google):
             instance = parts[4]
             if parts[5:] == ["getGuestAttributes"]:
                 namespace = query.get("queryPath", "").rstrip("/")
-                items = [
-                    {"namespace": ns, "key": k, "value": v}
-                    for (ns, k), v in sorted(google.guest.items())
-                    if ns == namespace
-                ]
+                items = [{"namespace": ns, "key": k, "value": v} for (ns, k), v in sorted(google.guest.items())
+                         if ns == namespace]
                 if not items:
                     return self.api_error(404, "notFound", f"The resource '{path}' was not found")
-                return self.reply(
-                    {
-                        "kind": "compute#guestAttributes",
-                        "queryPath": query["queryPath"],
-                        "queryValue": {"items": items},
-                        "selfLink": f"https://www.googleapis.com{path}",
-                    }
-                )
+                return self.reply({"kind": "compute#guestAttributes", "queryPath": query["queryPath"],
+                                   "queryValue": {"items": items}, "selfLink": f"https://www.googleapis.com{path}"})
             if parts[5:] == []:
                 items = [{"key": k, "value": v} for k, v in google.attributes.items()]
-                return self.reply(
-                    {
-                        "kind": "compute#instance",
-                        "name": instance,
-                        "metadata": {"kind": "compute#metadata", "fingerprint": google.fingerprint(), "items": items},
-                    }
-                )
+                return self.reply({"kind": "compute#instance", "name": instance, "metadata": {
+                    "kind": "compute#metadata", "fingerprint": google.fingerprint(), "items": items}})
             return self.send_error(404)
 
         def do_POST(self):
@@ -207,19 +181,12 @@ def _handler(google: Google):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with google.changed:
                 if body.get("fingerprint") != google.fingerprint():
-                    return self.api_error(
-                        412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint."
-                    )
+                    return self.api_error(412, "conditionNotMet",
+                                          "Supplied fingerprint does not match current metadata fingerprint.")
                 google.attributes = {item["key"]: item["value"] for item in body.get("items", [])}
                 google.changed.notify_all()
-            return self.reply(
-                {
-                    "kind": "compute#operation",
-                    "operationType": "setMetadata",
-                    "status": "RUNNING",
-                    "targetLink": f"https://www.googleapis.com{url.path.removesuffix('/setMetadata')}",
-                }
-            )
+            return self.reply({"kind": "compute#operation", "operationType": "setMetadata", "status": "RUNNING",
+                               "targetLink": f"https://www.googleapis.com{url.path.removesuffix('/setMetadata')}"})
 
         def do_PUT(self):
             url = urlsplit(self.path)

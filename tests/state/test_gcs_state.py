@@ -37,9 +37,7 @@ def emulator(monkeypatch):
 
 
 def gcs_stack(tmp_path: Path, emulator: Emulator, name: str, *, regions='["a"]', extra_serve="") -> Path:
-    return write_stack(
-        tmp_path,
-        f"""
+    return write_stack(tmp_path, f"""
         name = "{name}"
         [local]
         regions = {regions}
@@ -52,14 +50,12 @@ def gcs_stack(tmp_path: Path, emulator: Emulator, name: str, *, regions='["a"]',
         bucket = "tf-state"
         prefix = "stacks/{name}"
         endpoint = "{emulator.url}"
-    """,
-    )
+    """)
 
 
 def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        MLINFRA + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+    return subprocess.run(MLINFRA + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_bootstrap_creates_a_versioned_bucket_and_reports_what_the_server_ignored(tmp_path, emulator):
@@ -105,17 +101,8 @@ def test_concurrent_ups_exactly_one_applies(tmp_path, emulator):
             if "ROUND" not in text:
                 text = text.replace('health_path = "/"', f'health_path = "/"\n        env = {{ ROUND = "{round_no}" }}')
             path.write_text(text)
-            procs = [
-                subprocess.Popen(
-                    MLINFRA + ["up", "--yes", "--no-verify"],
-                    cwd=tmp_path,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                for _ in range(2)
-            ]
+            procs = [subprocess.Popen(MLINFRA + ["up", "--yes", "--no-verify"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
             outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
             codes = sorted(code for code, _ in outcomes)
             assert codes == [0, 1], outcomes
@@ -146,14 +133,8 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 60) -> str:
 def test_kill_9_mid_apply_leaves_the_lock_and_recovers(tmp_path, emulator):
     path = gcs_stack(tmp_path, emulator, "crash", regions='["a", "b", "c", "d"]')
     Stack.load(path).state_bootstrap()
-    proc = subprocess.Popen(
-        MLINFRA + ["up", "--yes", "--no-verify"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen(MLINFRA + ["up", "--yes", "--no-verify"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(proc, ": create…")
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
@@ -184,14 +165,8 @@ def test_kill_9_mid_apply_leaves_the_lock_and_recovers(tmp_path, emulator):
 def test_sigint_mid_apply_saves_state_and_releases_the_lock(tmp_path, emulator):
     path = gcs_stack(tmp_path, emulator, "ctrlc", regions='["a", "b", "c", "d"]')
     Stack.load(path).state_bootstrap()
-    proc = subprocess.Popen(
-        MLINFRA + ["up", "--yes", "--no-verify"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen(MLINFRA + ["up", "--yes", "--no-verify"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(proc, ": create…")
         proc.send_signal(signal.SIGINT)
@@ -242,10 +217,8 @@ def test_stopped_emulator_fails_fast_naming_the_endpoint(tmp_path, emulator):
         result = cli(*args, cwd=tmp_path, timeout=60)
         assert time.monotonic() - started < 15, args
         assert result.returncode == 1, (args, result.stderr)
-        assert (
-            result.stderr.splitlines()[0]
-            == f"error: cannot reach the state bucket's endpoint {emulator.url}: Connection refused"
-        ), (args, result.stderr)
+        assert result.stderr.splitlines()[0] == \
+            f"error: cannot reach the state bucket's endpoint {emulator.url}: Connection refused", (args, result.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlinfra.toml"]  # local files untouched
 
 
@@ -253,9 +226,7 @@ def test_switching_from_local_to_gcs_migrates_the_state(tmp_path, emulator):
     path = write_stack(tmp_path, f'name = "move"\n[serve]\ncommand = "{HTTP_SERVER}"\nhealth_path = "/"\n')
     try:
         pid = Stack.load(path).up(verify=False).nodes[0].pid
-        path.write_text(
-            path.read_text() + f'[state]\nbackend = "gcs"\nbucket = "tf-state"\nendpoint = "{emulator.url}"\n'
-        )
+        path.write_text(path.read_text() + f'[state]\nbackend = "gcs"\nbucket = "tf-state"\nendpoint = "{emulator.url}"\n')
         Stack.load(path).state_bootstrap()
         refused = cli("up", cwd=tmp_path)  # no terminal and no --yes: never migrates silently
         assert refused.returncode == 2 and "pass --yes" in refused.stderr, refused.stderr
@@ -281,15 +252,9 @@ def test_two_environments_keep_their_state_under_their_own_prefix(tmp_path, emul
     assert len(dev.up(verify=False).nodes) == 1 and len(prod.up(verify=False).nodes) == 2
     names = sorted(o["name"] for o in emulator.objects("tf-state"))
     assert names == ["stacks/envs/dev/default.tfstate", "stacks/envs/prod/default.tfstate"]
-    assert (
-        json.loads(emulator.read("tf-state", "stacks/envs/dev/default.tfstate"))["resources"][0]["instances"][0][
-            "index_key"
-        ]
-        == "a-0"
-    )
+    assert json.loads(emulator.read("tf-state", "stacks/envs/dev/default.tfstate"))["resources"][0]["instances"][0][
+        "index_key"] == "a-0"
     assert dev.down().destroyed
     assert json.loads(emulator.read("tf-state", "stacks/envs/dev/default.tfstate"))["resources"] == []
-    assert (
-        len(json.loads(emulator.read("tf-state", "stacks/envs/prod/default.tfstate"))["resources"][0]["instances"]) == 2
-    )
+    assert len(json.loads(emulator.read("tf-state", "stacks/envs/prod/default.tfstate"))["resources"][0]["instances"]) == 2
     assert stack_processes("envs-dev") == [] and len(stack_processes("envs-prod")) == 2

@@ -56,13 +56,8 @@ FAILURES = {  # fixture -> the diagnosis label it must get
     "invalid-field": "query field unknown",
     "invalid-field-recorded": "query field unknown",
 }
-HEALTHY = [
-    ("t4", "t4", 1),
-    ("a100-40gb", "a100", 1),
-    ("a100-80gb-x2", "a100-80gb", 2),
-    ("h100", "h100", 1),
-    ("h100-recorded", "h100", 1),
-]
+HEALTHY = [("t4", "t4", 1), ("a100-40gb", "a100", 1), ("a100-80gb-x2", "a100-80gb", 2), ("h100", "h100", 1),
+           ("h100-recorded", "h100", 1)]
 
 
 def test_every_fixture_names_its_source_and_is_covered():
@@ -75,7 +70,6 @@ def test_every_fixture_names_its_source_and_is_covered():
 
 
 # --- parser ------------------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("name", OUTPUTS)
 def test_parser_reads_every_recorded_output(name):
@@ -90,19 +84,15 @@ def test_parser_keeps_names_with_spaces_whole():
     # The whitespace-splitting parser of Ricks-Lab/gpu-utils#83 shifted every column after the name.
     fixture = load("rtx2080-nounits")
     [info] = gpu.parse(fixture.body, fixture.fields)
-    assert (info.name, info.driver_version, info.uuid) == (
-        "GeForce RTX 2080",
-        "440.64",
-        "GPU-22b2c6ac-2d49-4863-197c-9c469071178a",
-    )
+    assert (info.name, info.driver_version, info.uuid) == ("GeForce RTX 2080", "440.64",
+                                                          "GPU-22b2c6ac-2d49-4863-197c-9c469071178a")
     assert (info.memory_total_mib, info.temperature_c, info.utilization_pct, info.pstate) == (7979, 45, 86, "P2")
 
 
 def test_parser_full_query_row():
     [info] = gpu.parse(load("h100").body)
-    assert info == gpu.GpuInfo(
-        0, "NVIDIA H100 80GB HBM3", "GPU-e5f404f3-cc2a-cf0c-219f-dcf1a4e223f2", "525.89.02", 81559, 0, 34, 0, 0, "P0"
-    )
+    assert info == gpu.GpuInfo(0, "NVIDIA H100 80GB HBM3", "GPU-e5f404f3-cc2a-cf0c-219f-dcf1a4e223f2", "525.89.02",
+                               81559, 0, 34, 0, 0, "P0")
     names = [g.name for g in gpu.parse(load("tensorlake-index-name-uuid").body, ("index", "name", "uuid"))]
     assert names == ["NVIDIA A100-SXM4-80GB", "NVIDIA A100-PCIE-40GB", "NVIDIA H100 80GB HBM3"]
 
@@ -112,12 +102,7 @@ def test_unknown_values_are_none_never_zero(unknown):
     row = f"0, Tesla T4, GPU-1, 525.89.02, 15360, {unknown}, {unknown}, {unknown}, {unknown}, {unknown}\n"
     [info] = gpu.parse(row)
     assert (info.memory_used_mib, info.temperature_c, info.utilization_pct, info.ecc_uncorrected, info.pstate) == (
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+        None, None, None, None, None)
     assert "ECC uncorrected n/a" in gpu.summarize([info])
 
 
@@ -129,7 +114,6 @@ def test_parser_refuses_rows_it_cannot_read():
 
 
 # --- diagnosis ---------------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize("name,label", FAILURES.items())
 def test_each_failure_text_gets_its_diagnosis(name, label):
@@ -159,7 +143,6 @@ def test_every_catalog_gpu_has_nvidia_smi_names():
 
 # --- local runner: the stand-in on PATH ---------------------------------------------------------
 
-
 @pytest.fixture
 def standin(monkeypatch, tmp_path):
     """Puts the stand-in first on PATH; returns a function that picks the fixture it replays."""
@@ -170,7 +153,6 @@ def standin(monkeypatch, tmp_path):
     def use(name: str) -> Path:
         monkeypatch.setenv("MLINFRA_NVSMI_FIXTURE", str(FIXTURES / f"{name}.txt"))
         return argv_log
-
     return use
 
 
@@ -196,7 +178,8 @@ def test_local_wrong_model_count_and_ecc(standin):
     assert result.status == "fail" and result.message == "expected 1× nvidia-tesla-t4 (Tesla T4), found 1× NVIDIA L4"
     standin("a100-80gb-x2")
     result = gpu.check_gpu("n", catalog.lookup_gpu("a100-80gb"), 4, gpu.LocalRunner())
-    assert result.message == ("expected 4× nvidia-a100-80gb (NVIDIA A100-SXM4-80GB), found 2× NVIDIA A100-SXM4-80GB")
+    assert result.message == ("expected 4× nvidia-a100-80gb (NVIDIA A100-SXM4-80GB), "
+                              "found 2× NVIDIA A100-SXM4-80GB")
     standin("h100-ecc-errors")
     result = gpu.check_gpu("n", catalog.lookup_gpu("h100"), 1, gpu.LocalRunner())
     assert result.status == "fail" and "2 uncorrected ECC errors" in result.message
@@ -238,7 +221,6 @@ def test_no_gpu_requested_is_skipped():
 
 # --- remote: a real sshd on loopback --------------------------------------------------------------
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -248,26 +230,16 @@ def free_port() -> int:
 def ensure_openssh() -> str:
     """Path of sshd; installs openssh-server/-client from Debian when missing (CI is a fresh machine)."""
     search = f"/usr/sbin:/usr/local/sbin:{os.environ.get('PATH', '')}"
-    missing = sorted(
-        {
-            package
-            for binary, package in (
-                ("sshd", "openssh-server"),
-                ("ssh", "openssh-client"),
-                ("ssh-keygen", "openssh-client"),
-            )
-            if not shutil.which(binary, path=search)
-        }
-    )
+    missing = sorted({package for binary, package in (("sshd", "openssh-server"), ("ssh", "openssh-client"),
+                                                      ("ssh-keygen", "openssh-client"))
+                      if not shutil.which(binary, path=search)})
     if missing:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             pytest.fail(f"the SSH tests need {' '.join(missing)}: apt-get install -y {' '.join(missing)}")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         lock = ["-o", "DPkg::Lock::Timeout=120"]  # other test set-ups may be installing at the same time
-        for argv in (
-            ["apt-get", *lock, "update", "-q"],
-            ["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *missing],
-        ):
+        for argv in (["apt-get", *lock, "update", "-q"],
+                     ["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *missing]):
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
             if done.returncode:
                 pytest.fail(f"{' '.join(argv)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -308,44 +280,26 @@ def sshd(tmp_path_factory):
     keygen(root / "other" / "id_ed25519")
     current, argv_log = root / "current.txt", root / "argv.log"
     # The remote login shell finds the stand-in through PATH, set per key by sshd itself.
-    environment = {
-        "PATH": f"{STANDINS}:/usr/local/bin:/usr/bin:/bin",
-        "MLINFRA_NVSMI_FIXTURE": str(current),
-        "MLINFRA_NVSMI_ARGV_LOG": str(argv_log),
-    }
+    environment = {"PATH": f"{STANDINS}:/usr/local/bin:/usr/bin:/bin",
+                   "MLINFRA_NVSMI_FIXTURE": str(current), "MLINFRA_NVSMI_ARGV_LOG": str(argv_log)}
     options = ",".join(f'environment="{k}={v}"' for k, v in environment.items())
     (root / "authorized_keys").write_text(f"{options} {stack_pub}\n")
     config = root / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"PidFile {root / 'sshd.pid'}",
-                f"AuthorizedKeysFile {root / 'authorized_keys'}",
-                "UsePAM no",
-                "StrictModes no",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password",
-                f"AllowUsers {user}",
-                "PermitUserEnvironment PATH,MLINFRA_*",
-                # Classic ECDH only: the default post-quantum exchange costs ~0.3 s per connection on a
-                # small CI machine, and the client side (what mlinfra ships) is unchanged.
-                "KexAlgorithms curve25519-sha256",
-                "LogLevel VERBOSE",
-                "",
-            ]
-        )
-    )
+    config.write_text("\n".join([
+        "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}", "UsePAM no", "StrictModes no",
+        "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password", f"AllowUsers {user}", "PermitUserEnvironment PATH,MLINFRA_*",
+        # Classic ECDH only: the default post-quantum exchange costs ~0.3 s per connection on a
+        # small CI machine, and the client side (what mlinfra ships) is unchanged.
+        "KexAlgorithms curve25519-sha256", "LogLevel VERBOSE", "",
+    ]))
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     port = free_port()
     log = (root / "sshd.log").open("w")
-    process = subprocess.Popen(
-        [binary, "-D", "-e", "-p", str(port), "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
+    process = subprocess.Popen([binary, "-D", "-e", "-p", str(port), "-f", str(config)],
+                               stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while True:
         with socket.socket() as sock:
@@ -446,9 +400,8 @@ def test_remote_silent_server_is_a_connect_timeout(sshd, tmp_path):
     with socket.socket() as silent:  # accepts TCP (the kernel does) but never sends an SSH banner
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        runner = SshRunner(
-            "127.0.0.1", silent.getsockname()[1], sshd.user, sshd.key, tmp_path / "kh", connect_timeout_s=1
-        )
+        runner = SshRunner("127.0.0.1", silent.getsockname()[1], sshd.user, sshd.key, tmp_path / "kh",
+                           connect_timeout_s=1)
         started = time.monotonic()
         result = gpu.check_gpu("gcp-0", catalog.lookup_gpu("t4"), 1, runner, timeout_s=10)
     assert time.monotonic() - started < 4
@@ -464,10 +417,8 @@ def test_remote_arguments_are_quoted_not_interpreted(sshd, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    "host,user,port",
-    [("-oProxyCommand=touch x", "root", 22), ("node", "-l", 22), ("a b", "root", 22), ("node", "root", 0)],
-)
+@pytest.mark.parametrize("host,user,port", [("-oProxyCommand=touch x", "root", 22), ("node", "-l", 22),
+                                            ("a b", "root", 22), ("node", "root", 0)])
 def test_ssh_values_that_would_be_options_are_refused(host, user, port, tmp_path):
     with pytest.raises(ValueError):
         SshRunner(host, port, user, tmp_path / "k", tmp_path / "kh")
@@ -476,15 +427,8 @@ def test_ssh_values_that_would_be_options_are_refused(host, user, port, tmp_path
 def test_ssh_argv_pins_key_known_hosts_and_batch_mode(tmp_path):
     argv = SshRunner("10.0.0.5", 22, "mlinfra", tmp_path / "id", tmp_path / "kh").argv(list(gpu.COMMAND))
     joined = " ".join(argv)
-    for option in (
-        "-F none",
-        f"-i {tmp_path / 'id'}",
-        "IdentitiesOnly=yes",
-        f"UserKnownHostsFile={tmp_path / 'kh'}",
-        "StrictHostKeyChecking=accept-new",
-        "BatchMode=yes",
-        "ConnectTimeout=10",
-    ):
+    for option in ("-F none", f"-i {tmp_path / 'id'}", "IdentitiesOnly=yes", f"UserKnownHostsFile={tmp_path / 'kh'}",
+                   "StrictHostKeyChecking=accept-new", "BatchMode=yes", "ConnectTimeout=10"):
         assert option in joined
     assert argv[-3:] == ["--", "10.0.0.5", " ".join(gpu.COMMAND)]
 
@@ -512,9 +456,8 @@ def test_forget_hosts_drops_only_the_replaced_nodes_keys(tmp_path):
     from mlinfra.verify.ssh import forget_hosts
 
     known = tmp_path / "known_hosts"
-    known.write_text(
-        "10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld1\n10.0.0.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeep2\n"
-    )
+    known.write_text("10.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld1\n"
+                     "10.0.0.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeep2\n")
     forget_hosts(known, ["10.0.0.1"])  # heal replaced this node: its old key must not block the new VM
     assert [line.split()[0] for line in known.read_text().splitlines()] == ["10.0.0.2"]
     forget_hosts(known, None)  # down: every VM is gone

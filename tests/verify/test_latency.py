@@ -27,11 +27,10 @@ from mlinfra.verify.histogram import RELATIVE_ERROR, Histogram, bucket_bounds, b
 from mlinfra.verify.latency import LoadResult, check_latency, default_payload, run_load
 
 from helpers import ROOT  # noqa: E402
-
 BODY = json.dumps(default_payload()).encode()
 
 # Each path is one behaviour; counters are per path and live as long as the process.
-EDGE_SERVER = r"""
+EDGE_SERVER = r'''
 import asyncio, sys, time
 
 counters = {}
@@ -93,7 +92,7 @@ async def main():
         await server.serve_forever()
 
 asyncio.run(main())
-"""
+'''
 
 
 def free_port() -> int:
@@ -155,10 +154,8 @@ def reference():
 @pytest.fixture(scope="module")
 def edge():
     port = free_port()
-    proc = spawn(
-        [sys.executable, "-c", EDGE_SERVER, str(port)],
-        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
-    )
+    proc = spawn([sys.executable, "-c", EDGE_SERVER, str(port)],
+                 lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True)
     yield f"http://127.0.0.1:{port}"
     stop(proc)
 
@@ -288,14 +285,11 @@ def test_bad_input_is_a_usage_error():
 
 
 def test_request_bytes_are_well_formed():
-    host, port, tls, request = latency._prepare(
-        "http://[::1]:8080/p?q=1", "post", b"{}", {"content-type": "text/plain", "X-Key": "k"}
-    )
+    host, port, tls, request = latency._prepare("http://[::1]:8080/p?q=1", "post", b"{}",
+                                                {"content-type": "text/plain", "X-Key": "k"})
     assert (host, port, tls) == ("::1", 8080, None)
-    assert request == (
-        b"POST /p?q=1 HTTP/1.1\r\nHost: [::1]:8080\r\nUser-Agent: mlinfra-verify\r\n"
-        b"Accept: */*\r\ncontent-type: text/plain\r\nX-Key: k\r\nContent-Length: 2\r\n\r\n{}"
-    )
+    assert request == (b"POST /p?q=1 HTTP/1.1\r\nHost: [::1]:8080\r\nUser-Agent: mlinfra-verify\r\n"
+                       b"Accept: */*\r\ncontent-type: text/plain\r\nX-Key: k\r\nContent-Length: 2\r\n\r\n{}")
 
 
 # --------------------------------------------------------------------------- open loop
@@ -387,9 +381,8 @@ def test_run_load_works_inside_a_running_event_loop(reference):
 def test_histogram_percentiles_match_exact_ones_within_the_stated_error(seed):
     rng = np.random.default_rng(seed)
     # Latency-like: lognormal around 2 ms (in µs), a 1% tail of 200-2000 ms stalls, some tiny values.
-    values = np.concatenate(
-        [rng.lognormal(np.log(2000), 0.6, 20_000), rng.uniform(2e5, 2e6, 200), rng.integers(0, 300, 300)]
-    ).astype(np.int64)
+    values = np.concatenate([rng.lognormal(np.log(2000), 0.6, 20_000), rng.uniform(2e5, 2e6, 200),
+                             rng.integers(0, 300, 300)]).astype(np.int64)
     hist = Histogram()
     for value in values:
         hist.record(int(value))

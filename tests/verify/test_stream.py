@@ -210,20 +210,15 @@ def test_openai_stack_on_the_local_target_reports_a_token_row_per_node(tmp_path,
     assert "| v-tok-a-0 | latency | ✅ pass | TTFT p50 " in markdown("v-tok", report.results)
     result = runner.invoke(app, ["verify", "--rate", "50"])
     assert (result.exit_code, result.stderr) == (
-        2,
-        "error: --rate: verify.protocol 'openai' runs a closed loop at verify.concurrency\n",
-    )
+        2, "error: --rate: verify.protocol 'openai' runs a closed loop at verify.concurrency\n")
 
 
-@pytest.mark.parametrize(
-    "data,kind",
-    [
-        ('{"choices": [{"index": 0, "delta": "x"}]}', "malformed_event"),
-        ('{"choices": "x"}', "malformed_event"),
-        ("[1, 2]", "malformed_event"),
-        ('{"error": {"message": "overloaded"}}', "server_error"),
-    ],
-)
+@pytest.mark.parametrize("data,kind", [
+    ('{"choices": [{"index": 0, "delta": "x"}]}', "malformed_event"),
+    ('{"choices": "x"}', "malformed_event"),
+    ('[1, 2]', "malformed_event"),
+    ('{"error": {"message": "overloaded"}}', "server_error"),
+])
 def test_a_wrong_chunk_is_a_stream_error_of_its_kind(data, kind):
     with pytest.raises(StreamError) as raised:
         take_event(data, Sample(0.0), 1.0)
@@ -232,14 +227,9 @@ def test_a_wrong_chunk_is_a_stream_error_of_its_kind(data, kind):
 
 def test_chunks_count_tokens_with_text_and_take_the_reported_usage():
     sample = Sample(0.0)
-    for i, data in enumerate(
-        [
-            '{"choices": [{"delta": {"role": "assistant", "content": ""}}]}',
-            '{"choices": [{"delta": {"content": " In"}}]}',
-            '{"choices": [{"text": " the"}]}',
-            '{"choices": [], "usage": {"completion_tokens": 5}}',
-        ]
-    ):
+    for i, data in enumerate(['{"choices": [{"delta": {"role": "assistant", "content": ""}}]}',
+                              '{"choices": [{"delta": {"content": " In"}}]}', '{"choices": [{"text": " the"}]}',
+                              '{"choices": [], "usage": {"completion_tokens": 5}}']):
         take_event(data, sample, float(i))
     assert sample.tokens == [1.0, 2.0] and sample.output_tokens == 5
 

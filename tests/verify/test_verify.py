@@ -20,30 +20,18 @@ runner = CliRunner()
 SERVE = f"exec {sys.executable} -m mlinfra.serve"
 
 
-@pytest.mark.parametrize(
-    "path,status,outcome",
-    [
-        ("/health", 200, health.READY),
-        ("/health", 204, health.READY),
-        ("/health", 301, health.READY),
-        ("/health", 503, health.NOT_READY),
-        ("/health", 500, health.NOT_READY),
-        ("/v2/health/ready", 400, health.NOT_READY),
-        ("/v2/health/ready", 404, health.NOT_READY),
-        ("/health", 404, health.MISCONFIGURED),
-        ("/health", 401, health.MISCONFIGURED),
-        ("/ping", 403, health.MISCONFIGURED),
-    ],
-)
+@pytest.mark.parametrize("path,status,outcome", [
+    ("/health", 200, health.READY), ("/health", 204, health.READY), ("/health", 301, health.READY),
+    ("/health", 503, health.NOT_READY), ("/health", 500, health.NOT_READY),
+    ("/v2/health/ready", 400, health.NOT_READY), ("/v2/health/ready", 404, health.NOT_READY),
+    ("/health", 404, health.MISCONFIGURED), ("/health", 401, health.MISCONFIGURED), ("/ping", 403, health.MISCONFIGURED),
+])
 def test_status_classification(path, status, outcome):
     assert health.classify_status(path, status) == outcome
 
 
 def stack_with(tmp_path, name, command=SERVE, verify="", regions='["a"]'):
-    return Stack.load(
-        write_stack(
-            tmp_path,
-            f"""
+    return Stack.load(write_stack(tmp_path, f"""
         name = "{name}"
         [local]
         regions = {regions}
@@ -54,9 +42,7 @@ def stack_with(tmp_path, name, command=SERVE, verify="", regions='["a"]'):
         concurrency = 4
         warmup = 5
         {verify}
-    """,
-        )
-    )
+    """))
 
 
 def test_all_checks_pass_on_healthy_nodes(tmp_path, deployed):
@@ -66,12 +52,8 @@ def test_all_checks_pass_on_healthy_nodes(tmp_path, deployed):
     assert up.passed and up.verify.passed
     report = stack.verify()
     assert [(r.node, r.check, r.status) for r in report.results] == [
-        ("v-ok-a-0", "health", "pass"),
-        ("v-ok-a-0", "gpu", "skip"),
-        ("v-ok-a-0", "latency", "pass"),
-        ("v-ok-b-0", "health", "pass"),
-        ("v-ok-b-0", "gpu", "skip"),
-        ("v-ok-b-0", "latency", "pass"),
+        ("v-ok-a-0", "health", "pass"), ("v-ok-a-0", "gpu", "skip"), ("v-ok-a-0", "latency", "pass"),
+        ("v-ok-b-0", "health", "pass"), ("v-ok-b-0", "gpu", "skip"), ("v-ok-b-0", "latency", "pass"),
     ]
     latency = report.results[2].details
     assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
@@ -92,9 +74,8 @@ def test_stopped_node_fails_health_at_once_naming_how_it_exited(tmp_path, deploy
     failed = by_key[("v-stop-a-0", "health")]
     assert not failed.passed and failed.summary == "exited"
     # The reference server shuts down cleanly on SIGTERM; its log's last lines come along.
-    assert failed.message.startswith(
-        f"the node's process exited: process {nodes[0].pid} exited with code 0; last log lines: "
-    )
+    assert failed.message.startswith(f"the node's process exited: process {nodes[0].pid} exited with code 0; "
+                                     "last log lines: ")
     assert "mlinfra serve: stopped" in failed.message
     # Polling a dead node until the deadline would be thousands of attempts.
     assert failed.details["attempts"] < 100 and failed.details["last_outcome"] == "exited"
@@ -148,19 +129,14 @@ def test_server_that_starts_late_passes_after_waiting(tmp_path, deployed):
 
 
 def test_wrong_health_path_fails_fast_as_misconfigured(tmp_path, deployed):
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            f"""
+    stack = Stack.load(write_stack(tmp_path, f"""
         name = "v-path"
         [serve]
         command = "{SERVE}"
         health_path = "/nope"
         [verify]
         health_timeout_s = 120
-    """,
-        )
-    )
+    """))
     deployed(stack)
     report = stack.up().verify
     result = report.results[0]
@@ -176,10 +152,8 @@ def test_cli_verify_exit_codes_and_reports(tmp_path, monkeypatch, deployed):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = runner.invoke(app, ["verify"])
     assert (result.exit_code, result.stderr) == (1, "error: stack 'v-cli' is not deployed: run `mlinfra up` first\n")
-    assert (
-        runner.invoke(app, ["verify", "--check", "gpuu"]).stderr
-        == "error: unknown check 'gpuu': choose from health, gpu, latency, autoscale\n"
-    )
+    assert runner.invoke(app, ["verify", "--check", "gpuu"]).stderr == \
+        "error: unknown check 'gpuu': choose from health, gpu, latency, autoscale\n"
     deployed(stack)
     stack.up(verify=False)
     result = runner.invoke(app, ["verify", "--junit", "report.xml"])
@@ -187,11 +161,8 @@ def test_cli_verify_exit_codes_and_reports(tmp_path, monkeypatch, deployed):
     assert result.stdout.rstrip().splitlines()[-1] == "PASSED: 2 passed, 0 failed, 1 skipped"
     suite = ET.parse(tmp_path / "report.xml").getroot().find("testsuite")
     cases = [(c.get("classname"), c.get("name")) for c in suite.iter("testcase")]
-    assert cases == [
-        ("mlinfra.verify.health", "v-cli-a-0"),
-        ("mlinfra.verify.gpu", "v-cli-a-0"),
-        ("mlinfra.verify.latency", "v-cli-a-0"),
-    ]
+    assert cases == [("mlinfra.verify.health", "v-cli-a-0"), ("mlinfra.verify.gpu", "v-cli-a-0"),
+                     ("mlinfra.verify.latency", "v-cli-a-0")]
     assert summary.read_text().startswith("### mlinfra verify `v-cli`: PASSED")
     data = json.loads(runner.invoke(app, ["verify", "--json", "--check", "health"]).stdout)
     assert data["passed"] is True and [r["check"] for r in data["results"]] == ["health"]
@@ -200,9 +171,7 @@ def test_cli_verify_exit_codes_and_reports(tmp_path, monkeypatch, deployed):
 def test_junit_failure_messages_explain_and_names_are_unique():
     results = [
         CheckResult("n-0", "health", True, "ready after 1.0s"),
-        CheckResult(
-            "n-0", "gpu", False, "1× NVIDIA L4", message="expected 1× nvidia-tesla-t4 (Tesla T4), found 1× NVIDIA L4"
-        ),
+        CheckResult("n-0", "gpu", False, "1× NVIDIA L4", message="expected 1× nvidia-tesla-t4 (Tesla T4), found 1× NVIDIA L4"),
         CheckResult("n-0", "latency", True, "p95 3.1 ms", skipped=False),
         CheckResult("n-1", "gpu", True, "no GPU", message='skipped: gpu = "none"', skipped=True),
     ]
@@ -217,12 +186,8 @@ def test_junit_failure_messages_explain_and_names_are_unique():
 
 
 def test_markdown_summary_stays_small_with_many_nodes():
-    results = [
-        CheckResult(
-            f"node-{i}", "latency", True, "p95 1.0 ms " + "x" * 200, details={"histogram": [[1.0, 5], [2.0, 9]]}
-        )
-        for i in range(2000)
-    ]
+    results = [CheckResult(f"node-{i}", "latency", True, "p95 1.0 ms " + "x" * 200,
+                           details={"histogram": [[1.0, 5], [2.0, 9]]}) for i in range(2000)]
     text = markdown("big", results)
     assert len(text.encode()) <= 64 * 1024 and text.endswith("…(truncated)\n")
 

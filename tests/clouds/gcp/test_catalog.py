@@ -10,28 +10,11 @@ from mlinfra import Stack
 from mlinfra.clouds.gcp import catalog, prices
 
 # us-central1 prices from the reference (§6) and the whole-VM list prices it quotes ([S21]).
-GPU_PRICE = {
-    "nvidia-tesla-t4": (0.35, 0.14),
-    "nvidia-tesla-p4": (0.60, 0.24),
-    "nvidia-tesla-p100": (1.46, 0.584),
-    "nvidia-tesla-v100": (2.48, 0.992),
-    "nvidia-l4": (0.56004, 0.2231),
-    "nvidia-tesla-a100": (2.93391, 1.1472),
-}
-VM_LIST_PRICE = {
-    "g2-standard-4": 0.708,
-    "g2-standard-8": 0.854,
-    "g2-standard-12": 1.000,
-    "g2-standard-16": 1.146,
-    "g2-standard-24": 2.000,
-    "g2-standard-48": 4.000,
-    "g2-standard-96": 7.999,
-    "a2-highgpu-1g": 3.673,
-    "a2-highgpu-2g": 7.347,
-    "a2-highgpu-4g": 14.694,
-    "a2-highgpu-8g": 29.387,
-    "a2-megagpu-16g": 55.74,
-}
+GPU_PRICE = {"nvidia-tesla-t4": (0.35, 0.14), "nvidia-tesla-p4": (0.60, 0.24), "nvidia-tesla-p100": (1.46, 0.584),
+             "nvidia-tesla-v100": (2.48, 0.992), "nvidia-l4": (0.56004, 0.2231), "nvidia-tesla-a100": (2.93391, 1.1472)}
+VM_LIST_PRICE = {"g2-standard-4": 0.708, "g2-standard-8": 0.854, "g2-standard-12": 1.000, "g2-standard-16": 1.146,
+                 "g2-standard-24": 2.000, "g2-standard-48": 4.000, "g2-standard-96": 7.999, "a2-highgpu-1g": 3.673,
+                 "a2-highgpu-2g": 7.347, "a2-highgpu-4g": 14.694, "a2-highgpu-8g": 29.387, "a2-megagpu-16g": 55.74}
 
 
 def gcp_stack(**sections) -> Stack:
@@ -71,11 +54,8 @@ def test_host_plus_gpu_matches_the_list_price(machine):
 
 def test_n1_host_rates_reproduce_the_source_rows():
     # Rows of the SkyPilot catalog that the rates were not derived from.
-    for name, on_demand, spot in [
-        ("n1-standard-64", 3.03998, 0.7704),
-        ("n1-standard-96", 4.55998, 1.1556),
-        ("n1-highmem-64", 3.7857, 0.95379),
-    ]:
+    for name, on_demand, spot in [("n1-standard-64", 3.03998, 0.7704), ("n1-standard-96", 4.55998, 1.1556),
+                                  ("n1-highmem-64", 3.7857, 0.95379)]:
         shape = catalog.n1_shape(name)
         assert prices.vm_price(shape, None, 0, "us-central1", False).usd_per_hour == pytest.approx(on_demand, abs=0.001)
         assert prices.vm_price(shape, None, 0, "us-central1", True).usd_per_hour == pytest.approx(spot, abs=0.001)
@@ -89,15 +69,11 @@ def test_gpu_rows_cover_the_catalog_and_filter():
     assert t4[0].vm_usd_per_hour == pytest.approx(0.54) and t4[0].host_limit == "up to 48 vCPUs, 312 GB"
     # Reference §6: the T4 alone is $0.35/h on-demand, $0.14 Spot, whatever the count; the VM adds its host.
     assert [(r.gpu_usd_per_hour, r.spot_gpu_usd_per_hour) for r in t4] == [(0.35, 0.14)] * 3
-    assert t4[1].vm_usd_per_hour == pytest.approx(0.54 + 0.35) and t4[0].spot_vm_usd_per_hour == pytest.approx(
-        0.188, abs=0.001
-    )
+    assert t4[1].vm_usd_per_hour == pytest.approx(0.54 + 0.35) and t4[0].spot_vm_usd_per_hour == pytest.approx(0.188, abs=0.001)
     h100 = {r.count: r for r in rows if r.alias == "h100"}
     assert h100[1].on_demand is False and h100[1].vm_usd_per_hour is None
     assert h100[8].vm_usd_per_hour == pytest.approx(88.494)
-    assert (
-        h100[8].gpu_usd_per_hour is None and h100[8].spot_gpu_usd_per_hour == 2.253
-    )  # §6: on-demand per GPU unverified
+    assert h100[8].gpu_usd_per_hour is None and h100[8].spot_gpu_usd_per_hour == 2.253  # §6: on-demand per GPU unverified
     json.dumps([r.as_dict() for r in rows])  # `mlinfra gpus --json`
 
     in_region = prices.gpu_rows(region="europe-west4")

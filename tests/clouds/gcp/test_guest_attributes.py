@@ -49,11 +49,8 @@ def test_a_rerun_request_changes_one_key_and_survives_a_concurrent_change(google
     monkeypatch.setattr(guest_attributes, "_call", racing)
     guest_attributes.request_run("ml-demo-123456", "us-central1-a", "vm-0", "mlinfra-check-request", "r2", TOKEN)
     assert posts == ["POST", "POST"]  # 412 on the stale fingerprint, then read again and succeed
-    assert google.attributes == {
-        "startup-script": "#!/bin/bash",
-        "mlinfra-check-request": "r2",
-        "added-meanwhile": "yes",
-    }
+    assert google.attributes == {"startup-script": "#!/bin/bash", "mlinfra-check-request": "r2",
+                                 "added-meanwhile": "yes"}
 
 
 def test_the_token_comes_from_the_environment_first(monkeypatch):

@@ -66,37 +66,23 @@ def test_a_correct_module_has_no_problems(tmp_path):
     assert problems(tmp_path, GOOD_INSTANCE % extra) == []
 
 
-@pytest.mark.parametrize(
-    "extra,expected",
-    [
-        (
-            'guest_accelerator = [{ type = "nvidia-tesla-t4", count = 1 }]',
-            "guest_accelerator: is a block: write `guest_accelerator { ... }`",
-        ),
-        (
-            "scheduling { preemtible = true }",
-            "scheduling.preemtible: is not an argument of this block — did you mean 'preemptible'?",
-        ),
-        ("scheduling {}\n  scheduling {}", "scheduling: appears 2 times; at most 1 allowed"),
-        ('labels { a = "b" }', "labels: is an argument, not a block: write `labels = ...`"),
-        ('cpu_platform = "Intel"', "cpu_platform: is read-only"),
-        ('guest_accelerator { type = "nvidia-tesla-t4" }', "guest_accelerator.count: is required"),
-        ('gpu { type = "t4" }', "gpu: is not a block of this resource"),
-        (
-            'dynamic "service_account" {\n    for_each = []\n    content { email = "x" }\n  }',
-            "service_account.scopes: is required",
-        ),
-    ],
-)
+@pytest.mark.parametrize("extra,expected", [
+    ("guest_accelerator = [{ type = \"nvidia-tesla-t4\", count = 1 }]", "guest_accelerator: is a block: write `guest_accelerator { ... }`"),
+    ("scheduling { preemtible = true }", "scheduling.preemtible: is not an argument of this block — did you mean 'preemptible'?"),
+    ("scheduling {}\n  scheduling {}", "scheduling: appears 2 times; at most 1 allowed"),
+    ("labels { a = \"b\" }", "labels: is an argument, not a block: write `labels = ...`"),
+    ("cpu_platform = \"Intel\"", "cpu_platform: is read-only"),
+    ("guest_accelerator { type = \"nvidia-tesla-t4\" }", "guest_accelerator.count: is required"),
+    ("gpu { type = \"t4\" }", "gpu: is not a block of this resource"),
+    ("dynamic \"service_account\" {\n    for_each = []\n    content { email = \"x\" }\n  }", "service_account.scopes: is required"),
+])
 def test_each_schema_rule_fails_a_bad_module(tmp_path, extra, expected):
     found = problems(tmp_path, GOOD_INSTANCE % extra)
     assert any(expected in p for p in found), found
 
 
 def test_missing_required_and_unknown_types(tmp_path):
-    found = problems(
-        tmp_path,
-        """
+    found = problems(tmp_path, """
 resource "google_compute_instance" "vm" {
   name = "vm"
 }
@@ -104,8 +90,7 @@ resource "google_compute_firewal" "fw" {}
 data "google_compute_image" "img" {
   bogus = 1
 }
-""",
-    )
+""")
     assert any("google_compute_instance.vm.machine_type: is required" in p for p in found)
     assert any("google_compute_instance.vm.boot_disk: is required: at least 1 block" in p for p in found)
     assert any("google_compute_instance.vm.network_interface: is required" in p for p in found)
@@ -139,27 +124,19 @@ def test_a_provider_missing_from_the_schema_file_is_reported(tmp_path):
 
 # -- Terraform cannot install the provider --------------------------------------------------------
 
-
 @pytest.mark.parametrize("path", INIT, ids=lambda p: p.stem)
 def test_recorded_init_failures_get_one_line(path):
     recorded = json.loads(path.read_text())
     assert recorded["source"]
     diag = recorded["diagnostic"]
-    for form in (
-        diag,
-        Diagnostic(diag["severity"], diag["summary"], diag["detail"]),
-        f"{diag['summary']}: {diag['detail']}",
-    ):
+    for form in (diag, Diagnostic(diag["severity"], diag["summary"], diag["detail"]), f"{diag['summary']}: {diag['detail']}"):
         line = gcp.explain_init_failure([form])
         assert line and "\n" not in line and "mlinfra render" in line and "provider mirror" in line
 
 
 def test_other_init_failures_are_not_explained_away():
     assert gcp.explain_init_failure([]) is None
-    assert (
-        gcp.explain_init_failure([{"severity": "error", "summary": "Backend initialization required", "detail": ""}])
-        is None
-    )
+    assert gcp.explain_init_failure([{"severity": "error", "summary": "Backend initialization required", "detail": ""}]) is None
 
 
 def test_recorded_failure_is_what_the_bundled_terraform_says_now(tmp_path):
@@ -175,14 +152,8 @@ def test_recorded_failure_is_what_the_bundled_terraform_says_now(tmp_path):
     config = tmp_path / "terraformrc"
     config.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
     env = {**terraform_env(), "TF_CLI_CONFIG_FILE": str(config)}
-    result = subprocess.run(
-        [sys.executable, "-m", "mlinfra.engine._exec", "init", "-input=false", "-json", "-backend=false"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = subprocess.run([sys.executable, "-m", "mlinfra.engine._exec", "init", "-input=false", "-json", "-backend=false"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     diagnostics = [json.loads(line)["diagnostic"] for line in result.stdout.splitlines() if '"diagnostic"' in line]
     assert gcp.explain_init_failure(diagnostics) is not None, diagnostics

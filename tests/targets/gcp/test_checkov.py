@@ -50,14 +50,10 @@ def spread() -> dict[str, dict]:
         stacks[gpu.short.replace("-", "")] = dict(gcp=gcp, compute={"gpu": gpu.short, "gpu_count": count, "spot": spot})
     stacks["cpu"] = dict(compute={"gpu": "none"})
     stacks["spot"] = dict(compute={"gpu": "l4", "spot": True}, gcp={"spot_termination": "DELETE"})
-    stacks["multiregion"] = dict(
-        gcp={"regions": ["us-central1", "europe-west4", "asia-southeast1"]},
-        compute={"gpu": "t4", "replicas": 2},
-        state={"backend": "gcs", "bucket": "ml-state-bucket"},
-    )
-    stacks["public"] = dict(
-        compute={"gpu": "t4"}, serve={"allow_cidrs": ["0.0.0.0/0"], "public": True, "ssh_cidrs": ["203.0.113.0/24"]}
-    )
+    stacks["multiregion"] = dict(gcp={"regions": ["us-central1", "europe-west4", "asia-southeast1"]},
+                                 compute={"gpu": "t4", "replicas": 2}, state={"backend": "gcs", "bucket": "ml-state-bucket"})
+    stacks["public"] = dict(compute={"gpu": "t4"},
+                            serve={"allow_cidrs": ["0.0.0.0/0"], "public": True, "ssh_cidrs": ["203.0.113.0/24"]})
     stacks["private"] = dict(compute={"gpu": "t4"}, gcp={"public_ip": False})
     stacks["kms"] = dict(compute={"gpu": "t4"}, gcp={"disk_kms_key": KMS_KEY})
     stacks["hardened"] = dict(compute={"gpu": "l4", "replicas": 2}, gcp={"public_ip": False, "disk_kms_key": KMS_KEY})
@@ -86,25 +82,16 @@ def render_tree(tmp_path: Path, scan: Path) -> list[str]:
 def run_checkov(root: Path) -> list[dict]:
     """One checkov run over every module below ``root``: its check results, each with its module."""
     if not CHECKOV.is_file():
-        pytest.fail(
-            f"checkov is not installed ({CHECKOV} is missing): run `make .venv-checkov/bin/checkov` "
-            "(`make test` does it), which installs it into its own venv",
-            pytrace=False,
-        )
+        pytest.fail(f"checkov is not installed ({CHECKOV} is missing): run `make .venv-checkov/bin/checkov` "
+                    "(`make test` does it), which installs it into its own venv", pytrace=False)
     version = subprocess.run([str(CHECKOV), "--version"], capture_output=True, text=True).stdout.strip()
     if version != PINNED:
-        pytest.fail(
-            f"{CHECKOV} is checkov {version or '?'}, the Makefile pins {PINNED}: run `make .venv-checkov/bin/checkov`",
-            pytrace=False,
-        )
+        pytest.fail(f"{CHECKOV} is checkov {version or '?'}, the Makefile pins {PINNED}: "
+                    "run `make .venv-checkov/bin/checkov`", pytrace=False)
     # --skip-download: no call to Prisma Cloud for guidelines (the tests run offline).
-    result = subprocess.run(
-        [str(CHECKOV), "-d", str(root), "--framework", "terraform", "-o", "json", "--skip-download", "--compact"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-    )
+    result = subprocess.run([str(CHECKOV), "-d", str(root), "--framework", "terraform", "-o", "json",
+                             "--skip-download", "--compact"],
+                            capture_output=True, text=True, timeout=300, cwd=root)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-4000:]  # 1: failed checks
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
@@ -131,23 +118,16 @@ def test_rendered_gcp_modules_pass_checkov(tmp_path, capsys):
     for r in as_rendered + no_skips:
         r["stack"] = Path(r["file_abs_path"]).parent.name
     with capsys.disabled():
-        print(
-            f"\ncheckov {PINNED} over {len(names)} rendered GCP modules: {counts(as_rendered)} "
-            f"(without the inline skips: {counts(no_skips)})"
-        )
+        print(f"\ncheckov {PINNED} over {len(names)} rendered GCP modules: {counts(as_rendered)} "
+              f"(without the inline skips: {counts(no_skips)})")
 
     # Every module was scanned, every VM of it.
     assert {r["stack"] for r in as_rendered} == set(names)
-    instances = {
-        (r["stack"], r["resource"]) for r in as_rendered if r["resource"].startswith("google_compute_instance.")
-    }
+    instances = {(r["stack"], r["resource"]) for r in as_rendered if r["resource"].startswith("google_compute_instance.")}
     assert len(instances) == len(names) + 5 + 1  # one VM each; multiregion has 6, hardened 2
 
-    failures = [
-        f"{r['stack']}: {r['check_id']} {r['resource']} ({r['check_name']})"
-        for r in as_rendered
-        if r["outcome"] == "failed"
-    ]
+    failures = [f"{r['stack']}: {r['check_id']} {r['resource']} ({r['check_name']})"
+                for r in as_rendered if r["outcome"] == "failed"]
     assert failures == [], "checkov failures that are not skipped in templates/gcp/:\n" + "\n".join(failures)
     for r in (r for r in as_rendered if r["outcome"] == "skipped"):
         assert r["check_id"] in ALLOWED_SKIPS, f"{r['check_id']} is skipped in the template but not allowed here"
@@ -158,9 +138,7 @@ def test_rendered_gcp_modules_pass_checkov(tmp_path, capsys):
     unskipped = {r["check_id"] for r in no_skips if r["outcome"] == "failed"}
     assert unskipped <= ALLOWED_SKIPS, unskipped
     for check_id in FIXED:
-        passed = {
-            (r["stack"], r["resource"]) for r in no_skips if r["check_id"] == check_id and r["outcome"] == "passed"
-        }
+        passed = {(r["stack"], r["resource"]) for r in no_skips if r["check_id"] == check_id and r["outcome"] == "passed"}
         assert passed == instances, f"{check_id} does not pass on {sorted(instances - passed)}"
 
 

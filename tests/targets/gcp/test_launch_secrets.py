@@ -26,28 +26,11 @@ def serve_google():
 def launch(tmp_path, secrets, address):
     out = tmp_path / "seen"
     config = tmp_path / "node.json"
-    config.write_text(
-        json.dumps(
-            {
-                "stack": "s",
-                "node": "us-central1-0",
-                "port": 8000,
-                "gpus": 0,
-                "env": {},
-                "secrets": secrets,
-                "command": 'printf %s "$HF_TOKEN" > seen',
-            }
-        )
-    )
+    config.write_text(json.dumps({"stack": "s", "node": "us-central1-0", "port": 8000, "gpus": 0, "env": {},
+                                  "secrets": secrets, "command": 'printf %s "$HF_TOKEN" > seen'}))
     env = {"PATH": "/usr/bin:/bin", "GCE_METADATA_HOST": address, "MLINFRA_SECRET_MANAGER_URL": f"http://{address}"}
-    done = subprocess.run(
-        [sys.executable, str(TEMPLATES / "gcp" / "launch.py"), "run", str(config)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = subprocess.run([sys.executable, str(TEMPLATES / "gcp" / "launch.py"), "run", str(config)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=30)
     return done, out
 
 
@@ -73,11 +56,7 @@ def test_a_secret_that_cannot_be_read_stops_the_node_naming_it(tmp_path):
 
 
 def test_the_rendered_module_carries_the_reference_not_the_value(tmp_path):
-    stack = gcp_stack(
-        tmp_path,
-        "secrets",
-        gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
-        serve={"secrets": {"HF_TOKEN": f"sm:{VERSION}"}},
-    )
+    stack = gcp_stack(tmp_path, "secrets", gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
+                      serve={"secrets": {"HF_TOKEN": f"sm:{VERSION}"}})
     values = json.loads((stack.render().workdir / "terraform.tfvars.json").read_text())
     assert values["nodes"]["us-central1-0"]["node_config"]["secrets"] == {"HF_TOKEN": f"sm:{VERSION}"}

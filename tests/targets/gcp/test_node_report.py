@@ -67,21 +67,15 @@ class ModelServer:
 def stack(tmp_path, monkeypatch):
     # The operator reads the stand-in's Compute API with a token, as with GOOGLE_OAUTH_ACCESS_TOKEN.
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
-    return gcp_stack(
-        tmp_path,
-        "demand-predictor",
-        gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
-        compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
-        serve={"port": 8000},
-        verify={"health_timeout_s": 2, "requests": 30, "warmup": 2},
-    )
+    return gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
+                     compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
+                     serve={"port": 8000}, verify={"health_timeout_s": 2, "requests": 30, "warmup": 2})
 
 
 @pytest.fixture
 def google(stack, monkeypatch):
-    google = Google.start(
-        attributes={"mlinfra-check": node_checks.settings(stack.spec), "mlinfra-check-request": "boot"}
-    )
+    google = Google.start(attributes={"mlinfra-check": node_checks.settings(stack.spec),
+                                      "mlinfra-check-request": "boot"})
     monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{google.address}/compute/v1")
     yield google
     google.stop()
@@ -100,46 +94,22 @@ def node_env(tmp_path, google, fixture: str | None) -> dict:
 
 def node_file(tmp_path, port: int) -> str:
     path = tmp_path / "node.json"
-    path.write_text(
-        json.dumps(
-            {
-                "stack": "demand-predictor",
-                "node": "us-central1-0",
-                "port": port,
-                "gpus": 1,
-                "health_path": "/health",
-                "command": "true",
-                "env": {},
-                "secrets": {},
-            }
-        )
-    )
+    path.write_text(json.dumps({"stack": "demand-predictor", "node": "us-central1-0", "port": port, "gpus": 1,
+                                "health_path": "/health", "command": "true", "env": {}, "secrets": {}}))
     return str(path)
 
 
 def deployed_node() -> Node:
     # A documentation address (RFC 5737) nothing answers on: the gate must not need it.
-    return Node(
-        key="us-central1-0",
-        name="demand-predictor-us-central1-0",
-        region="us-central1",
-        replica=0,
-        endpoint="http://192.0.2.10:8000",
-        health_url="http://192.0.2.10:8000/health",
-        zone="us-central1-a",
-    )
+    return Node(key="us-central1-0", name="demand-predictor-us-central1-0", region="us-central1", replica=0,
+                endpoint="http://192.0.2.10:8000", health_url="http://192.0.2.10:8000/health", zone="us-central1-a")
 
 
 def report_from_node(tmp_path, stack, google, *, health: int, fixture: str | None):
     server = ModelServer(health)
     try:
-        done = subprocess.run(
-            [sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
-            env=node_env(tmp_path, google, fixture),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = subprocess.run([sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
+                              env=node_env(tmp_path, google, fixture), capture_output=True, text=True, timeout=60)
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr
@@ -156,15 +126,10 @@ def test_a_healthy_node_with_its_gpu_passes_the_gate_with_no_ingress(tmp_path, s
     assert report.passed, [(r.check, r.message) for r in report.results]
     # Two writes per run (guest attributes are for small, rare values): health and gpu, then the sample.
     assert google.puts == ["mlinfra/report", "mlinfra/latency"]
-    assert results["gpu"].summary.startswith("1× Tesla T4, driver ") and results["gpu"].summary.endswith(
-        "(on the node)"
-    )
+    assert results["gpu"].summary.startswith("1× Tesla T4, driver ") and results["gpu"].summary.endswith("(on the node)")
     assert results["health"].summary.startswith("HTTP 200 after ") and "(on the node, 20" in results["health"].summary
     assert results["latency"].summary.endswith("(on the node: server time, without the network)")
-    assert (
-        results["latency"].details["ok"] == 30
-        and results["latency"].details["url"] == f"http://127.0.0.1:{port}/predict"
-    )
+    assert results["latency"].details["ok"] == 30 and results["latency"].details["url"] == f"http://127.0.0.1:{port}/predict"
     assert {r.details["measured"] for r in report.results} == {"on the node"}
     assert "admits only ranges that are not on the internet" in results["latency"].details["why"]
 
@@ -202,22 +167,16 @@ def test_a_node_that_never_reports_fails_in_one_line_saying_where_to_look(tmp_pa
     health, gpu = by_check(report)["health"], by_check(report)["gpu"]
     assert not health.passed and health.summary == "no report"
     assert health.message.startswith("no report from the node (guest attribute mlinfra/report) within 2 s")
-    assert (
-        "gcloud compute instances get-serial-port-output demand-predictor-us-central1-0 --zone us-central1-a"
+    assert "gcloud compute instances get-serial-port-output demand-predictor-us-central1-0 --zone us-central1-a" \
         in health.message
-    )
     assert not gpu.passed and gpu.summary == "no report"
 
 
 def test_fresh_asks_the_node_for_a_new_run_and_waits_for_that_one(tmp_path, stack, google):
     server = ModelServer(200)
-    watcher = subprocess.Popen(
-        [sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
-        env=node_env(tmp_path, google, "t4.txt"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         first = google.wait_for_guest("mlinfra", "report", timeout_s=60)
         assert first is not None and json.loads(first)["run"] == "boot" and json.loads(first)["boot"]
@@ -248,35 +207,19 @@ def test_the_default_module_needs_no_ingress_for_the_gate(tmp_path, stack):
 def test_latency_is_measured_from_here_when_the_port_answers(tmp_path, google, monkeypatch):
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
     # A public range allowed and no MLINFRA_CLIENT_IP: mlinfra cannot tell before, so verify tries the port.
-    stack = gcp_stack(
-        tmp_path,
-        "demand-predictor",
-        gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
-        compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
-        serve={"port": 8000, "allow_cidrs": ["34.72.10.0/24"]},
-        verify={"health_timeout_s": 2, "requests": 30, "warmup": 2, "concurrency": 2},
-    )
+    stack = gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
+                      compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
+                      serve={"port": 8000, "allow_cidrs": ["34.72.10.0/24"]},
+                      verify={"health_timeout_s": 2, "requests": 30, "warmup": 2, "concurrency": 2})
     assert "cannot tell offline" in " ".join(stack.notes())
     server = ModelServer(200)
     try:
-        done = subprocess.run(
-            [sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
-            env=node_env(tmp_path, google, "t4.txt"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = subprocess.run([sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
+                              env=node_env(tmp_path, google, "t4.txt"), capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         here = f"http://127.0.0.1:{server.port}"
-        node = Node(
-            key="us-central1-0",
-            name="demand-predictor-us-central1-0",
-            region="us-central1",
-            replica=0,
-            endpoint=here,
-            health_url=here + "/health",
-            zone="us-central1-a",
-        )
+        node = Node(key="us-central1-0", name="demand-predictor-us-central1-0", region="us-central1", replica=0,
+                    endpoint=here, health_url=here + "/health", zone="us-central1-a")
         report = verify.run(stack, [node])
     finally:
         server.stop()
@@ -293,13 +236,9 @@ def test_latency_is_measured_from_here_when_the_port_answers(tmp_path, google, m
 def test_health_and_gpu_are_published_before_the_latency_sample(tmp_path, stack, google):
     server = ModelServer(200)
     server.slow.clear()  # every prediction waits: the sample cannot finish until the test says so
-    node = subprocess.Popen(
-        [sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
-        env=node_env(tmp_path, google, "t4.txt"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    node = subprocess.Popen([sys.executable, str(REPORTER), "once", node_file(tmp_path, server.port)],
+                            env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         first = google.wait_for_guest("mlinfra", "report", timeout_s=60)
         assert first is not None, "the node held health and gpu back until its latency sample was done"
@@ -318,13 +257,9 @@ def test_health_and_gpu_are_published_before_the_latency_sample(tmp_path, stack,
 def test_heal_gets_health_and_gpu_from_a_node_whose_latency_sample_is_slow(tmp_path, stack, google, monkeypatch):
     monkeypatch.setattr(node_checks, "RUN_MARGIN_S", 30.0)
     server = ModelServer(200)
-    watcher = subprocess.Popen(
-        [sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
-        env=node_env(tmp_path, google, "t4.txt"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         assert google.wait_for_guest("mlinfra", "latency", timeout_s=60) is not None  # the boot run is over
         server.slow.clear()  # from now on a latency sample would not finish
@@ -342,13 +277,9 @@ def test_a_request_during_a_slow_sample_ends_it_so_heal_is_answered(tmp_path, st
     monkeypatch.setattr(node_checks, "RUN_MARGIN_S", 30.0)
     server = ModelServer(200)
     server.slow.clear()  # the boot run's sample: each prediction hangs until the node's 10 s timeout
-    watcher = subprocess.Popen(
-        [sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
-        env=node_env(tmp_path, google, "t4.txt"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = subprocess.Popen([sys.executable, str(REPORTER), "watch", node_file(tmp_path, server.port)],
+                               env=node_env(tmp_path, google, "t4.txt"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         boot = google.wait_for_guest("mlinfra", "report", timeout_s=60)
         assert boot is not None and json.loads(boot)["latency"] == "pending"  # the boot sample is under way
@@ -370,35 +301,21 @@ def test_an_openai_stack_gets_a_streamed_sample_measured_per_token_on_the_node(t
     import urllib.request
 
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
-    stack = gcp_stack(
-        tmp_path,
-        "demand-predictor",
-        gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
-        compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
-        serve={"port": 8000},
-        verify={
-            "protocol": "openai",
-            "path": "/v1/chat/completions",
-            "max_tokens": 8,
-            "requests": 10,
-            "warmup": 1,
-            "health_timeout_s": 5,
-            "ttft_p95_ms": 60000,
-            "itl_p95_ms": 60000,
-        },
-    )
+    stack = gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
+                      compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
+                      serve={"port": 8000},
+                      verify={"protocol": "openai", "path": "/v1/chat/completions", "max_tokens": 8, "requests": 10,
+                              "warmup": 1, "health_timeout_s": 5, "ttft_p95_ms": 60000, "itl_p95_ms": 60000})
     sent = json.loads(node_checks.settings(stack.spec))["latency"]
     assert [json.loads(body)["stream"] for body in sent["bodies"]] == [True] * 4 and "payload" not in sent
-    google = Google.start(
-        attributes={"mlinfra-check": node_checks.settings(stack.spec), "mlinfra-check-request": "boot"}
-    )
+    google = Google.start(attributes={"mlinfra-check": node_checks.settings(stack.spec),
+                                      "mlinfra-check-request": "boot"})
     monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{google.address}/compute/v1")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlinfra.serve", "--port", str(port), "--token-ms", "1"], stderr=subprocess.DEVNULL
-    )
+    server = subprocess.Popen([sys.executable, "-m", "mlinfra.serve", "--port", str(port), "--token-ms", "1"],
+                              stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):  # until it listens (the node's own health wait is what the test checks)
             try:
@@ -406,13 +323,8 @@ def test_an_openai_stack_gets_a_streamed_sample_measured_per_token_on_the_node(t
                 break
             except OSError:
                 time.sleep(0.05)
-        done = subprocess.run(
-            [sys.executable, str(REPORTER), "once", node_file(tmp_path, port)],
-            env=node_env(tmp_path, google, "t4.txt"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = subprocess.run([sys.executable, str(REPORTER), "once", node_file(tmp_path, port)],
+                              env=node_env(tmp_path, google, "t4.txt"), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         report = verify.run(stack, [deployed_node()])
     finally:

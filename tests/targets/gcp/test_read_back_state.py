@@ -61,13 +61,8 @@ def applied_state(values: dict, nodes: str = "nodes", resource_name: str = "node
         }
         for key, node in values[nodes].items()
     ]
-    resource = {
-        "mode": "managed",
-        "type": "google_compute_instance",
-        "name": resource_name,
-        "provider": 'provider["registry.terraform.io/hashicorp/google"]',
-        "instances": instances,
-    }
+    resource = {"mode": "managed", "type": "google_compute_instance", "name": resource_name,
+                "provider": 'provider["registry.terraform.io/hashicorp/google"]', "instances": instances}
     return {"version": 4, "serial": 3, "lineage": "0d1e", "outputs": {}, "resources": [resource]}
 
 

@@ -28,7 +28,7 @@ from mlinfra.errors import SpecError
 from helpers import SCHEMA, TEMPLATES, gcp_stack, seed_stack
 
 # Everything that means something to HCL, Jinja or a shell.
-NASTY = "q\" ${var.stack} %{if true}x%{endif} $(touch pwned) `touch pwned2` {{ 7*7 }} \\n\nline2 'single'"
+NASTY = 'q" ${var.stack} %{if true}x%{endif} $(touch pwned) `touch pwned2` {{ 7*7 }} \\n\nline2 \'single\''
 # Zones for the one GPU whose zones the catalog does not verify (the user must list them).
 UNVERIFIED_ZONES = ["us-central1-b", "europe-west4-b", "asia-southeast1-b"]
 
@@ -53,49 +53,27 @@ def matrix() -> list[tuple]:
     return cases
 
 
-def render_case(
-    tmp_path: Path, alias: str, count: int, spot: bool, n_regions: int, replicas: int, backend: str = "local"
-):
+def render_case(tmp_path: Path, alias: str, count: int, spot: bool, n_regions: int, replicas: int, backend: str = "local"):
     gpu = catalog.lookup_gpu(alias)
     machine = catalog.default_machine_type(gpu, count)
     regions = regions_for_matrix(gpu, machine, n_regions)
     zones = UNVERIFIED_ZONES[:n_regions] if gpu.zones is None else []
     state = {"backend": "gcs", "bucket": "ml-state-bucket"} if backend == "gcs" else {}
     name = f"{alias.replace('-', '')}{'s' if spot else 'o'}{n_regions}r{replicas}"
-    stack = gcp_stack(
-        tmp_path,
-        name,
-        gcp={"regions": regions, "zones": zones},
-        compute={"gpu": alias, "gpu_count": count, "spot": spot, "replicas": replicas},
-        state=state,
-    )
+    stack = gcp_stack(tmp_path, name, gcp={"regions": regions, "zones": zones},
+                      compute={"gpu": alias, "gpu_count": count, "spot": spot, "replicas": replicas}, state=state)
     return stack, stack.render()
 
 
 def test_matrix_covers_every_gpu_in_the_catalog():
     aliases = {case[0] for case in matrix()}
     assert aliases == {g.short for g in catalog.gpus().values()}
-    assert {
-        "t4",
-        "l4",
-        "a100",
-        "a100-80gb",
-        "h100",
-        "h100-mega",
-        "h200",
-        "b200",
-        "v100",
-        "p100",
-        "p4",
-        "rtx-pro-6000",
-    } <= aliases
+    assert {"t4", "l4", "a100", "a100-80gb", "h100", "h100-mega", "h200", "b200", "v100", "p100", "p4",
+            "rtx-pro-6000"} <= aliases
 
 
-@pytest.mark.parametrize(
-    "alias,count,spot,n_regions,replicas",
-    matrix(),
-    ids=lambda v: str(v) if not isinstance(v, bool) else ("spot" if v else "ondemand"),
-)
+@pytest.mark.parametrize("alias,count,spot,n_regions,replicas", matrix(),
+                         ids=lambda v: str(v) if not isinstance(v, bool) else ("spot" if v else "ondemand"))
 def test_matrix_stack_renders_loads_and_fits_the_provider_schema(tmp_path, alias, count, spot, n_regions, replicas):
     if count is None:  # a GPU with no on-demand machine type: refused before Terraform, naming spot
         with pytest.raises(SpecError) as info:
@@ -128,12 +106,8 @@ def test_every_rendered_module_is_fmt_clean(tmp_path):
     # One `terraform fmt -recursive` over a tree holding each shape of output.
     for case in [("t4", 1, False, 1, 1), ("l4", 2, True, 3, 2), ("h200", 8, True, 1, 1)]:
         render_case(tmp_path, *case, backend="gcs" if case[4] == 2 else "local")
-    check = subprocess.run(
-        [sys.executable, "-m", "mlinfra.engine._exec", "fmt", "-check", "-diff", "-recursive", str(tmp_path)],
-        env=terraform_env(),
-        capture_output=True,
-        text=True,
-    )
+    check = subprocess.run([sys.executable, "-m", "mlinfra.engine._exec", "fmt", "-check", "-diff", "-recursive", str(tmp_path)],
+                           env=terraform_env(), capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert len(list(tmp_path.rglob("main.tf"))) == 3
 
@@ -159,7 +133,6 @@ def test_cpu_only_gcp_stack_renders(tmp_path):
 
 
 # -- the seed article's stack ----------------------------------------------------------------------
-
 
 def test_seed_article_stack_gets_the_maintenance_policy_and_a_private_firewall(tmp_path):
     rendered = seed_stack(tmp_path).render()
@@ -189,9 +162,7 @@ def test_ssh_is_closed_unless_cidrs_are_given(tmp_path):
     closed = json.loads((seed_stack(tmp_path).render().workdir / "terraform.tfvars.json").read_text())
     assert closed["ssh_cidrs"] == []
     opened = seed_stack(tmp_path, ssh_cidrs=["203.0.113.0/24"])
-    assert json.loads((opened.render().workdir / "terraform.tfvars.json").read_text())["ssh_cidrs"] == [
-        "203.0.113.0/24"
-    ]
+    assert json.loads((opened.render().workdir / "terraform.tfvars.json").read_text())["ssh_cidrs"] == ["203.0.113.0/24"]
     firewall = (opened.workdir / "firewall.tf").read_text()
     assert "count = min(length(var.ssh_cidrs), 1)" in firewall and 'ports    = ["22"]' in firewall
 
@@ -202,12 +173,10 @@ def test_spot_stack_scheduling(tmp_path):
     node = json.loads((rendered.workdir / "terraform.tfvars.json").read_text())["nodes"]["us-central1-0"]
     assert node["spot"] is True and node["spot_termination"] == "DELETE"
     main = (rendered.workdir / "main.tf").read_text()
-    for line in (
-        'provisioning_model          = each.value.spot ? "SPOT" : "STANDARD"',
-        "preemptible                 = each.value.spot",
-        "automatic_restart           = each.value.spot ? false : true",
-        "instance_termination_action = each.value.spot ? each.value.spot_termination : null",
-    ):
+    for line in ('provisioning_model          = each.value.spot ? "SPOT" : "STANDARD"',
+                 "preemptible                 = each.value.spot",
+                 "automatic_restart           = each.value.spot ? false : true",
+                 "instance_termination_action = each.value.spot ? each.value.spot_termination : null"):
         assert line in main
 
 
@@ -240,18 +209,12 @@ def test_public_ip_and_disk_key_default_to_todays_behaviour(tmp_path):
     assert tfvars["public_ip"] is True and tfvars["disk_kms_key"] is None  # null: Google-managed keys
 
 
-@pytest.mark.parametrize(
-    "gcp_keys",
-    [{"public_ip": False}, {"disk_kms_key": KMS_KEY}, {"public_ip": False, "disk_kms_key": KMS_KEY}],
-    ids=["private", "kms", "private-kms"],
-)
+@pytest.mark.parametrize("gcp_keys", [{"public_ip": False}, {"disk_kms_key": KMS_KEY},
+                                      {"public_ip": False, "disk_kms_key": KMS_KEY}],
+                         ids=["private", "kms", "private-kms"])
 def test_private_nodes_and_disk_key_render_and_fit_the_provider_schema(tmp_path, gcp_keys):
-    stack = gcp_stack(
-        tmp_path,
-        "hardened",
-        compute={"gpu": "l4", "replicas": 2},
-        gcp={"regions": ["us-central1", "europe-west4"], **gcp_keys},
-    )
+    stack = gcp_stack(tmp_path, "hardened", compute={"gpu": "l4", "replicas": 2},
+                      gcp={"regions": ["us-central1", "europe-west4"], **gcp_keys})
     rendered = stack.render()
     module, diagnostics = TerraformConfig.load_config_dir(str(rendered.workdir))
     assert not diagnostics, diagnostics
@@ -270,29 +233,23 @@ def test_private_nodes_and_disk_key_render_and_fit_the_provider_schema(tmp_path,
         assert re.search(rf"{field} += .*local\.address\[key\]", outputs), field
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "projects/ml-demo-123456/locations/global/keyRings/ring/cryptoKeys/key",
-        "projects/ml-demo-123456/locations/us/keyRings/My_Ring-1/cryptoKeys/boot_disks",
-        KMS_KEY,
-    ],
-)
+@pytest.mark.parametrize("key", [
+    "projects/ml-demo-123456/locations/global/keyRings/ring/cryptoKeys/key",
+    "projects/ml-demo-123456/locations/us/keyRings/My_Ring-1/cryptoKeys/boot_disks",
+    KMS_KEY,
+])
 def test_valid_disk_kms_keys_are_accepted(tmp_path, key):
     assert gcp_stack(tmp_path, gcp={"disk_kms_key": key}).gcp.disk_kms_key == key
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "my-key",
-        "projects/ml-demo-123456/locations/us-central1/keyRings/ring",
-        "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/",
-        "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k/cryptoKeyVersions/3",
-        "//cloudkms.googleapis.com/projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k",
-        "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k\n",
-    ],
-)
+@pytest.mark.parametrize("key", [
+    "my-key",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k/cryptoKeyVersions/3",
+    "//cloudkms.googleapis.com/projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k",
+    "projects/ml-demo-123456/locations/us-central1/keyRings/ring/cryptoKeys/k\n",
+])
 def test_bad_disk_kms_keys_are_one_line_errors(tmp_path, key):
     with pytest.raises(SpecError) as info:
         gcp_stack(tmp_path, gcp={"disk_kms_key": key})
@@ -309,26 +266,16 @@ def test_public_serving_needs_an_external_address(tmp_path):
 
 # -- user values stay data -------------------------------------------------------------------------
 
-
 def test_user_values_never_reach_the_tf_files(tmp_path):
     # serve.image, serve.setup and [model] too (issue 11): the image and the model's path are
     # validated, so they carry what their grammar allows; setup is shell text, like the command.
     model = "gs://weights-bucket/m/$(id)/${var.x}/%{if-true}/v3/"
     command = NASTY.replace("'", "").replace('"', "")  # with an image: arguments, split like a shell line
-    stack = gcp_stack(
-        tmp_path,
-        "inject",
-        compute={"gpu": "t4"},
-        gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
-        serve={
-            "command": command,
-            "env": {"NASTY": NASTY, "OTHER": "$(id)"},
-            "health_path": "/h?x=${y}",
-            "image": "registry.example.com:5000/acme/ranker-nasty:v1",
-            "setup": [NASTY, "$(id)"],
-        },
-        model={"uri": model, "dir": "/models/x${y}"},
-    )
+    stack = gcp_stack(tmp_path, "inject", compute={"gpu": "t4"},
+                      gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
+                      serve={"command": command, "env": {"NASTY": NASTY, "OTHER": "$(id)"}, "health_path": "/h?x=${y}",
+                             "image": "registry.example.com:5000/acme/ranker-nasty:v1", "setup": [NASTY, "$(id)"]},
+                      model={"uri": model, "dir": "/models/x${y}"})
     rendered = stack.render()
     shipped = ("startup.sh", "launch.py", "workload.py", "workload_gcp.py")
     for path in list(rendered.workdir.glob("*.tf")) + [rendered.workdir / name for name in shipped]:
@@ -340,13 +287,8 @@ def test_user_values_never_reach_the_tf_files(tmp_path):
     assert node["node_config"]["command"] == command
     assert node["node_config"]["env"] == {"NASTY": NASTY, "OTHER": "$(id)"}
     assert values["node_config_extra"]["workload"] == {
-        "image": "registry.example.com:5000/acme/ranker-nasty:v1",
-        "args": shlex.split(command),
-        "setup": [NASTY, "$(id)"],
-        "model_uri": model,
-        "model_sha256": "",
-        "model_dir": "/models/x${y}",
-    }
+        "image": "registry.example.com:5000/acme/ranker-nasty:v1", "args": shlex.split(command),
+        "setup": [NASTY, "$(id)"], "model_uri": model, "model_sha256": "", "model_dir": "/models/x${y}"}
     module, diagnostics = TerraformConfig.load_config_dir(str(rendered.workdir))
     assert not diagnostics
 
@@ -357,21 +299,14 @@ def test_launcher_runs_the_command_verbatim_with_env_and_port(tmp_path):
     literal = NASTY.replace("'", "")
     out = tmp_path / "out"
     out.mkdir()
-    node = {
-        "stack": "s",
-        "node": "us-central1-0",
-        "port": 8123,
-        "gpus": 0,
-        "health_path": "/health",
-        "command": f"printf '%s' '{literal}' > literal.txt; printf '%s|%s' \"$NASTY\" \"$PORT\" > env.txt",
-        "env": {"NASTY": NASTY},
-    }
+    node = {"stack": "s", "node": "us-central1-0", "port": 8123, "gpus": 0, "health_path": "/health",
+            "command": f"printf '%s' '{literal}' > literal.txt; printf '%s|%s' \"$NASTY\" \"$PORT\" > env.txt",
+            "env": {"NASTY": NASTY}}
     config = tmp_path / "node.json"
     config.write_text(json.dumps(node))
     launcher = TEMPLATES / "gcp" / "launch.py"
-    result = subprocess.run(
-        [sys.executable, str(launcher), "run", str(config)], cwd=out, capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run([sys.executable, str(launcher), "run", str(config)], cwd=out, capture_output=True, text=True,
+                            timeout=30)
     assert result.returncode == 0, result.stderr
     assert (out / "literal.txt").read_text() == literal
     assert (out / "env.txt").read_text() == f"{NASTY}|8123"
@@ -395,13 +330,8 @@ def test_reference_server_ships_only_for_mlinfra_serve(tmp_path):
     assert "class Completions" in default["reference_completions"] and "class TextModel" in default["reference_textgen"]
     assert json.loads(default["reference_textgen_data"])["format"] == "mlinfra-textgen/1"
     assert len(default["reference_textgen_data"].encode()) <= 256 * 1024  # one metadata value's limit
-    shipped = (
-        "reference_server",
-        "reference_model",
-        "reference_completions",
-        "reference_textgen",
-        "reference_textgen_data",
-    )
+    shipped = ("reference_server", "reference_model", "reference_completions", "reference_textgen",
+               "reference_textgen_data")
     assert sum(len(default[key].encode()) for key in shipped) < 400 * 1024  # all metadata: 512 KB
     assert all(values[key] == "" for key in shipped)
 
@@ -422,24 +352,18 @@ def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
     (node / "mlinfra").mkdir()  # as startup.sh lays it out
     (node / "mlinfra" / "__init__.py").write_text("")
     (node / "mlinfra" / "demand.py").write_text(values["reference_model"])
-    for key, name in (
-        ("reference_completions", "completions.py"),
-        ("reference_textgen", "textgen.py"),
-        ("reference_textgen_data", "textgen.json"),
-    ):
+    for key, name in (("reference_completions", "completions.py"), ("reference_textgen", "textgen.py"),
+                      ("reference_textgen_data", "textgen.json")):
         (node / "mlinfra" / name).write_text(values[key])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     # Not this checkout's mlinfra package: only what the node has, first on the path, as on a node.
-    runner = (
-        f"import runpy, sys; sys.path.insert(0, {str(node)!r}); "
-        f"sys.argv = ['serve.py', '--port', '{port}']; runpy.run_path({str(node / 'serve.py')!r}, run_name='__main__')"
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-c", runner], env=env, cwd=node, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    runner = (f"import runpy, sys; sys.path.insert(0, {str(node)!r}); "
+              f"sys.argv = ['serve.py', '--port', '{port}']; runpy.run_path({str(node / 'serve.py')!r}, run_name='__main__')")
+    server = subprocess.Popen([sys.executable, "-c", runner], env=env, cwd=node, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
     try:
         deadline, status = time.monotonic() + 60, None
         while time.monotonic() < deadline and server.poll() is None:
@@ -450,9 +374,8 @@ def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
             except OSError:
                 time.sleep(0.1)
         assert status == 200, server.stderr.read() if server.poll() is not None else "no answer"
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/completions", data=b'{"prompt": "In the beginning", "max_tokens": 5}'
-        )
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                         data=b'{"prompt": "In the beginning", "max_tokens": 5}')
         with urllib.request.urlopen(request, timeout=30) as response:
             assert json.loads(response.read())["usage"]["completion_tokens"] == 5  # the node's own textgen
     finally:
@@ -461,7 +384,6 @@ def test_the_shipped_reference_server_runs_from_its_two_files_alone(tmp_path):
 
 
 # -- the stack's SSH key ---------------------------------------------------------------------------
-
 
 def test_ssh_key_is_made_once_private_and_reused(tmp_path):
     stack = seed_stack(tmp_path, ssh_cidrs=["203.0.113.0/24"])
@@ -493,44 +415,28 @@ def test_a_stack_without_ssh_cidrs_has_no_ssh_key(tmp_path, monkeypatch):
 
 
 def test_schema_check_runs_on_the_shared_schema():
-    assert schema.load_schema(SCHEMA)["registry.terraform.io/hashicorp/google"]["resource_schemas"][
-        "google_compute_instance"
-    ]
+    assert schema.load_schema(SCHEMA)["registry.terraform.io/hashicorp/google"]["resource_schemas"]["google_compute_instance"]
 
 
 @pytest.mark.parametrize("case", ["seed", "spot-multi-region", "private-kms", "workload"])
 def test_tfvars_satisfy_the_variable_types(tmp_path, case):
     """Terraform itself checks terraform.tfvars.json against variables.tf (a plan with no provider)."""
     if case == "seed":
-        rendered = gcp_stack(
-            tmp_path,
-            "seedsec",
-            gcp={
-                "regions": ["us-central1"],
-                "zones": ["us-central1-a"],
-                "service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com",
-            },
-            compute={"gpu": "t4", "machine_type": "n1-standard-4"},
-            serve={
-                "ssh_cidrs": ["203.0.113.0/24"],
-                "env": {"A": "b"},
-                "secrets": {"HF": "sm:projects/ml-demo-123456/secrets/hf/versions/1"},
-            },
-        ).render()
+        rendered = gcp_stack(tmp_path, "seedsec", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"],
+                                                        "service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
+                             compute={"gpu": "t4", "machine_type": "n1-standard-4"},
+                             serve={"ssh_cidrs": ["203.0.113.0/24"], "env": {"A": "b"},
+                                    "secrets": {"HF": "sm:projects/ml-demo-123456/secrets/hf/versions/1"}}).render()
     elif case == "workload":  # serve.image, serve.setup, [model] (issue 11)
-        rendered = gcp_stack(
-            tmp_path,
-            "wl",
-            compute={"gpu": "l4"},
-            gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
-            serve={"image": "vllm/vllm-openai@sha256:" + "a" * 64, "command": "--model /models/m", "setup": ["true"]},
-            model={"uri": "gs://b-models/m/", "sha256": "b" * 64, "dir": "/models/m"},
-        ).render()
+        rendered = gcp_stack(tmp_path, "wl", compute={"gpu": "l4"},
+                             gcp={"service_account": "ml-node@ml-demo-123456.iam.gserviceaccount.com"},
+                             serve={"image": "vllm/vllm-openai@sha256:" + "a" * 64, "command": "--model /models/m",
+                                    "setup": ["true"]},
+                             model={"uri": "gs://b-models/m/", "sha256": "b" * 64, "dir": "/models/m"}).render()
         assert schema.check_module(rendered.workdir, SCHEMA) == []
     elif case == "private-kms":
-        rendered = gcp_stack(
-            tmp_path, "privkms", compute={"gpu": "l4"}, gcp={"public_ip": False, "disk_kms_key": KMS_KEY}
-        ).render()
+        rendered = gcp_stack(tmp_path, "privkms", compute={"gpu": "l4"},
+                             gcp={"public_ip": False, "disk_kms_key": KMS_KEY}).render()
     else:
         rendered = render_case(tmp_path, "l4", 2, True, 3, 2)[1]
     module = tmp_path / "types"
@@ -540,14 +446,8 @@ def test_tfvars_satisfy_the_variable_types(tmp_path, case):
     (module / "outputs.tf").write_text('output "nodes" {\n  value = var.nodes\n}\n')
     env = terraform_env()
     for args in (["init", "-input=false"], ["plan", "-input=false", "-lock=false"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "mlinfra.engine._exec", *args],
-            cwd=module,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = subprocess.run([sys.executable, "-m", "mlinfra.engine._exec", *args], cwd=module, env=env,
+                                capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -555,13 +455,8 @@ def test_startup_writes_every_reference_file_the_instance_metadata_carries():
     """A file shipped as metadata but never written (or written under another name) would leave
     the node's server without a module it imports."""
     keys = set(re.findall(r'"(mlinfra-reference-[a-z-]+)"\s*=', (TEMPLATES / "gcp" / "main.tf.j2").read_text()))
-    written = dict(
-        re.findall(
-            r"^fetch_file (mlinfra-reference-[a-z-]+) (\S+)", (TEMPLATES / "gcp" / "startup.sh").read_text(), re.M
-        )
-    )
+    written = dict(re.findall(r"^fetch_file (mlinfra-reference-[a-z-]+) (\S+)", (TEMPLATES / "gcp" / "startup.sh").read_text(),
+                              re.M))
     assert keys == set(written) and len(keys) == 5
-    imported = {
-        f"/opt/mlinfra/mlinfra/{name}" for name in ("demand.py", "completions.py", "textgen.py", "textgen.json")
-    }
+    imported = {f"/opt/mlinfra/mlinfra/{name}" for name in ("demand.py", "completions.py", "textgen.py", "textgen.json")}
     assert imported <= set(written.values()) and "/opt/mlinfra/serve.py" in written.values()

@@ -29,10 +29,10 @@ ATTRIBUTES = {
 # fails (a connection lost mid-body: curl exits 18, "partial file").
 STANDINS = {
     "curl": 'key="${@: -1}"; key="${key##*/}"\n'
-    'if [ -f "$ATTRS/$key.partial" ]; then cat "$ATTRS/$key.partial"; exit 18; fi\n'
-    '[ -f "$ATTRS/$key" ] || exit 22\ncat "$ATTRS/$key"\n',
+            'if [ -f "$ATTRS/$key.partial" ]; then cat "$ATTRS/$key.partial"; exit 18; fi\n'
+            '[ -f "$ATTRS/$key" ] || exit 22\ncat "$ATTRS/$key"\n',
     "python3": 'echo "python3 $* marker=$([ -e "$ROOT/run/mlinfra/prepared" ] && echo yes || echo no)" >>"$CALLS"\n'
-    '[ ! -e "$ROOT/prepare-fails" ]\n',
+               '[ ! -e "$ROOT/prepare-fails" ]\n',
     "systemctl": 'echo "systemctl $*" >>"$CALLS"\n',
     "id": "echo 999\n",
     "useradd": 'echo "useradd $*" >>"$CALLS"\n',
@@ -53,9 +53,8 @@ def node(tmp_path):
         (bin_dir / name).write_text("#!/bin/bash\n" + body)
         (bin_dir / name).chmod(0o755)
     # Every path the script writes, moved under root: /opt, /etc, /run, /var.
-    text = re.sub(
-        r"(?<![\w.])/(opt|etc|run|var)(?=/)", lambda m: f"{root}/{m[1]}", (TEMPLATES / "gcp" / "startup.sh").read_text()
-    )
+    text = re.sub(r"(?<![\w.])/(opt|etc|run|var)(?=/)", lambda m: f"{root}/{m[1]}",
+                  (TEMPLATES / "gcp" / "startup.sh").read_text())
     script = tmp_path / "startup.sh"
     script.write_text(text)
     for line in text.splitlines():  # nothing may reach this machine's own /opt, /etc or /run
@@ -65,12 +64,7 @@ def node(tmp_path):
 
 def boot(tmp_path, node):
     root, attrs, bin_dir, script = node
-    env = {
-        "PATH": f"{bin_dir}:/usr/bin:/bin",
-        "ATTRS": str(attrs),
-        "ROOT": str(root),
-        "CALLS": str(tmp_path / "calls.log"),
-    }
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ATTRS": str(attrs), "ROOT": str(root), "CALLS": str(tmp_path / "calls.log")}
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     calls = (tmp_path / "calls.log").read_text().splitlines() if (tmp_path / "calls.log").exists() else []
     return done, calls
@@ -85,11 +79,8 @@ def test_a_boot_prepares_then_starts_the_server_that_needs_this_boots_marker(tmp
     prepare = next(i for i, call in enumerate(calls) if call.startswith("python3 "))
     assert calls[prepare] == f"python3 {root}/opt/mlinfra/launch.py prepare {root}/etc/mlinfra/node.json marker=no"
     assert calls.index("systemctl stop mlinfra-serve.service") < prepare
-    assert calls[-3:] == [
-        "systemctl daemon-reload",
-        "systemctl enable mlinfra-serve.service mlinfra-report.service",
-        "systemctl restart mlinfra-serve.service mlinfra-report.service",
-    ]
+    assert calls[-3:] == ["systemctl daemon-reload", "systemctl enable mlinfra-serve.service mlinfra-report.service",
+                          "systemctl restart mlinfra-serve.service mlinfra-report.service"]
     assert (root / "run" / "mlinfra" / "prepared").exists()
     unit = (root / "etc" / "systemd" / "system" / "mlinfra-serve.service").read_text()
     assert f"ConditionPathExists={root}/run/mlinfra/prepared" in unit.splitlines()

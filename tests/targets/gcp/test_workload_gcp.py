@@ -58,13 +58,8 @@ with open(os.path.join(os.path.dirname(__file__), "calls.jsonl"), "a") as log:
 @pytest.fixture
 def node_dir(tmp_path):
     """The node's /opt/mlinfra: launch.py and its helpers as a rendered GCP module ships them."""
-    stack = gcp_stack(
-        tmp_path,
-        "wl",
-        gcp={"service_account": SERVICE_ACCOUNT},
-        serve={"setup": ["true"]},
-        model={"uri": "gs://models/m/"},
-    )
+    stack = gcp_stack(tmp_path, "wl", gcp={"service_account": SERVICE_ACCOUNT},
+                      serve={"setup": ["true"]}, model={"uri": "gs://models/m/"})
     workdir = stack.render().workdir
     opt = tmp_path / "opt"
     opt.mkdir()
@@ -83,60 +78,30 @@ def node_dir(tmp_path):
     return opt
 
 
-def node_config(
-    tmp_path: Path, secrets: dict | None = None, command: str = 'cat "$MODEL_DIR/w.bin" > served', **workload
-) -> Path:
+def node_config(tmp_path: Path, secrets: dict | None = None, command: str = 'cat "$MODEL_DIR/w.bin" > served',
+                **workload) -> Path:
     values = {"image": "", "args": [], "setup": [], "model_uri": "", "model_sha256": "", "model_dir": ""} | workload
     config = tmp_path / "node.json"
-    config.write_text(
-        json.dumps(
-            {
-                "stack": "wl",
-                "node": "us-central1-0",
-                "port": 8000,
-                "gpus": 1,
-                "health_path": "/",
-                "env": {"MODE": "$(id)"},
-                "secrets": secrets or {},
-                "workload": values,
-                "command": command,
-            }
-        )
-    )
+    config.write_text(json.dumps({"stack": "wl", "node": "us-central1-0", "port": 8000, "gpus": 1, "health_path": "/",
+                                  "env": {"MODE": "$(id)"}, "secrets": secrets or {}, "workload": values,
+                                  "command": command}))
     return config
 
 
 def launch(tmp_path: Path, node_dir: Path, command: str, config: Path, google: Google, emulator: Emulator):
-    env = {
-        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
-        "GCE_METADATA_HOST": google.address,
-        "MLINFRA_GCS_URL": emulator.url,
-        "MLINFRA_STATE_DIR": str(tmp_path / "state"),
-        "MLINFRA_SERVICE_HOME": str(tmp_path / "home"),
-        "MLINFRA_SERVICE_USER": SERVICE_USER.pw_name,
-        "MLINFRA_SECRET_MANAGER_URL": f"http://{google.address}",
-    }
-    return subprocess.run(
-        [sys.executable, str(node_dir / "launch.py"), command, str(config)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "GCE_METADATA_HOST": google.address, "MLINFRA_GCS_URL": emulator.url,
+           "MLINFRA_STATE_DIR": str(tmp_path / "state"), "MLINFRA_SERVICE_HOME": str(tmp_path / "home"),
+           "MLINFRA_SERVICE_USER": SERVICE_USER.pw_name, "MLINFRA_SECRET_MANAGER_URL": f"http://{google.address}"}
+    return subprocess.run([sys.executable, str(node_dir / "launch.py"), command, str(config)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_prepare_fetches_the_model_once_runs_setup_and_publishes_what_the_node_runs(tmp_path, node_dir, google):
     emulator, metadata = google
     generation = emulator.upload("models", "m/w.bin", b"weights-v3")["generation"]
     model_dir = tmp_path / "models" / "m"
-    config = node_config(
-        tmp_path,
-        setup=["echo ran >> setup-ran"],
-        model_uri="gs://models/m/w.bin",
-        model_sha256=hashlib.sha256(b"weights-v3").hexdigest(),
-        model_dir=str(model_dir),
-    )
+    config = node_config(tmp_path, setup=["echo ran >> setup-ran"], model_uri="gs://models/m/w.bin",
+                         model_sha256=hashlib.sha256(b"weights-v3").hexdigest(), model_dir=str(model_dir))
     first = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert first.returncode == 0, first.stderr
     assert "model: downloading gs://models/m/w.bin (1 file, 0.0 MiB)" in first.stdout
@@ -159,15 +124,12 @@ def test_prepare_fetches_the_model_once_runs_setup_and_publishes_what_the_node_r
 def test_a_bad_checksum_fails_prepare_and_says_why_where_status_can_read_it(tmp_path, node_dir, google):
     emulator, metadata = google
     emulator.upload("models", "m/w.bin", b"tampered")
-    config = node_config(
-        tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64, model_dir=str(tmp_path / "models" / "m")
-    )
+    config = node_config(tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64,
+                         model_dir=str(tmp_path / "models" / "m"))
     done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert done.returncode == 1
-    message = (
-        f"model gs://models/m/w.bin: checksum mismatch: model.sha256 is {'0' * 64}, the download's is "
-        f"{hashlib.sha256(b'tampered').hexdigest()}"
-    )
+    message = f"model gs://models/m/w.bin: checksum mismatch: model.sha256 is {'0' * 64}, the download's is " \
+              f"{hashlib.sha256(b'tampered').hexdigest()}"
     assert f"mlinfra: {message}" in done.stderr
     assert json.loads(metadata.guest[("mlinfra", "workload")])["error"] == message
     assert not (tmp_path / "models" / "m").exists()
@@ -178,9 +140,8 @@ def test_an_image_is_pulled_then_run_with_gpus_port_and_the_model_read_only(tmp_
     emulator.upload("models", "m/a.bin", b"a")
     emulator.upload("models", "m/b.bin", b"b")
     image = "vllm/vllm-openai@sha256:" + "c" * 64
-    config = node_config(
-        tmp_path, image=image, args=["--model", "/models/m"], model_uri="gs://models/m/", model_dir="/models/m"
-    )
+    config = node_config(tmp_path, image=image, args=["--model", "/models/m"], model_uri="gs://models/m/",
+                         model_dir="/models/m")
     prepared = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert prepared.returncode == 0, prepared.stderr
     assert not Path("/models/m").exists()  # with an image, model.dir exists only inside the container
@@ -192,32 +153,9 @@ def test_an_image_is_pulled_then_run_with_gpus_port_and_the_model_read_only(tmp_
         ["docker", "pull", image],
         ["usermod", "-aG", "docker", SERVICE_USER.pw_name],
         ["docker", "rm", "-f", "mlinfra-serve"],
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--name",
-            "mlinfra-serve",
-            "--publish",
-            "8000:8000",
-            "--env",
-            "MLINFRA_NODE",
-            "--env",
-            "MLINFRA_STACK",
-            "--env",
-            "MODE",
-            "--env",
-            "MODEL_DIR",
-            "--env",
-            "PORT",
-            "--volume",
-            f"{cache}:/models/m:ro",
-            "--gpus",
-            "all",
-            image,
-            "--model",
-            "/models/m",
-        ],
+        ["docker", "run", "--rm", "--name", "mlinfra-serve", "--publish", "8000:8000",
+         "--env", "MLINFRA_NODE", "--env", "MLINFRA_STACK", "--env", "MODE", "--env", "MODEL_DIR", "--env", "PORT",
+         "--volume", f"{cache}:/models/m:ro", "--gpus", "all", image, "--model", "/models/m"],
     ]
 
 
@@ -236,35 +174,20 @@ def test_the_gate_says_why_a_node_never_started_its_server(tmp_path, node_dir, g
     the health deadline for a report that will never come."""
     emulator, metadata = google
     emulator.upload("models", "m/w.bin", b"tampered")
-    config = node_config(
-        tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64, model_dir=str(tmp_path / "models" / "m")
-    )
+    config = node_config(tmp_path, model_uri="gs://models/m/w.bin", model_sha256="0" * 64,
+                         model_dir=str(tmp_path / "models" / "m"))
     assert launch(tmp_path, node_dir, "prepare", config, metadata, emulator).returncode == 1
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", TOKEN)
     monkeypatch.setenv("MLINFRA_COMPUTE_API_URL", f"http://{metadata.address}/compute/v1")
-    stack = gcp_stack(
-        tmp_path,
-        "wl",
-        gcp={"service_account": SERVICE_ACCOUNT, "zones": ["us-central1-a"]},
-        model={"uri": "gs://models/m/w.bin"},
-        verify={"health_timeout_s": 20},
-    )
+    stack = gcp_stack(tmp_path, "wl", gcp={"service_account": SERVICE_ACCOUNT, "zones": ["us-central1-a"]},
+                      model={"uri": "gs://models/m/w.bin"}, verify={"health_timeout_s": 20})
     monkeypatch.setattr(node_checks, "BOOT_GRACE_S", 0.0)  # were the early stop lost, this waits 20 s, not 15 min
-    node = Node(
-        key="us-central1-0",
-        name="wl-us-central1-0",
-        region="us-central1",
-        replica=0,
-        endpoint="http://192.0.2.10:8000",
-        health_url="http://192.0.2.10:8000/health",
-        zone="us-central1-a",
-    )
+    node = Node(key="us-central1-0", name="wl-us-central1-0", region="us-central1", replica=0,
+                endpoint="http://192.0.2.10:8000", health_url="http://192.0.2.10:8000/health", zone="us-central1-a")
     report = verify.run(stack, [node], checks=["health"])
     health = report.results[0]
     assert not health.passed and health.summary == "no report"
-    assert health.message.startswith(
-        "the node did not start its server: model gs://models/m/w.bin: checksum mismatch: "
-    )
+    assert health.message.startswith("the node did not start its server: model gs://models/m/w.bin: checksum mismatch: ")
 
 
 def test_setup_runs_as_the_server_user_with_its_environment_and_secrets(tmp_path, node_dir, google):
@@ -286,9 +209,8 @@ def test_setup_runs_as_the_server_user_with_its_environment_and_secrets(tmp_path
 
 def test_a_failing_setup_step_publishes_its_reason_without_the_secret(tmp_path, node_dir, google):
     emulator, metadata = google
-    config = node_config(
-        tmp_path, secrets={"HF_TOKEN": f"sm:{VERSION}"}, setup=['echo "login failed for token $HF_TOKEN"; exit 3']
-    )
+    config = node_config(tmp_path, secrets={"HF_TOKEN": f"sm:{VERSION}"},
+                         setup=['echo "login failed for token $HF_TOKEN"; exit 3'])
     done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert done.returncode == 1
     error = json.loads(metadata.guest[("mlinfra", "workload")])["error"]
@@ -299,15 +221,12 @@ def test_a_failing_setup_step_publishes_its_reason_without_the_secret(tmp_path, 
 
 def test_a_secret_setup_cannot_read_is_the_nodes_reason(tmp_path, node_dir, google):
     emulator, metadata = google
-    config = node_config(
-        tmp_path, secrets={"HF_TOKEN": "sm:projects/ml-demo-123456/secrets/gone/versions/1"}, setup=["true"]
-    )
+    config = node_config(tmp_path, secrets={"HF_TOKEN": "sm:projects/ml-demo-123456/secrets/gone/versions/1"},
+                         setup=["true"])
     done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert done.returncode == 1
     error = json.loads(metadata.guest[("mlinfra", "workload")])["error"]
-    assert error.startswith(
-        "serve.setup: SecretError: secret HF_TOKEN: cannot read projects/ml-demo-123456/secrets/gone"
-    )
+    assert error.startswith("serve.setup: SecretError: secret HF_TOKEN: cannot read projects/ml-demo-123456/secrets/gone")
 
 
 @pytest.mark.parametrize("case", ["directory", "file", "under-a-file", "no-usermod"])
@@ -320,12 +239,8 @@ def test_every_boot_failure_is_published_as_the_nodes_reason(tmp_path, node_dir,
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep").write_text("not mlinfra's")
     (tmp_path / "afile").write_text("")
-    model_dir = {
-        "directory": tmp_path / "taken",
-        "file": tmp_path / "afile",
-        "under-a-file": tmp_path / "afile" / "m",
-        "no-usermod": "/models/m",
-    }[case]
+    model_dir = {"directory": tmp_path / "taken", "file": tmp_path / "afile",
+                 "under-a-file": tmp_path / "afile" / "m", "no-usermod": "/models/m"}[case]
     extra = {"image": "vllm/vllm-openai:v0.6.3"} if case == "no-usermod" else {}
     if case == "no-usermod":
         os.remove(tmp_path / "bin" / "usermod")
@@ -355,37 +270,25 @@ def test_a_failed_reference_server_install_is_the_nodes_reason_too(tmp_path, nod
     (opt / "serve.py").write_text("# the reference server, as startup.sh writes it from metadata\n")
     # launch.py's node paths (/opt/mlinfra, /usr/local/bin/mlinfra), moved under tmp_path
     launcher = node_dir / "launch.py"
-    launcher.write_text(
-        launcher.read_text()
-        .replace('"/opt/mlinfra/', f'"{opt}/')
-        .replace('"/usr/local/bin/mlinfra"', f'"{bin_dir}/mlinfra"')
-    )
+    launcher.write_text(launcher.read_text().replace('"/opt/mlinfra/', f'"{opt}/')
+                        .replace('"/usr/local/bin/mlinfra"', f'"{bin_dir}/mlinfra"'))
     if failing == "apt-get":  # no ensurepip (python3-venv missing), and the package index is locked
         (opt / "venv").write_text("")  # `python3 -m venv` fails here, as without ensurepip
-        (bin_dir / "apt-get").write_text(
-            "#!/bin/sh\necho 'E: Could not get lock /var/lib/apt/lists/lock' >&2\nexit 100\n"
-        )
+        (bin_dir / "apt-get").write_text("#!/bin/sh\necho 'E: Could not get lock /var/lib/apt/lists/lock' >&2\nexit 100\n")
         (bin_dir / "apt-get").chmod(0o755)
     else:  # the venv exists; PyPI cannot be reached
         (opt / "venv" / "bin").mkdir(parents=True)
         (opt / "venv" / "bin" / "python").write_text("")
-        (opt / "venv" / "bin" / "pip").write_text(
-            "#!/bin/sh\necho 'ERROR: No matching distribution found for aiohttp' >&2\nexit 1\n"
-        )
+        (opt / "venv" / "bin" / "pip").write_text("#!/bin/sh\necho 'ERROR: No matching distribution found for aiohttp' >&2\nexit 1\n")
         (opt / "venv" / "bin" / "pip").chmod(0o755)
     config = node_config(tmp_path, command="mlinfra serve --port 8000")  # no workload: no hooks imported
     done = launch(tmp_path, node_dir, "prepare", config, metadata, emulator)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     status = json.loads(metadata.guest[("mlinfra", "workload")])
-    command = {
-        "apt-get": "['apt-get', 'update', '-q']",
-        "pip": f"['{opt}/venv/bin/pip', 'install', '-q', 'aiohttp', 'numpy']",
-    }
-    assert status["error"] == (
-        f"mlinfra serve (the reference server): CalledProcessError: Command '{command[failing]}' "
-        f"returned non-zero exit status {100 if failing == 'apt-get' else 1}."
-    )
+    command = {"apt-get": "['apt-get', 'update', '-q']", "pip": f"['{opt}/venv/bin/pip', 'install', '-q', 'aiohttp', 'numpy']"}
+    assert status["error"] == (f"mlinfra serve (the reference server): CalledProcessError: Command '{command[failing]}' "
+                               f"returned non-zero exit status {100 if failing == 'apt-get' else 1}.")
     assert status["command"] == "mlinfra serve --port 8000"
     assert f"mlinfra: {status['error']}" in done.stderr
     assert json.loads((tmp_path / "state" / "workload.json").read_text()) == status

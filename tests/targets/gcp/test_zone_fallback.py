@@ -39,10 +39,8 @@ class RecordedFailureEngine:
     def apply(self):
         if self.texts:
             text = self.texts.pop(0)
-            raise EngineError(
-                "terraform apply failed",
-                diagnostics=[Diagnostic("error", "Error waiting for instance to create", text, address=ADDRESS)],
-            )
+            raise EngineError("terraform apply failed", diagnostics=[
+                Diagnostic("error", "Error waiting for instance to create", text, address=ADDRESS)])
         return ApplySummary(add=1, outputs={"nodes": {}})
 
     def apply_now(self, **_):  # plan and apply in one run, as `up` does when nobody reviews
@@ -54,13 +52,8 @@ class RecordedFailureEngine:
 
 @pytest.fixture
 def gcp_stack(tmp_path, monkeypatch):
-    stack = Stack(
-        name="fallback",
-        target="gcp",
-        path=tmp_path / "mlinfra.toml",
-        gcp={"project": "ml-demand-predictor", "regions": ["us-central1"]},
-        compute={"gpu": "t4"},
-    )
+    stack = Stack(name="fallback", target="gcp", path=tmp_path / "mlinfra.toml",
+                  gcp={"project": "ml-demand-predictor", "regions": ["us-central1"]}, compute={"gpu": "t4"})
     plans: list = []
     engines: list = []
 

@@ -24,9 +24,8 @@ DELAYS = 7  # moments per operation and signal, spread over the operation; plus 
 
 
 def run(cwd, *args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        MLINFRA + list(args), cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout
-    )
+    return subprocess.run(MLINFRA + list(args), cwd=cwd, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 def until_unlocked(cwd, *args) -> subprocess.CompletedProcess:
@@ -48,14 +47,8 @@ def timed(cwd, *args) -> float:
 
 def interrupt(cwd, operation: str, sig: int, moment, run_dir) -> int:
     flags = ["--yes", "--no-verify"] if operation == "up" else ["--yes"]
-    proc = subprocess.Popen(
-        MLINFRA + [operation, *flags],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen(MLINFRA + [operation, *flags], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if moment == "first record":  # just after a node process exists, before state can be saved
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
@@ -72,17 +65,14 @@ def interrupt(cwd, operation: str, sig: int, moment, run_dir) -> int:
 
 
 def test_interrupted_up_and_down_leave_no_orphan_and_recover(tmp_path):
-    write_stack(
-        tmp_path,
-        f"""
+    write_stack(tmp_path, f"""
         name = "fault"
         [local]
         regions = ["a", "b", "c"]
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
-    """,
-    )
+    """)
     run_dir = tmp_path / ".mlinfra" / "fault" / "nodes"
     durations = {"up": timed(tmp_path, "up", "--yes", "--no-verify")}
     durations["down"] = timed(tmp_path, "down", "--yes")

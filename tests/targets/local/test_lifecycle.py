@@ -19,16 +19,11 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def test_up_noop_down_with_the_reference_server(tmp_path, deployed):
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            """
+    stack = Stack.load(write_stack(tmp_path, """
         name = "e2e-ref"
         [local]
         regions = ["east", "west"]
-    """,
-        )
-    )
+    """))
     deployed(stack)
     result = stack.up()
     assert result.passed, result.verify.verdict
@@ -37,11 +32,8 @@ def test_up_noop_down_with_the_reference_server(tmp_path, deployed):
     for node in result.nodes:
         status, body = get(node.health_url)
         assert status == 200 and json.loads(body)["status"] == "ok"
-        request = urllib.request.Request(
-            node.endpoint + "/predict",
-            data=b'{"instances": [{"hour": 9}]}',
-            headers={"Content-Type": "application/json"},
-        )
+        request = urllib.request.Request(node.endpoint + "/predict", data=b'{"instances": [{"hour": 9}]}',
+                                         headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=5) as response:
             assert len(json.loads(response.read())["predictions"]) == 1
 
@@ -58,10 +50,7 @@ def test_up_noop_down_with_the_reference_server(tmp_path, deployed):
 
 
 def test_three_regions_two_replicas(tmp_path, deployed):
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            f"""
+    stack = Stack.load(write_stack(tmp_path, f"""
         name = "e2e-grid"
         [local]
         regions = ["r1", "r2", "r3"]
@@ -70,9 +59,7 @@ def test_three_regions_two_replicas(tmp_path, deployed):
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
-    """,
-        )
-    )
+    """))
     deployed(stack)
     result = stack.up(verify=False)
     keys = [n.key for n in result.nodes]
@@ -112,19 +99,14 @@ def test_scaling_out_keeps_existing_nodes(tmp_path, deployed):
 
 def test_down_after_a_node_crashed_and_with_children(tmp_path, deployed):
     # The command forks a child that would outlive its parent: down must stop it too.
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            f"""
+    stack = Stack.load(write_stack(tmp_path, f"""
         name = "e2e-crash"
         [local]
         regions = ["a", "b"]
         [serve]
         command = "sleep 300 & {HTTP_SERVER}"
         health_path = "/"
-    """,
-        )
-    )
+    """))
     deployed(stack)
     nodes = stack.up(verify=False).nodes
     assert len(stack_processes("e2e-crash")) == 4  # a server and a sleep per node
@@ -143,17 +125,12 @@ def test_down_spares_a_process_that_reused_the_port(tmp_path, deployed):
     import subprocess
     import sys
 
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            f"""
+    stack = Stack.load(write_stack(tmp_path, f"""
         name = "e2e-spare"
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
-    """,
-        )
-    )
+    """))
     deployed(stack)
     node = stack.up(verify=False).nodes[0]
     os.kill(node.pid, signal.SIGKILL)
@@ -161,11 +138,8 @@ def test_down_spares_a_process_that_reused_the_port(tmp_path, deployed):
     deadline = time.monotonic() + 5
     while port_open(port) and time.monotonic() < deadline:
         time.sleep(0.05)
-    bystander = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    bystander = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not port_open(port) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -181,19 +155,14 @@ def test_a_deleted_work_dir_leaves_no_orphan_behind(tmp_path, deployed):
     orphans, `up` stops them before starting a new copy, `down` stops what is left."""
     import shutil
 
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            f"""
+    stack = Stack.load(write_stack(tmp_path, f"""
         name = "e2e-orphan"
         [local]
         regions = ["a", "b"]
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
-    """,
-        )
-    )
+    """))
     deployed(stack)
     first = {n.pid for n in stack.up(verify=False).nodes}
     assert set(stack_processes("e2e-orphan")) == first
@@ -213,19 +182,14 @@ def test_a_deleted_work_dir_leaves_no_orphan_behind(tmp_path, deployed):
 def test_resources_without_outputs_are_no_green_and_up_repairs_them(tmp_path, deployed):
     """What a kill -9 just after apply (or Ctrl-C during down) leaves: node resources in state,
     no outputs. Nothing may pass on that; `up` writes the outputs again."""
-    stack = Stack.load(
-        write_stack(
-            tmp_path,
-            f"""
+    stack = Stack.load(write_stack(tmp_path, f"""
         name = "e2e-wedged"
         [local]
         regions = ["a"]
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
-    """,
-        )
-    )
+    """))
     deployed(stack)
     stack.up(verify=False)
     state_file = stack.workdir / "terraform.tfstate"
@@ -258,9 +222,7 @@ def test_a_squatter_on_a_node_port_is_not_the_node(tmp_path, deployed):
 
     from mlinfra.cli import app
 
-    path = write_stack(
-        tmp_path,
-        """
+    path = write_stack(tmp_path, """
         name = "e2e-squat"
         [local]
         regions = ["a"]
@@ -269,17 +231,13 @@ def test_a_squatter_on_a_node_port_is_not_the_node(tmp_path, deployed):
         health_path = "/"
         [verify]
         health_timeout_s = 5
-    """,
-    )
+    """)
     stack = Stack.load(path)
     deployed(stack)
     node = stack.up(verify=False, wait_ready=False).nodes[0]
     port = int(node.endpoint.rsplit(":", 1)[1])
-    squatter = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    squatter = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while not port_open(port) and time.monotonic() < deadline:
@@ -307,9 +265,7 @@ def test_serve_port_written_in_the_stack_file_is_the_node_port(tmp_path, deploye
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         base = probe.getsockname()[1]
-    path = write_stack(
-        tmp_path,
-        f"""
+    path = write_stack(tmp_path, f"""
         name = "e2e-port"
         [local]
         regions = ["a", "b"]
@@ -317,8 +273,7 @@ def test_serve_port_written_in_the_stack_file_is_the_node_port(tmp_path, deploye
         command = "{HTTP_SERVER}"
         health_path = "/"
         port = {base}
-    """,
-    )
+    """)
     stack = Stack.load(path)
     deployed(stack)
     nodes = stack.up(verify=False).nodes

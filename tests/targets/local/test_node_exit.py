@@ -58,37 +58,20 @@ class Launcher:
     def __init__(self, run_dir: Path, cwd: Path):
         self.run_dir, self.cwd, self.started = run_dir, cwd, []
 
-    def start(
-        self, key: str, command: str, env: dict | None = None, cwd: str | None = None, port: int | None = None
-    ) -> subprocess.CompletedProcess:
+    def start(self, key: str, command: str, env: dict | None = None, cwd: str | None = None,
+              port: int | None = None) -> subprocess.CompletedProcess:
         self.started.append(key)
         environment = os.environ | {
-            "MLINFRA_STACK": STACK,
-            "MLINFRA_NODE": key,
-            "MLINFRA_COMMAND": command,
-            "MLINFRA_PORT": str(port or free_port()),
-            "MLINFRA_CWD": str(self.cwd) if cwd is None else cwd,
-            "MLINFRA_NODE_ENV": json.dumps(env or {}),
-            "MLINFRA_RUN_DIR": str(self.run_dir),
-        }
-        return subprocess.run(
-            [sys.executable, str(NODE_PY), "start", key],
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+            "MLINFRA_STACK": STACK, "MLINFRA_NODE": key, "MLINFRA_COMMAND": command,
+            "MLINFRA_PORT": str(port or free_port()), "MLINFRA_CWD": str(self.cwd) if cwd is None else cwd,
+            "MLINFRA_NODE_ENV": json.dumps(env or {}), "MLINFRA_RUN_DIR": str(self.run_dir)}
+        return subprocess.run([sys.executable, str(NODE_PY), "start", key], env=environment,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
 
     def stop(self, key: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(NODE_PY), "stop", key],
-            env=os.environ | {"MLINFRA_RUN_DIR": str(self.run_dir)},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return subprocess.run([sys.executable, str(NODE_PY), "stop", key],
+                              env=os.environ | {"MLINFRA_RUN_DIR": str(self.run_dir)},
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -183,13 +166,10 @@ def test_start_fails_clearly_when_the_server_cannot_be_started(launcher, tmp_pat
     assert not (launcher.run_dir / "a-0.json").exists()
 
 
-@pytest.mark.parametrize(
-    "stack_env,expected",
-    [
-        ({}, "1/1/1"),
-        ({"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "4"}, "1/8/4"),
-    ],
-)
+@pytest.mark.parametrize("stack_env,expected", [
+    ({}, "1/1/1"),
+    ({"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "4"}, "1/8/4"),
+])
 def test_blas_thread_pools_default_to_one_thread(launcher, monkeypatch, stack_env, expected):
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the caller's own value does not reach the node
     command = 'echo "threads=$OPENBLAS_NUM_THREADS/$OMP_NUM_THREADS/$MKL_NUM_THREADS"'
@@ -218,8 +198,7 @@ def test_health_check_keeps_waiting_while_the_process_runs():
 def test_health_check_on_a_dead_node_names_its_exit(launcher):
     port = free_port()
     assert launcher.start("a-0", "echo 'CUDA out of memory'; exit 3", port=port).returncode == 0
-    result = check_health(
-        "n", f"http://127.0.0.1:{port}/", deadline_s=60, exited=lambda: exit_reason(launcher.run_dir, "a-0")
-    )
+    result = check_health("n", f"http://127.0.0.1:{port}/", deadline_s=60,
+                          exited=lambda: exit_reason(launcher.run_dir, "a-0"))
     assert result.summary == "exited" and result.details["last_outcome"] == "exited"
     assert "exited with code 3; last log lines: CUDA out of memory" in result.message

@@ -335,25 +335,10 @@ def test_gpus_are_attached_the_way_each_engine_takes_them():
         import workload
     finally:
         sys.path.pop(0)
-    for engine, flags in (
-        ("/usr/bin/docker", ["--gpus", "all"]),
-        ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"]),
-    ):
+    for engine, flags in (("/usr/bin/docker", ["--gpus", "all"]), ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"])):
         argv = workload.container_argv(engine, "img@sha256:" + "a" * 64, "n", 8000, ["PORT"], ["--x"], gpus=1)
-        assert argv == [
-            engine,
-            "run",
-            "--rm",
-            "--name",
-            "n",
-            "--publish",
-            "127.0.0.1:8000:8000",
-            "--env",
-            "PORT",
-            *flags,
-            "img@sha256:" + "a" * 64,
-            "--x",
-        ]
+        assert argv == [engine, "run", "--rm", "--name", "n", "--publish", "127.0.0.1:8000:8000", "--env", "PORT",
+                        *flags, "img@sha256:" + "a" * 64, "--x"]
     assert "--gpus" not in workload.container_argv("docker", "img", "n", 8000, [], [], gpus=0)
 
 
@@ -365,9 +350,7 @@ def test_an_object_name_cannot_write_outside_the_cache(tmp_path, monkeypatch):
     finally:
         sys.path.pop(0)
     for name in ("../../escaped", "a//b", "/etc/x"):
-        monkeypatch.setattr(
-            workload, "gcs_objects", lambda uri, endpoint, token, name=name: ([(name, 1, "1", "u")], False)
-        )
+        monkeypatch.setattr(workload, "gcs_objects", lambda uri, endpoint, token, name=name: ([(name, 1, "1", "u")], False))
         with pytest.raises(workload.WorkloadError, match="is not a safe relative path"):
             workload.fetch_model("gs://b/m/", "", str(tmp_path / "cache"), sys.stderr)
     assert not (tmp_path / "escaped").exists()

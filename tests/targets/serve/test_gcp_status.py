@@ -213,9 +213,7 @@ def test_a_custom_policy_is_shipped_to_the_heads_and_the_module_fits_the_schema(
 
 def test_a_policy_outside_the_stacks_directory_cannot_be_shipped(tmp_path):
     # json.decoder is importable here, but lives in the standard library, not beside the stack.
-    with pytest.raises(
-        SpecError, match=r"autoscale.policy: module 'json.decoder' is not a .py file in the stack's directory"
-    ):
+    with pytest.raises(SpecError, match=r"autoscale.policy: module 'json.decoder' is not a .py file in the stack's directory"):
         autoscaled(tmp_path, policy="json.decoder:scale").render()
 
 
