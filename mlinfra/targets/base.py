@@ -122,6 +122,10 @@ class Driver:
         """How the GPU check reaches the node: a ``verify.gpu.Runner``."""
         raise NotImplementedError
 
+    def gpu_skip(self, spec: StackSpec, node: Node) -> str | None:
+        """Why the GPU check does not apply to ``node`` (a CPU head in front of GPU workers), else None."""
+        return None
+
     def autoscale_status(self, spec: StackSpec, workspace: Workspace, nodes: list[Node]) -> dict[str, Any] | None:
         """Replicas running and their bounds (``targets/serve``); None for a fixed-size stack."""
         return None

@@ -141,6 +141,9 @@ def _gpu(stack, node) -> CheckResult:
     expected = stack.spec.compute.accelerator
     if expected is None:
         return CheckResult(node.name, "gpu", True, "no GPU requested", message='skipped: gpu = "none"', skipped=True)
+    not_here = stack.driver.gpu_skip(stack.spec, node)
+    if not_here:
+        return CheckResult(node.name, "gpu", True, "not checked", message=f"skipped: {not_here}", skipped=True)
     from mlinfra.verify import gpu
 
     # How the check reaches the node is the target's business (this machine, or SSH).

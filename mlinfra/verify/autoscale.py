@@ -46,13 +46,20 @@ def _region(stack, node) -> dict:
     return dict((stack.status().autoscale or {}).get("regions", {}).get(node.region, {"error": "not in status"}))
 
 
+def _not_checked(node, check: str, reason: str) -> CheckResult:
+    return CheckResult(node.name, check, True, f"not checked ({reason})", message=f"skipped: {reason}", skipped=True)
+
+
 def cold_start(stack, node, body: bytes, headers: dict[str, str]) -> CheckResult | None:
     """The gate's first request, timed, when the stack rests at zero replicas: that request is
     the cold start (Serve holds it while a replica starts serve.command; ``body``: from
     ``verify.request_body``, so an openai stack gets a streamed completion). None when replicas
-    are already running: the first request is then an ordinary one, and no cold start."""
+    are already running: the first request is then an ordinary one, and no cold start. Skipped,
+    with the reason, when the replicas at rest cannot be read (serve-gcp without serve.ssh_cidrs)."""
     region = _region(stack, node)
-    if "error" in region or region.get("replicas", 0) or region.get("starting", 0):
+    if "error" in region:  # the replicas at rest are unknown: the first request cannot be named
+        return _not_checked(node, "cold-start", region["error"])
+    if region.get("replicas", 0) or region.get("starting", 0):
         return None
     started = time.monotonic()
     status = _post(node.endpoint + stack.spec.verify.path, body, headers)
@@ -76,9 +83,13 @@ def check_autoscale(stack, node, body: bytes, headers: dict[str, str], idle: boo
     def replicas() -> int:
         return int(_region(stack, node).get("replicas", 0))
 
-    url = node.endpoint + stack.spec.verify.path
     started = time.monotonic()
-    at_rest = replicas()
+    region = _region(stack, node)
+    if region.get("unread"):  # the stack gives this machine no way to read them (serve-gcp without SSH)
+        return _not_checked(node, "autoscale", region["error"])
+
+    url = node.endpoint + stack.spec.verify.path
+    at_rest = int(region.get("replicas", 0))
     first = time.monotonic()
     cold_status = _post(url, body, headers)
     cold_s = time.monotonic() - first
@@ -128,6 +139,8 @@ def check_autoscale(stack, node, body: bytes, headers: dict[str, str], idle: boo
     figures.append(f"{errors} error(s) in {len(statuses) + 1} requests")
     failed = up_s is None or errors > 0 or (idle and down_s is None)
     message = "" if not failed else "replicas did not follow the load (or requests failed): " + ", ".join(figures)
+    if failed and "error" in region:  # read again while polling: a head that never answered explains the 0s
+        message += f"; the replica counts at rest could not be read: {region['error']}"
     return CheckResult(
         node.name,
         "autoscale",

@@ -59,9 +59,10 @@ _SSH_FAILURES = (
     (
         "key unusable",
         r"(Load key|Identity file) .*(No such file|not accessible|invalid format)",
-        "the stack's SSH key {key} is missing or unreadable; `mlinfra up` creates it where the stack is first "
-        "deployed (serve.ssh_cidrs set), and a checkout that read the key back from remote state has only its "
-        "public half: copy the private key from the first work dir to use SSH from here",
+        "the stack's SSH key {key} is missing or unreadable: only a stack with serve.ssh_cidrs has one (without, "
+        "its nodes take no login at all), made by `mlinfra up` where the stack is first deployed; a checkout that "
+        "read the key back from remote state has only its public half: copy the private key from the first "
+        "work dir to use SSH from here",
     ),
     (
         "connection refused",

@@ -467,6 +467,7 @@ def test_an_autoscaled_gcp_stacks_heads_spend_so_far_from_their_recorded_creatio
         compute={"gpu": "a100"},
         gcp={"service_account": SA, "regions": ["us-central1"]},
         autoscale={"min_replicas": 0, "max_replicas": 10},
+        serve={"ssh_cidrs": ["203.0.113.0/24"]},  # the head's figures are read over SSH
     )
     stack.render()
     block = (stack.workdir / "outputs.tf").read_text().split('output "nodes"')[1].split("\n  }\n")[0]
@@ -510,3 +511,28 @@ def test_an_autoscaled_gcp_stacks_heads_spend_so_far_from_their_recorded_creatio
     assert (workers.usd_per_hour, workers.usd_so_far) == (round(2 * A100_VM, 5), None)
     assert spend.usd_so_far is None  # the workers' part is unknown: the total is, not the heads' $0.67
     assert not any("no creation time" in reason for reason in spend.unknown)
+
+
+def test_without_ssh_an_autoscaled_gcp_stacks_worker_count_is_unknown_and_says_why(tmp_path, monkeypatch):
+    """No serve.ssh_cidrs: the stack has no key and its heads no login, so nothing is tried over
+    SSH and the workers' count (so the spend now) is unknown with the reason, not 0 workers."""
+    from mlinfra.nodes import Node
+    from mlinfra.targets.serve.gcp import DRIVER, NO_SSH
+
+    def no_ssh(node, workspace):
+        raise AssertionError("no SSH without serve.ssh_cidrs")
+
+    monkeypatch.setattr(DRIVER, "gpu_runner", no_ssh)
+    stack = gcp_stack(
+        tmp_path,
+        "ray",
+        compute={"gpu": "a100"},
+        gcp={"service_account": SA, "regions": ["us-central1"]},
+        autoscale={"min_replicas": 0, "max_replicas": 10},
+    )
+    head = Node("us-central1-0", "ray-us-central1-0-head", "us-central1", 0, "http://127.0.0.1:9", "")
+    scaling = DRIVER.autoscale_status(stack.spec, stack.workspace, [head])
+    spend = cost.report(stack, [head], now=CREATED_S, scaling=scaling)
+    assert spend.usd_per_hour is None
+    assert f"us-central1: how many workers run is unknown ({NO_SSH})" in spend.unknown
+    assert spend.nodes[1].name == "us-central1 workers (? of 10)"

@@ -151,7 +151,7 @@ class GcpDriver(Driver):
 
         if spec.state.backend == "local" or module.read_back_done(workspace):  # local state lives in the work dir
             return False
-        adopt.read_back(spec, placement.resolved, workspace, engine.state_pull())
+        adopt.read_back(spec, placement.resolved, workspace, engine.state_pull(), self.node_resource)
         return True
 
     def explain_init_failure(self, diagnostics: list[Any]) -> str | None:

@@ -20,14 +20,17 @@ from mlinfra.targets.gcp import module
 from mlinfra.timeutil import utc_now
 from mlinfra.workspace import Workspace
 
-NODE_RESOURCE = ("google_compute_instance", "node")
 
+def applied_nodes(state: dict[str, Any], node_resource: str) -> dict[str, dict[str, Any]]:
+    """Each node's attributes in a state document (format version 4), by node key.
 
-def applied_nodes(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each node's attributes in a state document (format version 4), by node key."""
+    ``node_resource``: the driver's ``type.name`` of a node (the GCP target's
+    ``google_compute_instance.node``, serve-gcp's heads ``google_compute_instance.head``).
+    """
+    wanted = tuple(node_resource.split(".", 1))
     found = {}
     for resource in state.get("resources") or []:
-        if resource.get("mode") == "managed" and (resource.get("type"), resource.get("name")) == NODE_RESOURCE:
+        if resource.get("mode") == "managed" and (resource.get("type"), resource.get("name")) == wanted:
             for instance in resource.get("instances") or []:
                 if isinstance(instance.get("index_key"), str):
                     found[instance["index_key"]] = instance.get("attributes") or {}
@@ -44,12 +47,14 @@ def applied_public_key(nodes: dict[str, dict[str, Any]]) -> str:
     return ""
 
 
-def read_back(spec, resolved: rules.Resolved, workspace: Workspace, state: dict[str, Any]) -> dict[str, Any]:
+def read_back(
+    spec, resolved: rules.Resolved, workspace: Workspace, state: dict[str, Any], node_resource: str
+) -> dict[str, Any]:
     """Record in the work dir what ``state`` says and the work dir lacks; returns what was read.
 
     Called once per work dir, after ``terraform init`` (the caller renders again afterwards).
     """
-    nodes = applied_nodes(state)
+    nodes = applied_nodes(state, node_resource)
     placed = {node.key: node.zone for node in rules.placement(resolved, module.zone_overrides(workspace))}
     moved = []
     for key, attributes in sorted(nodes.items()):

@@ -23,6 +23,10 @@ METRICS_PORT = 8080  # the head's Ray metrics agent (Prometheus text), read on t
 # Written by head_startup.sh; run over SSH (as root: the Ray cluster is root's) by `mlinfra status`.
 STATUS_COMMAND = ["sudo", "-n", "/opt/mlinfra/status"]
 STATUS_TIMEOUT_S = 60.0
+# Without serve.ssh_cidrs the stack has no SSH key and its heads no login (module.ssh_key): the
+# figures are then not read at all, and every reader (status, cost, verify) says why.
+NO_SSH = "replica counts are read on the head over SSH: set serve.ssh_cidrs to this machine's range"
+HEAD_GPU_SKIP = "the head is a CPU VM (the GPUs are its workers'; status counts the Ray nodes that joined)"
 # GCP's name limits (Compute API reference): a resource name is 1-63 characters; a MIG's
 # baseInstanceName 1-58, since each VM's name adds "-" and four random characters.
 NAME_LIMIT = 63
@@ -74,9 +78,12 @@ class ServeGcpDriver(GcpDriver):
 
     def notes(self, spec, placement: Placement) -> list[str]:
         a = spec.autoscale
-        return super().notes(spec, placement) + [
-            f"autoscaled by Ray Serve: {a.min_replicas}–{a.max_replicas} GPU workers per region (a regional MIG)"
-        ]
+        blind = [] if spec.serve.ssh_cidrs else [f"warning: serve.ssh_cidrs is empty: {NO_SSH} (status, cost, verify)"]
+        return (
+            super().notes(spec, placement)
+            + [f"autoscaled by Ray Serve: {a.min_replicas}–{a.max_replicas} GPU workers per region (a regional MIG)"]
+            + blind
+        )
 
     def tfvars(self, spec, placement: Placement, workspace) -> dict[str, Any]:
         base = module.tfvars(spec, placement.resolved, workspace)
@@ -165,16 +172,22 @@ class ServeGcpDriver(GcpDriver):
             "workers": workers,
         }
 
+    def gpu_skip(self, spec, node) -> str | None:
+        return HEAD_GPU_SKIP  # every node this target lists is a head
+
     def autoscale_status(self, spec, workspace, nodes: list) -> dict[str, Any] | None:
-        """Serve's own figures, read on each region's head over SSH (the stack's key, as the GPU
-        check): replicas, queue depth and the Ray nodes that joined (the head and the MIG's
+        """Serve's own figures, read on each region's head over SSH (the stack's key): replicas, queue depth and the Ray nodes that joined (the head and the MIG's
         workers). The MIG's target size would only say how many VMs were asked for, not how
-        many replicas serve; the Ray cluster's ports stay closed to the outside."""
+        many replicas serve; the Ray cluster's ports stay closed to the outside. Without
+        serve.ssh_cidrs each region is ``{"error": NO_SSH, "unread": True}``: nothing to log in with."""
         from mlinfra.errors import MlinfraError
         from mlinfra.targets.serve.local import parse_status, summary
 
         regions = {}
         for node in nodes:
+            if not spec.serve.ssh_cidrs:
+                regions[node.region] = {"endpoint": node.endpoint, "error": NO_SSH, "unread": True}
+                continue
             try:
                 done = self.gpu_runner(node, workspace).run(STATUS_COMMAND, STATUS_TIMEOUT_S)
                 figures = parse_status(done.returncode, done.stdout, done.stderr)

@@ -46,8 +46,9 @@ def prepared(stack: Stack, state: dict, monkeypatch) -> tuple[dict, StateOnly]:
     return json.loads(stack.workspace.tfvars.read_text()), engine
 
 
-def applied_state(values: dict) -> dict:
-    """The state after applying ``values`` (terraform.tfvars.json): each node's zone and metadata."""
+def applied_state(values: dict, nodes: str = "nodes", resource_name: str = "node") -> dict:
+    """The state after applying ``values`` (terraform.tfvars.json): each node's zone and metadata.
+    serve-gcp: ``values["heads"]`` as ``google_compute_instance.head``."""
     instances = [
         {
             "index_key": key,
@@ -58,9 +59,9 @@ def applied_state(values: dict) -> dict:
                 "metadata": {"block-project-ssh-keys": "true", "ssh-keys": f"mlinfra:{values['ssh_public_key']}"},
             },
         }
-        for key, node in values["nodes"].items()
+        for key, node in values[nodes].items()
     ]
-    resource = {"mode": "managed", "type": "google_compute_instance", "name": "node",
+    resource = {"mode": "managed", "type": "google_compute_instance", "name": resource_name,
                 "provider": 'provider["registry.terraform.io/hashicorp/google"]', "instances": instances}
     return {"version": 4, "serial": 3, "lineage": "0d1e", "outputs": {}, "resources": [resource]}
 
@@ -90,6 +91,41 @@ def test_a_second_checkout_renders_what_the_first_applied(tmp_path, monkeypatch)
     # Read once per work dir: the next command renders from the records, no state read.
     again, engine = prepared(second, applied_state(applied), monkeypatch)
     assert engine.pulls == 0 and again == rendered
+
+
+def test_an_autoscaled_stacks_second_checkout_reads_its_heads_key_and_zone_back(tmp_path, monkeypatch):
+    """serve-gcp's VMs are ``google_compute_instance.head`` (the driver's node_resource): read
+    back like the GCP target's nodes, or the nightly drift check plans a new key in every head
+    and a new worker instance template."""
+    sections = {
+        **SECTIONS,
+        "gcp": {**SECTIONS["gcp"], "service_account": "ray-head@ml-demo-123456.iam.gserviceaccount.com"},
+        "compute": {"gpu": "t4"},
+        "autoscale": {"min_replicas": 0, "max_replicas": 3},
+    }
+    first = Stack(name="rg", target="gcp", path=tmp_path / "laptop" / "mlinfra.toml", **sections)
+    created, _ = prepared(first, {}, monkeypatch)
+    assert created["ssh_public_key"].startswith("ssh-ed25519 ") and set(created["heads"]) == {"us-central1-0"}
+    moved_from = created["heads"]["us-central1-0"]["zone"]
+    moved_to = next(z for z in ("us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f") if z != moved_from)
+    module.record_zone_move(first.workspace, "us-central1-0", moved_from, moved_to, "stockout")
+    first.render()
+    applied = json.loads(first.workspace.tfvars.read_text())
+
+    second = Stack(name="rg", target="gcp", path=tmp_path / "ci" / "mlinfra.toml", **sections)
+    rendered, engine = prepared(second, applied_state(applied, "heads", "head"), monkeypatch)
+
+    assert engine.pulls == 1
+    assert rendered["ssh_public_key"] == applied["ssh_public_key"]
+    assert rendered["heads"]["us-central1-0"]["zone"] == moved_to
+    assert {name for name in applied if applied[name] != rendered[name]} == {"ssh_private_key_file"}
+    assert json.loads((second.workspace / module.STATE_RECORD).read_text())["nodes"] == ["us-central1-0"]
+
+
+def test_a_node_resource_of_another_name_is_not_read():
+    state = applied_state({"stack": "s", "ssh_public_key": "k", "nodes": {"r-0": {"zone": "z"}}})
+    assert set(adopt.applied_nodes(state, "google_compute_instance.node")) == {"r-0"}
+    assert adopt.applied_nodes(state, "google_compute_instance.head") == {}
 
 
 def test_stacks_with_local_state_read_nothing_back(tmp_path, monkeypatch):

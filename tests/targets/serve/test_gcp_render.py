@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from helpers import SCHEMA, gcp_stack
+from helpers import SCHEMA, TEMPLATES, gcp_stack
 from mlinfra import SpecError
 from mlinfra.clouds.gcp import schema
 from mlinfra.targets.serve.gcp import region_names
@@ -107,3 +107,14 @@ def test_the_heads_output_reads_only_attributes_the_instance_has_and_their_creat
     assert re.search(
         r"^\s*creation_timestamp\s*=\s*google_compute_instance\.head\[key\]\.creation_timestamp$", outputs, re.M
     )
+
+
+def test_heads_and_workers_carry_the_gcp_targets_ssh_keys_value_empty_without_a_key(tmp_path):
+    """No serve.ssh_cidrs: ssh_public_key is "", and the "ssh-keys" value must then be "" too,
+    not a malformed "mlinfra:" entry with no key: the GCP target's expression (templates/gcp)."""
+    rendered = autoscaled(tmp_path).render()
+    assert json.loads((rendered.workdir / "terraform.tfvars.json").read_text())["ssh_public_key"] == ""
+    gcp = re.findall(r'"ssh-keys"\s+=\s+(.+)', (TEMPLATES / "gcp" / "main.tf.j2").read_text())
+    served = re.findall(r'"ssh-keys"\s+=\s+(.+)', (rendered.workdir / "main.tf").read_text())
+    assert len(gcp) == 1 and "compact([var.ssh_public_key])" in gcp[0]
+    assert served == gcp * 2  # the head and the workers' instance template

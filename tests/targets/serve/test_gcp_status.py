@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,20 +21,24 @@ from mlinfra.cli.stack import _region_line
 from mlinfra.clouds.gcp import schema
 from mlinfra.errors import SshError
 from mlinfra.nodes import Node
-from mlinfra.targets.serve.gcp import DRIVER, STATUS_COMMAND
+from mlinfra.targets.serve.gcp import DRIVER, HEAD_GPU_SKIP, NO_SSH, STATUS_COMMAND
+from mlinfra.verify import _gpu as verify_gpu
+from mlinfra.verify.autoscale import check_autoscale, cold_start
 from mlinfra.verify.runners import RunResult
 
 SA = "ray-head@ml-demo-123456.iam.gserviceaccount.com"
 POLICY = "import math\n\n\ndef scale(ctx):\n    return math.ceil(ctx.total_num_requests / 2), {}\n"
 
 
-def autoscaled(tmp_path, **autoscale):
+def autoscaled(tmp_path, ssh_cidrs=("203.0.113.0/24",), **autoscale):
+    """The figures are read over SSH: a stack without serve.ssh_cidrs has no key (module.ssh_key)."""
     return gcp_stack(
         tmp_path,
         "ray-gcp",
         gcp={"regions": ["us-central1", "europe-west4"], "service_account": SA},
         compute={"gpu": "t4"},
         autoscale={"min_replicas": 0, "max_replicas": 3, **autoscale},
+        serve={"ssh_cidrs": list(ssh_cidrs)},
     )
 
 
@@ -108,6 +113,53 @@ def test_an_unreachable_head_is_an_error_in_its_region_not_a_crash(tmp_path, mon
     assert (scaling["replicas"], scaling["queue_depth"]) == (0, None)
 
 
+def test_without_ssh_cidrs_no_head_is_asked_and_each_region_says_why(tmp_path, monkeypatch):
+    """No serve.ssh_cidrs: the stack has no key and its heads no login (module.ssh_key), so no
+    SSH is tried (it could only fail with "key missing") and every region says what to set."""
+    stack, calls = autoscaled(tmp_path, ssh_cidrs=()), []
+    monkeypatch.setattr(DRIVER, "gpu_runner", HeadOverSsh({}, calls).runner)
+    scaling = DRIVER.autoscale_status(stack.spec, stack.workspace, [head("us-central1", "10.0.0.2")])
+    assert calls == []
+    central = scaling["regions"]["us-central1"]
+    assert central["error"] == NO_SSH and central["unread"] is True
+    assert _region_line(central, scaling) == f"replicas unknown: {NO_SSH}"
+
+
+def gate_stack(stack, scaling):
+    """What verify's autoscale checks read of a stack: its spec, driver, work dir and status."""
+    return SimpleNamespace(
+        spec=stack.spec, driver=DRIVER, workspace=stack.workspace, status=lambda: SimpleNamespace(autoscale=scaling)
+    )
+
+
+def test_without_ssh_cidrs_the_gate_skips_cold_start_and_autoscale_and_says_why(tmp_path, monkeypatch):
+    stack = autoscaled(tmp_path, ssh_cidrs=())
+    node = head("us-central1", "192.0.2.1")  # TEST-NET: never answers, and nothing should send to it
+    gate = gate_stack(stack, DRIVER.autoscale_status(stack.spec, stack.workspace, [node]))
+    first = cold_start(gate, node, b"{}", {})
+    scaled = check_autoscale(gate, node, b"{}", {})
+    for result, check in ((first, "cold-start"), (scaled, "autoscale")):
+        assert (result.check, result.status, result.summary) == (check, "skip", f"not checked ({NO_SSH})")
+
+
+def test_an_unreadable_head_skips_the_cold_start_and_names_its_error(tmp_path):
+    """With SSH set up, a head that does not answer leaves the replicas at rest unknown: the
+    first request cannot be called a cold start (the autoscale check still runs and polls)."""
+    stack = autoscaled(tmp_path)
+    node = head("us-central1", "192.0.2.1")
+    gate = gate_stack(stack, {"regions": {"us-central1": {"error": "ssh: no answer from 192.0.2.1"}}})
+    result = cold_start(gate, node, b"{}", {})
+    assert (result.status, result.message) == ("skip", "skipped: ssh: no answer from 192.0.2.1")
+
+
+@pytest.mark.parametrize("ssh_cidrs", [(), ("203.0.113.0/24",)])
+def test_the_gpu_check_skips_the_heads_they_are_cpu_vms(tmp_path, monkeypatch, ssh_cidrs):
+    stack = autoscaled(tmp_path, ssh_cidrs=ssh_cidrs)
+    monkeypatch.setattr(DRIVER, "gpu_runner", HeadOverSsh({}, []).runner)  # any SSH: KeyError
+    result = verify_gpu(gate_stack(stack, None), head("us-central1", "10.0.0.2"))
+    assert (result.check, result.status, result.message) == ("gpu", "skip", f"skipped: {HEAD_GPU_SKIP}")
+
+
 def load_app():
     spec = importlib.util.spec_from_file_location(
         "mlinfra_serve_app", TEMPLATES / "serve-local" / "mlinfra_serve_app.py"
@@ -162,3 +214,10 @@ def test_a_policy_outside_the_stacks_directory_cannot_be_shipped(tmp_path):
     # json.decoder is importable here, but lives in the standard library, not beside the stack.
     with pytest.raises(SpecError, match=r"autoscale.policy: module 'json.decoder' is not a .py file in the stack's directory"):
         autoscaled(tmp_path, policy="json.decoder:scale").render()
+
+
+def test_plan_warns_when_an_autoscaled_gcp_stack_cannot_read_its_replicas(tmp_path):
+    blind, seen = autoscaled(tmp_path / "a", ssh_cidrs=()), autoscaled(tmp_path / "b")
+    warning = f"warning: serve.ssh_cidrs is empty: {NO_SSH} (status, cost, verify)"
+    assert warning in DRIVER.notes(blind.spec, DRIVER.validate(blind.spec))
+    assert warning not in DRIVER.notes(seen.spec, DRIVER.validate(seen.spec))
