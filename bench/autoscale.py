@@ -44,7 +44,7 @@ def post(url: str) -> tuple[int, float]:
 
 
 def replicas(stack: Stack) -> int:
-    return int((stack.status().autoscale or {}).get("replicas", 0))
+    return int((stack.status().autoscale or {}).get("replicas") or 0)
 
 
 def until(what, timeout_s: float) -> float | None:
@@ -116,7 +116,7 @@ def main() -> None:
             scaling = stack.status().autoscale or {}
             if scaling.get("queue_depth") is not None:
                 depths.append(scaling["queue_depth"])
-            return int(scaling.get("replicas", 0))
+            return int(scaling.get("replicas") or 0)
 
         first = until(lambda: ramp() >= 1, 60)
         above = until(lambda: ramp() > 1, 60)

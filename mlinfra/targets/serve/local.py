@@ -175,10 +175,12 @@ def summary(spec, regions: dict[str, dict]) -> dict[str, Any]:
     None when no region could say."""
     a = spec.autoscale
     depths = [r["queue_depth"] for r in regions.values() if r.get("queue_depth") is not None]
+    # Totals over the regions that answered; None when none did (an unread count is not a zero).
+    read = [r for r in regions.values() if "replicas" in r]
     return {
         "engine": "ray-serve",
-        "replicas": sum(r.get("replicas", 0) for r in regions.values()),
-        "starting": sum(r.get("starting", 0) for r in regions.values()),
+        "replicas": sum(r["replicas"] for r in read) if read else None,
+        "starting": sum(r.get("starting", 0) for r in read) if read else None,
         "queue_depth": sum(depths) if depths else None,
         "min_replicas": a.min_replicas,
         "max_replicas": a.max_replicas,

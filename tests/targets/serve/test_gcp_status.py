@@ -110,7 +110,7 @@ def test_an_unreachable_head_is_an_error_in_its_region_not_a_crash(tmp_path, mon
     monkeypatch.setattr(DRIVER, "gpu_runner", HeadOverSsh({"10.0.0.2": refused}, []).runner)
     scaling = DRIVER.autoscale_status(stack.spec, stack.workspace, [head("us-central1", "10.0.0.2")])
     assert scaling["regions"]["us-central1"]["error"] == "ssh: mlinfra@10.0.0.2:22 refused the stack's SSH key"
-    assert (scaling["replicas"], scaling["queue_depth"]) == (0, None)
+    assert (scaling["replicas"], scaling["starting"], scaling["queue_depth"]) == (None, None, None)  # unread, not 0
 
 
 def test_without_ssh_cidrs_no_head_is_asked_and_each_region_says_why(tmp_path, monkeypatch):
