@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 
 import pytest
 
@@ -51,3 +52,16 @@ def pytest_addoption(parser):
 @pytest.fixture
 def update_golden(request) -> bool:
     return request.config.getoption("--update-golden")
+
+
+@pytest.fixture
+def spy_terraform(tmp_path, monkeypatch):
+    """A `terraform` that only records that it ran (MLINFRA_TERRAFORM): the marker file it returns
+    exists once any Terraform command ran. Bad input, a refused budget and read-only listings
+    must leave it absent."""
+    marker = tmp_path / "terraform-ran"
+    spy = tmp_path / "terraform"
+    spy.write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 1\n')
+    spy.chmod(spy.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("MLINFRA_TERRAFORM", str(spy))
+    return marker

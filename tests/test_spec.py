@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ def expected_error(path: Path) -> str:
 def test_corpus_is_large_enough():
     assert len(BAD_FILES) >= 30
 
-
-@pytest.fixture
-def spy_terraform(tmp_path, monkeypatch):
-    """A `terraform` that only records that it ran: any call at all is a failure here."""
-    marker = tmp_path / "terraform-ran"
-    spy = tmp_path / "terraform"
-    spy.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 1\n")
-    spy.chmod(spy.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("MLINFRA_TERRAFORM", str(spy))
-    return marker
 
 
 @pytest.mark.parametrize("command", ["up", "plan", "render", "down", "status"])

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import re
-import stat
 import time
 from pathlib import Path
 
@@ -247,16 +246,6 @@ def test_cost_of_a_stack_that_is_not_deployed(tmp_path, monkeypatch):
 
 # -- the budget guard ----------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def spy_terraform(tmp_path, monkeypatch):
-    """A `terraform` that only records that it ran (as tests/test_spec.py's corpus uses)."""
-    marker = tmp_path / "terraform-ran"
-    spy = tmp_path / "terraform"
-    spy.write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 1\n')
-    spy.chmod(spy.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("MLINFRA_TERRAFORM", str(spy))
-    return marker
 
 
 def gcp_file(project: Path, limit: float, replicas: int = 3, regions: str = '"us-central1"') -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import stat
 
 import pytest
 from typer.testing import CliRunner
@@ -26,16 +25,6 @@ def emulator(monkeypatch):
     yield server
     server.stop()
 
-
-@pytest.fixture
-def spy_terraform(tmp_path, monkeypatch):
-    """A `terraform` that only records that it ran: listing environments must never run it."""
-    marker = tmp_path / "terraform-ran"
-    spy = tmp_path / "terraform"
-    spy.write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 1\n')
-    spy.chmod(spy.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("MLINFRA_TERRAFORM", str(spy))
-    return marker
 
 
 def closed_port() -> int:
