@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from helpers import stack_processes
+from helpers import Emulator, stack_processes
 from mlinfra import Stack
 
 # What the caller's environment must not leak into a test: a CI step summary file, mlinfra's
@@ -65,3 +65,13 @@ def spy_terraform(tmp_path, monkeypatch):
     spy.chmod(spy.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("MLINFRA_TERRAFORM", str(spy))
     return marker
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    """A real fake-gcs-server (helpers.Emulator), stopped after the test; no STORAGE_EMULATOR_HOST
+    from outside leaks into what the test runs."""
+    server = Emulator()
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    yield server
+    server.stop()

@@ -129,3 +129,12 @@ def seed_stack(tmp_path: Path, **serve) -> "Stack":
     return gcp_stack(tmp_path, "demand-predictor", gcp={"regions": ["us-central1"], "zones": ["us-central1-a"]},
                      compute={"gpu": "nvidia-tesla-t4", "gpu_count": 1, "machine_type": "n1-standard-4"},
                      serve={"port": 8000, **serve})
+
+
+def instance_schema() -> dict:
+    """google_compute_instance's block in the real provider schema (read from ../shared, cached)."""
+    from mlinfra.clouds.gcp import schema
+
+    return schema.load_schema(SCHEMA)["registry.terraform.io/hashicorp/google"]["resource_schemas"][
+        "google_compute_instance"
+    ]["block"]

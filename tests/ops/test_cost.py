@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import HTTP_SERVER, SCHEMA, gcp_stack, write_stack
+from helpers import HTTP_SERVER, gcp_stack, instance_schema, write_stack
 from typer.testing import CliRunner
 
 from mlinfra import Stack
@@ -85,11 +85,6 @@ def write_gcp_state(stack, created: dict[str, str], machine_type: str = "n1-stan
     stack.workdir.mkdir(parents=True, exist_ok=True)
     (stack.workdir / "terraform.tfstate").write_text(json.dumps(state))
     return state
-
-
-def instance_schema() -> dict:
-    schemas = json.loads(SCHEMA.read_text())["provider_schemas"]
-    return next(iter(schemas.values()))["resource_schemas"]["google_compute_instance"]["block"]
 
 
 def test_the_recorded_state_uses_the_providers_attribute_names(tmp_path):

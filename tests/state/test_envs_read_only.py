@@ -8,22 +8,13 @@ from __future__ import annotations
 import json
 import socket
 
-import pytest
 from typer.testing import CliRunner
 
-from helpers import Emulator, write_stack
+from helpers import write_stack
 from mlinfra.cli import app
 
 runner = CliRunner()
 ENDPOINT = "http://127.0.0.1:8123"  # the dev node's endpoint in the recorded state
-
-
-@pytest.fixture
-def emulator(monkeypatch):
-    server = Emulator()
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    yield server
-    server.stop()
 
 
 

@@ -20,20 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from helpers import HTTP_SERVER, Emulator, stack_processes, write_stack
 
 from mlinfra import Stack
 
 MLINFRA = [sys.executable, "-m", "mlinfra"]
-
-
-@pytest.fixture
-def emulator(monkeypatch):
-    server = Emulator()
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    yield server
-    server.stop()
 
 
 def gcs_stack(tmp_path: Path, emulator: Emulator, name: str, *, regions='["a"]', extra_serve="") -> Path:

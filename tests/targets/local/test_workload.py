@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import HTTP_SERVER, TEMPLATES, Emulator, write_stack
+from helpers import HTTP_SERVER, TEMPLATES, write_stack
 
 from mlinfra import Stack
 from mlinfra.errors import EngineError, MlinfraError
@@ -28,12 +28,10 @@ SHOW_MODEL = "cat $MODEL_DIR/weights.bin > seen-model && " + HTTP_SERVER
 
 
 @pytest.fixture
-def emulator(monkeypatch):
-    server = Emulator()
-    server.create_bucket("models")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)  # read by the launcher, never by the node
-    yield server
-    server.stop()
+def emulator(emulator, monkeypatch):  # conftest's, with the models bucket and the launcher told where it is
+    emulator.create_bucket("models")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)  # read by the launcher, never by the node
+    return emulator
 
 
 def stack_file(tmp_path: Path, name: str, serve: str, model: str = "") -> Path:

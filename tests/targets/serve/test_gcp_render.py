@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from helpers import SCHEMA, TEMPLATES, gcp_stack
+from helpers import SCHEMA, TEMPLATES, gcp_stack, instance_schema
 from mlinfra import SpecError
 from mlinfra.clouds.gcp import schema
 from mlinfra.targets.serve.gcp import region_names
@@ -100,8 +100,7 @@ def test_the_heads_output_reads_only_attributes_the_instance_has_and_their_creat
     outputs = (rendered.workdir / "outputs.tf").read_text()
     used = set(re.findall(r"google_compute_instance\.head\[key\]\.([a-z_]+)", outputs))
     assert {"creation_timestamp", "machine_type"} <= used
-    schemas = json.loads(SCHEMA.read_text())["provider_schemas"]
-    block = next(iter(schemas.values()))["resource_schemas"]["google_compute_instance"]["block"]
+    block = instance_schema()
     assert used <= set(block["attributes"]) | set(block["block_types"])
     assert block["attributes"]["creation_timestamp"]["computed"]
     assert re.search(
