@@ -101,6 +101,16 @@ def test_a_local_stack_command_imports_no_google_cloud_code():
     assert result.stdout.strip() == "[]"
 
 
+def test_loading_a_stack_loads_no_verification_machinery():
+    """Every stack loads the [verify] section (mlinfra.verify.section), and with it the verify
+    package; its thread pool, report writer and XML stay for commands that verify."""
+    code = ("import sys; from mlinfra import Stack; Stack(name='arch', path='/nonexistent/mlinfra.toml'); "
+            "print(sorted(m for m in ('mlinfra.verify', 'concurrent.futures', 'mlinfra.verify.report', "
+            "'xml.etree.ElementTree') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "['mlinfra.verify']"  # the package itself: the check could see it
+
+
 def test_a_stack_without_autoscale_never_imports_ray():
     """Ray is an extra: importing mlinfra, and validating, rendering and asking the status of a stack
     without [autoscale], load none of it (nor the Ray Serve driver)."""

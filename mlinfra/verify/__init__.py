@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mlinfra.errors import UsageError
 from mlinfra.jsondata import Result
-from mlinfra.verify.report import passed, verdict
 from mlinfra.verify.result import CheckResult
 
 CHECKS = ("health", "gpu", "latency", "autoscale")
@@ -38,10 +36,14 @@ class VerifyReport(Result):
 
     @property
     def passed(self) -> bool:
+        from mlinfra.verify.report import passed
+
         return passed(self.results)
 
     @property
     def verdict(self) -> str:
+        from mlinfra.verify.report import verdict
+
         return verdict(self.results)
 
 
@@ -91,6 +93,8 @@ def run(
         results[(result.node, result.check)] = result
         notify(result)
         return result
+
+    from concurrent.futures import ThreadPoolExecutor  # here: every stack loads this package (verify.section)
 
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(nodes)))) as pool:
         if "health" in checks:
