@@ -202,6 +202,11 @@ def identity_problem(run_dir: Path, key: str) -> str | None:
     inodes = _listening_inodes(int(port)) if port and Path("/proc/net/tcp").exists() else set()
     if not inodes:
         return None
+    # Most servers hold their own socket: the recorded pid, still carrying the node's token (not a
+    # reused pid), settles it without reading every process's environment.
+    pid = record.get("pid")
+    if pid and _holders(inodes, [pid]) and f"{TOKEN_VAR}={token}".encode() in _environ(pid):
+        return None
     ours = [pid for pid, node_token in stack_processes(run_dir).items() if node_token == token]
     if _holders(inodes, ours):
         return None
