@@ -6,6 +6,10 @@ import sys
 
 def main() -> None:
     try:
+        if sys.argv[1:2] == ["serve"]:  # the reference server needs none of the CLI (Typer, click)
+            from mlinfra.serve import main_process
+
+            main_process(sys.argv[2:])
         from mlinfra.cli import app
 
         app()

@@ -111,6 +111,17 @@ def test_loading_a_stack_loads_no_verification_machinery():
     assert result.stdout.strip() == "['mlinfra.verify']"  # the package itself: the check could see it
 
 
+def test_mlinfra_serve_starts_the_server_without_the_cli():
+    """`mlinfra serve` (every default stack's node command) runs the reference server without
+    importing Typer or click: ten nodes starting at once pay for every import."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlinfra", "serve", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: mlinfra serve" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "mlinfra.serve" in imported  # the check could see the server's own import
+    assert not {"typer", "click", "mlinfra.cli"} & imported
+
+
 def test_a_stack_without_autoscale_never_imports_ray():
     """Ray is an extra: importing mlinfra, and validating, rendering and asking the status of a stack
     without [autoscale], load none of it (nor the Ray Serve driver)."""
