@@ -62,14 +62,14 @@ def executables(folder, scripts: dict[str, str]) -> None:
 def config(tmp_path_factory) -> dict:
     """The head's config (metadata mlinfra-head) as an autoscaled stack with a custom policy renders it."""
     folder = tmp_path_factory.mktemp("stack")
-    package = folder / "ray-gcp" / "gcp_policies"
+    package = folder / "ray-gcp" / "head_policies"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "tokens.py").write_text(POLICY)
     account = "ray-head@ml-demo-123456.iam.gserviceaccount.com"
     stack = gcp_stack(folder, "ray-gcp", compute={"gpu": "t4"}, serve={"ssh_cidrs": ["203.0.113.0/24"]},
                       gcp={"regions": ["us-central1"], "service_account": account},
-                      autoscale={"min_replicas": 0, "max_replicas": 3, "policy": "gcp_policies.tokens:scale"})
+                      autoscale={"min_replicas": 0, "max_replicas": 3, "policy": "head_policies.tokens:scale"})
     values = json.loads((stack.render().workdir / "terraform.tfvars.json").read_text())
     return values["heads"]["us-central1-0"]["config"]
 
@@ -114,7 +114,7 @@ def test_a_first_boot_writes_every_file_whole_and_starts_the_head(tmp_path, head
     autoscaler = json.loads((opt / "autoscaler.json").read_text())
     assert autoscaler == config["autoscaler"] | {
         "provider": config["autoscaler"]["provider"] | {"head_ip": google.network_ip}}
-    assert (opt / "policy" / "gcp_policies" / "tokens.py").read_text() == POLICY
+    assert (opt / "policy" / "head_policies" / "tokens.py").read_text() == POLICY
     assert calls[:2] == [f"python3 -m venv {opt}/venv", f"pip install -q {RAY}"]
     assert calls[2:] == [
         f"ray start --head --port=6379 --num-cpus=0 --include-dashboard=false --disable-usage-stats "
