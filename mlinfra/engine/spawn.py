@@ -97,6 +97,7 @@ def _stop_when_orphaned() -> None:
 # -- the standby ------------------------------------------------------------------------------
 
 _standby: tuple[subprocess.Popen, socket.socket, list[str], dict[str, str]] | None = None
+_exit_hook: list = []  # discard_standby, registered with atexit once
 
 
 def start_standby() -> None:
@@ -115,7 +116,8 @@ def start_standby() -> None:
     finally:
         theirs.close()
     _standby = (proc, ours, command, env)
-    atexit.register(discard_standby)
+    if not _exit_hook:
+        _exit_hook.append(atexit.register(discard_standby))
 
 
 def _claim(
