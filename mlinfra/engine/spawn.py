@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +37,8 @@ def terraform_command() -> list[str]:
     binary = os.environ.get(ENV_BINARY, "").strip()
     if not binary:
         return [sys.executable, "-m", SHIM]
+    import shutil  # with bz2 and lzma: not for the bundled Terraform
+
     found = shutil.which(binary)
     if not found:
         from mlinfra.errors import UsageError
