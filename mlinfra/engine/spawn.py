@@ -18,18 +18,20 @@ The standby touches nothing before its claim, and one never claimed is killed wh
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+
+TYPE_CHECKING = False  # the standby starts first thing: no typing, pathlib or json before it
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 ENV_BINARY = "MLINFRA_TERRAFORM"
 SHIM = "mlinfra.engine._exec"
-STANDBY_FLAG = "--standby"  # `python -m mlinfra.engine._exec --standby FD`: wait on socket FD for the command
+STANDBY_FLAG = "--standby"  # `python -m mlinfra.engine._exec --standby FD PID`: wait on socket FD; PID: mlinfra
 
 
 def terraform_command() -> list[str]:
@@ -55,7 +57,7 @@ def terraform_env() -> dict[str, str]:
     """
     env = dict(os.environ)
     config = env.get("TF_CLI_CONFIG_FILE")
-    if config is not None and not Path(config).expanduser().is_file():
+    if config is not None and not os.path.isfile(os.path.expanduser(config)):
         env.pop("TF_CLI_CONFIG_FILE")
     env.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
     return env
@@ -68,7 +70,11 @@ def popen(
     return _claim(command, args, workdir, env, hold) or _start(command + args, workdir, env, tuple(hold))
 
 
-def _start(argv: list[str], workdir: Path | str, env: dict[str, str], pass_fds: tuple[int, ...]) -> subprocess.Popen:
+def _start(
+    argv: list[str], workdir: Path | str, env: dict[str, str], pass_fds: tuple[int, ...], orphan_signal: bool = True
+) -> subprocess.Popen:
+    """``orphan_signal``: set the parent-death signal between fork and exec (the standby sets its
+    own, which spares mlinfra a fork that runs Python code: Popen then returns sooner)."""
     return subprocess.Popen(
         argv,
         cwd=workdir,
@@ -80,11 +86,11 @@ def _start(argv: list[str], workdir: Path | str, env: dict[str, str], pass_fds: 
         process_group=0,  # our own group: Ctrl-C reaches Terraform only through us
         umask=0o077,  # state, plans and the local nodes' records and logs: readable by their owner only
         pass_fds=pass_fds,
-        preexec_fn=_stop_when_orphaned,
+        preexec_fn=_stop_when_orphaned if orphan_signal else None,
     )
 
 
-def _stop_when_orphaned() -> None:
+def _stop_when_orphaned() -> None:  # also called by the standby, in its own process
     """In Terraform's process, before it starts: if mlinfra dies (even by kill -9), the kernel
     sends Terraform SIGINT, its graceful stop: state saved, nothing left half-running. Linux only."""
     try:
@@ -110,7 +116,8 @@ def start_standby() -> None:
     command, env = terraform_command(), terraform_env()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        proc = _start([*command, STANDBY_FLAG, str(theirs.fileno())], os.getcwd(), env, (theirs.fileno(),))
+        argv = [*command, STANDBY_FLAG, str(theirs.fileno()), str(os.getpid())]
+        proc = _start(argv, os.getcwd(), env, (theirs.fileno(),), orphan_signal=False)
     except OSError:
         ours.close()
         return  # no standby: the first command starts its process as usual (and reports what fails)
@@ -128,11 +135,13 @@ def _claim(
     global _standby
     if _standby is None:
         return None
+    import json
+
     proc, control, started_as, started_env = _standby
     _standby = None
-    request = json.dumps({"argv": args, "cwd": str(Path(workdir).resolve())}).encode()
+    request = json.dumps({"argv": args, "cwd": os.path.realpath(workdir)}).encode()
     try:
-        if command != started_as or env != started_env or not Path(workdir).is_dir() or proc.poll() is not None:
+        if command != started_as or env != started_env or not os.path.isdir(workdir) or proc.poll() is not None:
             raise OSError("the standby does not fit this command")
         socket.send_fds(control, [request], list(hold))
     except OSError:
