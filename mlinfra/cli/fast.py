@@ -84,5 +84,5 @@ def run(argv: list[str]) -> int | None:
     except KeyboardInterrupt:  # as the typer group does: the interrupt's own message was shown
         return 130
     except BrokenPipeError:  # as click does: a reader that went away (`| head`) is exit 1, quietly
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until exit, so the final flush fails nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit goes nowhere
         return 1

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 TYPE_CHECKING = False  # the standby starts first thing: no typing, pathlib or json before it
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ def _stop_when_orphaned() -> None:  # also called by the standby, in its own pro
 
 _standby: tuple[subprocess.Popen, socket.socket, list[str], dict[str, str]] | None = None
 _exit_hook: list = []  # discard_standby, registered with atexit once
+_taken = threading.Lock()  # one claim at a time
 
 
 def start_standby() -> None:
@@ -133,12 +135,13 @@ def _claim(
 ) -> subprocess.Popen | None:
     """Hand the standby its command; None when there is none or it does not fit (then discarded)."""
     global _standby
-    if _standby is None:
+    with _taken:
+        standby, _standby = _standby, None
+    if standby is None:
         return None
     import json
 
-    proc, control, started_as, started_env = _standby
-    _standby = None
+    proc, control, started_as, started_env = standby
     request = json.dumps({"argv": args, "cwd": os.path.realpath(workdir)}).encode()
     try:
         if command != started_as or env != started_env or not os.path.isdir(workdir) or proc.poll() is not None:
@@ -154,10 +157,10 @@ def _claim(
 def discard_standby() -> None:
     """Stop an unclaimed standby (it has loaded Terraform and waits: nothing to undo)."""
     global _standby
-    if _standby is not None:
-        proc, control, _, _ = _standby
-        _standby = None
-        _discard(proc, control)
+    with _taken:
+        standby, _standby = _standby, None
+    if standby is not None:
+        _discard(standby[0], standby[1])
 
 
 def _discard(proc: subprocess.Popen, control: socket.socket) -> None:

