@@ -116,13 +116,16 @@ def start_standby() -> None:
     if _standby is not None or os.environ.get(ENV_BINARY, "").strip():
         return
     command, env = terraform_command(), terraform_env()
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:  # a message at a time, with descriptors: Linux has it (macOS has no SOCK_SEQPACKET)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except (OSError, AttributeError):
+        return  # no standby: the first command starts its process as usual
     try:
         argv = [*command, STANDBY_FLAG, str(theirs.fileno()), str(os.getpid())]
         proc = _start(argv, os.getcwd(), env, (theirs.fileno(),), orphan_signal=False)
     except OSError:
         ours.close()
-        return  # no standby: the first command starts its process as usual (and reports what fails)
+        return  # as above (and that start reports what fails)
     finally:
         theirs.close()
     _standby = (proc, ours, command, env)

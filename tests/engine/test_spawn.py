@@ -95,6 +95,15 @@ def test_no_standby_for_a_terraform_binary_of_the_users(monkeypatch):
     assert spawn._standby is None
 
 
+def test_no_standby_where_the_system_has_no_such_socket(monkeypatch):
+    def unsupported(*args):
+        raise OSError(93, "Protocol not supported")  # macOS: no SOCK_SEQPACKET for AF_UNIX
+
+    monkeypatch.setattr(spawn.socket, "socketpair", unsupported)
+    spawn.start_standby()
+    assert spawn._standby is None
+
+
 def test_an_unclaimed_standby_ends_with_mlinfra():
     done = subprocess.run([sys.executable, "-c", STARTS_STANDBY], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
