@@ -26,9 +26,13 @@ def _loaded() -> None:
 
 
 def main() -> None:
-    gc.disable()
-    atexit.register(gc.freeze)  # registered first, so it runs last: no final collection either
     try:
+        if sys.argv[1:2] == ["serve"]:  # the reference server needs none of the CLI (Typer, click)
+            from mlinfra.serve import main_process
+
+            main_process(sys.argv[2:])  # a long-lived process: none of the start-up tricks below
+        gc.disable()
+        atexit.register(gc.freeze)  # registered first, so it runs last: no final collection either
         command = sys.argv[1] if len(sys.argv) > 1 else ""
         usual = "--help" not in sys.argv
         if command in _RUN_TERRAFORM and usual:

@@ -153,7 +153,7 @@ class Stack(StateCommands):
             from mlinfra import verify as verification
 
             report = verification.run(self, found, checks=None if verify else ["health"], on_result=on_result)
-            found = [self._probe(node) for node in found]
+            found = node_probe.probe_all(found, self.exited)
         return UpResult(
             self.name, summary, summary.has_changes, found, time.monotonic() - started, report, moves, swept
         )
@@ -213,7 +213,7 @@ class Stack(StateCommands):
             )
         holder = self.lock().holder()
         outputs = self._outputs(None)
-        found = [self._probe(node) for node in self.driver.discover(outputs, self.workspace)]
+        found = node_probe.probe_all(self.driver.discover(outputs, self.workspace), self.exited)
         orphans = self.driver.orphans(self.workspace)
         result = StatusResult(
             self.name, self.target, bool(found), self.workdir, found, holder, orphans, self.incomplete()
@@ -295,9 +295,6 @@ class Stack(StateCommands):
             raise UsageError(f"stack {self.name!r} is protected (protected = true); pass --force to {action} it")
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _probe(self, node: node_probe.Node) -> node_probe.Node:
-        return node_probe.probe(node, self.exited(node))
 
     def lock(self) -> Any:
         """The stack's lock: a file lock for local state, Terraform's lock object for GCS."""

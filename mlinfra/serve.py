@@ -357,5 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main_process(argv: list[str] | None = None) -> None:
+    """``main`` as a process of its own (``python -m mlinfra.serve``, ``mlinfra serve``): once the
+    server has closed its sockets and said so, leave without the interpreter's teardown, which
+    finalizes every module aiohttp and asyncio loaded: ~45 ms of CPU per server, paid by every
+    node a destroy or rebuild stops (ten at once on a small machine)."""
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main_process()

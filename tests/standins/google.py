@@ -8,6 +8,13 @@ Metadata server (what the node sees at http://metadata.google.internal, header "
 - GET /computeMetadata/v1/instance/attributes/KEY → the value as text with an ETag header;
   ``?wait_for_change=true&last_etag=E&timeout_sec=N`` answers when the value's ETag differs from E
   (cloud.google.com/compute/docs/metadata/querying-metadata, "Waiting for metadata changes");
+- GET /computeMetadata/v1/instance/network-interfaces/0/ip → the VM's internal (VPC) address as text
+  (cloud.google.com/compute/docs/metadata/predefined-metadata-keys, instance/network-interfaces/);
+- what a metadata read can meet on the way, by attribute KEY (or "network-interfaces/0/ip"):
+  ``flaky[KEY]``, statuses answered before the value (a 503 is what the metadata server answers while
+  it is unavailable; curl's --retry retries 408, 429, 500, 502, 503 and 504), and ``cut``, keys whose
+  value stops halfway (the full Content-Length, half the body, then the connection closes: curl
+  exits 18, "partial file");
 - PUT and GET /computeMetadata/v1/instance/guest-attributes/NAMESPACE/KEY: write and read a guest
   attribute (cloud.google.com/compute/docs/metadata/manage-guest-attributes).
 
@@ -42,9 +49,14 @@ COMPUTE = "/compute/v1/projects/"
 class Google:
     """Start with ``Google.start(...)``; ``address`` is host:port; ``stop()`` when done."""
 
-    def __init__(self, *, secrets: dict[str, str] | None = None, attributes: dict[str, str] | None = None):
+    def __init__(self, *, secrets: dict[str, str] | None = None, attributes: dict[str, str] | None = None,
+                 network_ip: str = "10.128.0.7"):
         self.secrets = dict(secrets or {})  # version name → value
         self.attributes = dict(attributes or {})  # instance metadata (one instance)
+        self.network_ip = network_ip
+        self.flaky: dict[str, list[int]] = {}  # metadata key → statuses to answer first, in order
+        self.cut: set[str] = set()  # metadata keys whose value stops halfway
+        self.reads: list[str] = []  # the metadata keys asked for, in order (each try)
         self.guest: dict[tuple[str, str], str] = {}  # (namespace, key) → value
         self.puts: list[str] = []  # the guest-attribute paths written, in order
         self.changed = threading.Condition()
@@ -121,6 +133,10 @@ def _handler(google: Google):
                 return None
             if url.path.startswith(METADATA + "attributes/"):
                 return self.metadata_attribute(url.path.removeprefix(METADATA + "attributes/"), query)
+            if url.path == METADATA + "network-interfaces/0/ip":
+                if self.metadata_only() and self.answered_as_asked("network-interfaces/0/ip", google.network_ip):
+                    self.reply(google.network_ip)
+                return None
             if url.path.startswith(METADATA + "guest-attributes/"):
                 namespace, _, key = url.path.removeprefix(METADATA + "guest-attributes/").partition("/")
                 if self.metadata_only():
@@ -141,8 +157,27 @@ def _handler(google: Google):
                 return self.compute(url.path, query)
             return self.send_error(404)
 
+        def answered_as_asked(self, key: str, value: str) -> bool:
+            """False when a ``flaky`` status or a ``cut`` answered this read instead of the value."""
+            google.reads.append(key)
+            if google.flaky.get(key):
+                self.send_error(google.flaky[key].pop(0))
+                return False
+            if key in google.cut:
+                raw = value.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw[: len(raw) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return False
+            return True
+
         def metadata_attribute(self, key: str, query: dict):
             if not self.metadata_only():
+                return None
+            if not self.answered_as_asked(key, google.attributes.get(key, "")):
                 return None
             with google.changed:
                 if key not in google.attributes:

@@ -1,5 +1,6 @@
 """The values for ``templates/gcp/``: the only way user values reach the GCP module, plus the
-stack's own SSH key and zone fallback's record, which live in the work dir beside it."""
+stack's own SSH key and zone fallback's record, which live in the work dir beside it (the moves
+it keeps also go into the state, as ``zone_fallbacks``: what a fresh work dir reads back, adopt.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
     image = image_path(stack.gcp.image, gpu)
     disk_type = machine.disk if machine else "pd-balanced"
     nodes = {}
-    for node in rules.placement(resolved, zone_overrides(workspace)):
+    placed = rules.placement(resolved, zone_overrides(workspace))
+    for node in placed:
         nodes[node.key] = {
             "region": node.region,
             "replica": node.replica,
@@ -95,6 +97,7 @@ def tfvars(stack, resolved: rules.Resolved, workspace: Workspace) -> dict[str, A
             for variable, name in REFERENCE_TEXTGEN.items()
         },
         "nodes": nodes,
+        "zone_fallbacks": zone_fallbacks(workspace, placed),  # in the state (zone_fallback.tf): adopt.py
         "node_config_extra": node_config_extra(stack),
         "node_check": node_checks.settings(stack),  # what each node checks on itself (guest_report.py)
     }
@@ -192,9 +195,26 @@ def zone_moves(workspace: Workspace) -> list[dict]:
         return []
 
 
+def latest_moves(workspace: Workspace) -> dict[str, dict]:
+    """Each moved node's latest move."""
+    return {move["node"]: move for move in zone_moves(workspace) if "node" in move and "to" in move}
+
+
 def zone_overrides(workspace: Workspace) -> dict[str, str]:
     """The zone each moved node now uses (its latest move)."""
-    return {move["node"]: move["to"] for move in zone_moves(workspace) if "node" in move and "to" in move}
+    return {node: move["to"] for node, move in latest_moves(workspace).items()}
+
+
+def zone_fallbacks(workspace: Workspace, placed: list[rules.NodePlace]) -> dict[str, dict[str, str]]:
+    """The module's record of the moves the placement kept (templates/gcp/zone_fallback.tf.j2): by
+    node key, {from, to}. A move whose zone is no longer a candidate (gcp.zones changed) is not kept,
+    so it is not recorded either; {} for a stack that never moved a node."""
+    latest = latest_moves(workspace)
+    return {
+        node.key: {"from": str(latest[node.key].get("from", "")), "to": node.zone}
+        for node in placed
+        if node.key in latest and latest[node.key]["to"] == node.zone
+    }
 
 
 def record_zone_move(workspace: Workspace, node: str, from_zone: str, to_zone: str, reason: str) -> dict:

@@ -158,6 +158,7 @@ class ServeGcpDriver(GcpDriver):
             "ssh_cidrs",
             "ssh_user",
             "ssh_public_key",
+            "zone_fallbacks",  # the heads' moves (zone_fallback.tf), as the GCP target's nodes'
         )
         return {k: base[k] for k in keep} | {
             "ssh_private_key_file": base["ssh_private_key_file"],

@@ -28,7 +28,8 @@ resource "terraform_data" "node" {
   }
 
   provisioner "local-exec" {
-    interpreter = [var.python, abspath("${path.module}/node.py"), "start"]
+    # -S: the launcher needs nothing from site-packages, and skipping site saves a few ms per node.
+    interpreter = [var.python, "-S", abspath("${path.module}/node.py"), "start"]
     command     = each.key
     environment = {
       MLINFRA_STACK    = var.stack
@@ -48,7 +49,7 @@ resource "terraform_data" "node" {
 
   provisioner "local-exec" {
     when        = destroy
-    interpreter = [self.input.python, self.input.launcher, "stop"]
+    interpreter = [self.input.python, "-S", self.input.launcher, "stop"]
     command     = self.input.key
     environment = {
       MLINFRA_RUN_DIR = self.input.run_dir

@@ -4,7 +4,8 @@ module as it shipped before ``node_config_extra`` existed.
 
 The google provider cannot be had here, so the plan covers the part that decides replacement:
 the rendered ``variables.tf`` and ``node_config.tf`` (built-in ``terraform_data``, no provider)
-with the rendered ``terraform.tfvars.json``.
+with the rendered ``terraform.tfvars.json``, and ``zone_fallback.tf`` (zone fallback's record,
+built-in too), which came after.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mlinfra.console import Stream, plan_markdown, print_plan
 from mlinfra.engine.events import parse_line, plan_summary
 from mlinfra.engine.terraform import terraform_command, terraform_env
 from mlinfra.results import PlanResult
+from mlinfra.targets.gcp import module
 
 # The module before node_config_extra (commit 3a3e039, templates/gcp/): its node_config type and
 # the terraform_data that watched it. The other attributes of `nodes` do not reach terraform_data
@@ -79,7 +81,7 @@ def deploy_old_module(workdir: Path, tfvars: Path) -> None:
 def plan_rendered(workdir: Path, rendered: Path) -> subprocess.CompletedProcess:
     """Plan the rendered module's node_config part in ``workdir`` (over the state already there)."""
     (workdir / "main.tf").unlink()
-    for name in ("variables.tf", "node_config.tf", "terraform.tfvars.json"):
+    for name in ("variables.tf", "node_config.tf", "zone_fallback.tf", "terraform.tfvars.json"):
         shutil.copy(rendered / name, workdir / name)
     return terraform(workdir, "plan", "-json", "-detailed-exitcode", "-input=false")
 
@@ -93,6 +95,25 @@ def test_upgrading_mlinfra_replaces_no_vm_of_an_unchanged_stack(tmp_path):
     planned = plan_rendered(workdir, rendered)
 
     assert planned.returncode == 0, planned.stdout + planned.stderr  # 0: no changes; 2 would replace every VM
+
+
+def test_the_first_up_after_an_upgrade_records_an_earlier_zone_move_and_replaces_nothing(tmp_path):
+    """A node that zone fallback moved before zone_fallback.tf existed: the work dir's record of the
+    move now goes into the state too, as one new terraform_data, and no VM changes for it."""
+    stack = gcp_stack(tmp_path, "upgrade", compute={"gpu": "t4"})
+    values = json.loads(stack.render().workdir.joinpath("terraform.tfvars.json").read_text())
+    planned_zone = values["nodes"]["us-central1-0"]["zone"]
+    other = next(z for z in ("us-central1-a", "us-central1-b", "us-central1-c") if z != planned_zone)
+    module.record_zone_move(stack.workspace, "us-central1-0", planned_zone, other, "stockout")
+    rendered = stack.render().workdir
+    workdir = tmp_path / "deployed"
+    deploy_old_module(workdir, rendered / "terraform.tfvars.json")
+
+    planned = plan_rendered(workdir, rendered)
+
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    summary = plan_summary([event for line in planned.stdout.splitlines() if (event := parse_line(line))])
+    assert summary.replaced == [] and summary.describe() == "1 to add, 0 to change, 0 to destroy"
 
 
 def test_a_stack_that_starts_using_a_workload_still_replaces_its_nodes(tmp_path, capsys):

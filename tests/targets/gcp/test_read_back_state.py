@@ -2,18 +2,24 @@
 from: the SSH public key and zone fallback's moves come back from the state (adopt.py), so the
 scheduled drift check of a CI job does not plan a new key or a zone move on every run.
 
-The google provider cannot be installed here, so Terraform's ``init`` is not run; the state is
-a document in Terraform's state format (version 4: resources[].instances[] with index_key and
-attributes, as ``terraform state pull`` prints it), holding what the first work dir applied.
+The google provider cannot be installed here, so the VMs' part of the state is a document in
+Terraform's state format (version 4: resources[].instances[] with index_key and attributes, as
+``terraform state pull`` prints it), holding what the first work dir applied. Zone fallback's
+record (``terraform_data.zone_fallback``, zone_fallback.tf) needs no provider: real Terraform
+applies the rendered module's provider-free files, and its state file joins that document.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from mlinfra import Stack
+from mlinfra.engine.terraform import terraform_command, terraform_env
 from mlinfra.targets.gcp import adopt, module
 
 SECTIONS = {
@@ -46,9 +52,10 @@ def prepared(stack: Stack, state: dict, monkeypatch) -> tuple[dict, StateOnly]:
     return json.loads(stack.workspace.tfvars.read_text()), engine
 
 
-def applied_state(values: dict, nodes: str = "nodes", resource_name: str = "node") -> dict:
+def applied_state(values: dict, nodes: str = "nodes", resource_name: str = "node", record: dict | None = None) -> dict:
     """The state after applying ``values`` (terraform.tfvars.json): each node's zone and metadata.
-    serve-gcp: ``values["heads"]`` as ``google_compute_instance.head``."""
+    serve-gcp: ``values["heads"]`` as ``google_compute_instance.head``. ``record``: the state real
+    Terraform wrote for the module's provider-free part (``terraform_apply``), joined to it."""
     instances = [
         {
             "index_key": key,
@@ -63,7 +70,38 @@ def applied_state(values: dict, nodes: str = "nodes", resource_name: str = "node
     ]
     resource = {"mode": "managed", "type": "google_compute_instance", "name": resource_name,
                 "provider": 'provider["registry.terraform.io/hashicorp/google"]', "instances": instances}
-    return {"version": 4, "serial": 3, "lineage": "0d1e", "outputs": {}, "resources": [resource]}
+    return {"version": 4, "serial": 3, "lineage": "0d1e", "outputs": {},
+            "resources": [resource, *(record or {}).get("resources", [])]}
+
+
+# The rendered module's files that need no provider: what real Terraform can apply here.
+PROVIDER_FREE = ("variables.tf", "node_config.tf", "zone_fallback.tf", "terraform.tfvars.json")
+
+
+def terraform(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([*terraform_command(), *args], cwd=workdir, env=terraform_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode in (0, 2), done.stdout + done.stderr  # plan -detailed-exitcode: 2 is "changes"
+    return done
+
+
+def terraform_apply(stack: Stack, workdir: Path) -> dict:
+    """Apply ``stack``'s rendered provider-free files in ``workdir`` (over the state there); returns the state."""
+    workdir.mkdir(exist_ok=True)
+    for name in PROVIDER_FREE:
+        if (stack.workspace.root / name).exists():
+            shutil.copy(stack.workspace.root / name, workdir / name)
+    if not (workdir / ".terraform").exists():
+        terraform(workdir, "init", "-input=false")
+    terraform(workdir, "apply", "-auto-approve", "-input=false")
+    return json.loads((workdir / "terraform.tfstate").read_text())
+
+
+def terraform_plans_no_change(stack: Stack, workdir: Path) -> bool:
+    for name in PROVIDER_FREE:
+        if (stack.workspace.root / name).exists():
+            shutil.copy(stack.workspace.root / name, workdir / name)
+    return terraform(workdir, "plan", "-detailed-exitcode", "-input=false").returncode == 0
 
 
 def test_a_second_checkout_renders_what_the_first_applied(tmp_path, monkeypatch):
@@ -76,12 +114,16 @@ def test_a_second_checkout_renders_what_the_first_applied(tmp_path, monkeypatch)
     module.record_zone_move(first.workspace, "us-central1-1", moved_from, moved_to, "stockout")
     first.render()
     applied = json.loads(first.workspace.tfvars.read_text())
+    record = terraform_apply(first, tmp_path / "deployed")
 
     second = Stack(name="ci", target="gcp", path=tmp_path / "ci-runner" / "mlinfra.toml", **SECTIONS)
-    rendered, engine = prepared(second, applied_state(applied), monkeypatch)
+    rendered, engine = prepared(second, applied_state(applied, record=record), monkeypatch)
 
     assert engine.pulls == 1
     assert rendered["nodes"]["us-central1-1"]["zone"] == moved_to
+    assert rendered["zone_fallbacks"] == {"us-central1-1": {"from": moved_from, "to": moved_to}}
+    [adopted] = json.loads((second.workspace / module.STATE_RECORD).read_text())["zone_moves"]
+    assert (adopted["node"], adopted["from"], adopted["to"]) == ("us-central1-1", moved_from, moved_to)
     assert rendered["ssh_public_key"] == applied["ssh_public_key"]
     different = {name for name in applied if applied[name] != rendered[name]}
     assert different == {"ssh_private_key_file"}  # a path in the work dir: an output, no resource
@@ -91,6 +133,7 @@ def test_a_second_checkout_renders_what_the_first_applied(tmp_path, monkeypatch)
     # Read once per work dir: the next command renders from the records, no state read.
     again, engine = prepared(second, applied_state(applied), monkeypatch)
     assert engine.pulls == 0 and again == rendered
+    assert terraform_plans_no_change(second, tmp_path / "deployed")  # the record as the first work dir applied it
 
 
 def test_an_autoscaled_stacks_second_checkout_reads_its_heads_key_and_zone_back(tmp_path, monkeypatch):
@@ -111,15 +154,17 @@ def test_an_autoscaled_stacks_second_checkout_reads_its_heads_key_and_zone_back(
     module.record_zone_move(first.workspace, "us-central1-0", moved_from, moved_to, "stockout")
     first.render()
     applied = json.loads(first.workspace.tfvars.read_text())
+    record = terraform_apply(first, tmp_path / "deployed")
 
     second = Stack(name="rg", target="gcp", path=tmp_path / "ci" / "mlinfra.toml", **sections)
-    rendered, engine = prepared(second, applied_state(applied, "heads", "head"), monkeypatch)
+    rendered, engine = prepared(second, applied_state(applied, "heads", "head", record), monkeypatch)
 
     assert engine.pulls == 1
     assert rendered["ssh_public_key"] == applied["ssh_public_key"]
     assert rendered["heads"]["us-central1-0"]["zone"] == moved_to
     assert {name for name in applied if applied[name] != rendered[name]} == {"ssh_private_key_file"}
     assert json.loads((second.workspace / module.STATE_RECORD).read_text())["nodes"] == ["us-central1-0"]
+    assert terraform_plans_no_change(second, tmp_path / "deployed")
 
 
 def test_a_node_resource_of_another_name_is_not_read():
@@ -140,3 +185,66 @@ def test_stacks_with_local_state_read_nothing_back(tmp_path, monkeypatch):
 def test_the_applied_key_is_read_from_the_ssh_keys_metadata(entry):
     nodes = {"us-central1-0": {"metadata": {"ssh-keys": entry}}}
     assert adopt.applied_public_key(nodes) == entry.partition(":")[2]
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (["us-central1-a", "us-central1-b"], ["us-central1-b", "us-central1-a"]),  # reordered
+    (["us-central1-a", "us-central1-b", "us-central1-c"], ["us-central1-c", "us-central1-a"]),  # narrowed
+])
+def test_a_changed_gcp_zones_is_not_taken_for_a_zone_fallback_move(tmp_path, monkeypatch, before, after):
+    """Nodes outside their planned zone without zone fallback's record were placed by an earlier
+    gcp.zones: a fresh checkout plans them where the stack places them now, as the first work dir
+    does, instead of keeping them where they are."""
+    sections = {**SECTIONS, "gcp": {**SECTIONS["gcp"], "zones": before}}
+    first = Stack(name="ci", target="gcp", path=tmp_path / "laptop" / "mlinfra.toml", **sections)
+    applied, _ = prepared(first, {}, monkeypatch)
+    record = terraform_apply(first, tmp_path / "deployed")
+    assert [node["zone"] for node in applied["nodes"].values()] == before[:2] and applied["zone_fallbacks"] == {}
+
+    changed = {**SECTIONS, "gcp": {**SECTIONS["gcp"], "zones": after}}
+    second = Stack(name="ci", target="gcp", path=tmp_path / "ci-runner" / "mlinfra.toml", **changed)
+    rendered, engine = prepared(second, applied_state(applied, record=record), monkeypatch)
+
+    assert engine.pulls == 1
+    assert [node["zone"] for node in rendered["nodes"].values()] == after[:2]  # each node replaced into gcp.zones
+    assert json.loads((second.workspace / module.STATE_RECORD).read_text())["zone_moves"] == []
+    # The first work dir, given the same change, renders the same module.
+    first_after = Stack(name="ci", target="gcp", path=tmp_path / "laptop" / "mlinfra.toml", **changed)
+    expected = json.loads(first_after.render().workdir.joinpath("terraform.tfvars.json").read_text())
+    assert {name for name in expected if expected[name] != rendered[name]} == {"ssh_private_key_file"}
+
+
+def test_a_fallback_move_is_kept_beside_a_changed_gcp_zones(tmp_path, monkeypatch):
+    """One node moved by zone fallback, then gcp.zones reordered: the moved node stays in its zone
+    (still a candidate), the other goes where the new order places it, in both work dirs."""
+    zones = ["us-central1-a", "us-central1-b", "us-central1-c"]
+    sections = {**SECTIONS, "gcp": {**SECTIONS["gcp"], "zones": zones}}
+    first = Stack(name="ci", target="gcp", path=tmp_path / "laptop" / "mlinfra.toml", **sections)
+    prepared(first, {}, monkeypatch)
+    module.record_zone_move(first.workspace, "us-central1-1", "us-central1-b", "us-central1-c", "stockout")
+    applied = json.loads(first.render().workdir.joinpath("terraform.tfvars.json").read_text())
+    record = terraform_apply(first, tmp_path / "deployed")
+    assert [node["zone"] for node in applied["nodes"].values()] == ["us-central1-a", "us-central1-c"]
+
+    changed = {**SECTIONS, "gcp": {**SECTIONS["gcp"], "zones": ["us-central1-b", "us-central1-a", "us-central1-c"]}}
+    second = Stack(name="ci", target="gcp", path=tmp_path / "ci-runner" / "mlinfra.toml", **changed)
+    rendered, _ = prepared(second, applied_state(applied, record=record), monkeypatch)
+    first_after = Stack(name="ci", target="gcp", path=tmp_path / "laptop" / "mlinfra.toml", **changed)
+    expected = json.loads(first_after.render().workdir.joinpath("terraform.tfvars.json").read_text())
+
+    assert [node["zone"] for node in rendered["nodes"].values()] == ["us-central1-b", "us-central1-c"]
+    assert {name for name in expected if expected[name] != rendered[name]} == {"ssh_private_key_file"}
+    assert terraform_plans_no_change(second, tmp_path / "deployed")  # the move's record stays as it was
+
+
+def test_the_record_of_a_move_is_read_from_the_state():
+    state = {"version": 4, "resources": [
+        {"mode": "managed", "type": "terraform_data", "name": "zone_fallback", "instances": [
+            {"index_key": "r-0",
+             "attributes": {"input": {"value": {"from": "r-a", "to": "r-b"}, "type": ["object", {}]}}},
+            {"index_key": "r-1", "attributes": {"input": None}},  # not a record: ignored
+        ]},
+        {"mode": "managed", "type": "terraform_data", "name": "node_config", "instances": [
+            {"index_key": "r-2", "attributes": {"input": {"value": {"to": "r-c"}}}}]},
+    ]}
+    assert adopt.applied_zone_fallbacks(state) == {"r-0": {"from": "r-a", "to": "r-b"}}

@@ -80,6 +80,10 @@ def test_stockout_moves_the_node_and_applies_again(gcp_stack):
     assert "no capacity for n1-standard-4 with 1× nvidia-tesla-t4" in move.reason
     # The re-plan rendered the node into its new zone, from the recorded move.
     assert [zone_of(p) for p in plans] == [move.from_zone, move.to_zone]
+    # ... and records the move in the module (terraform_data.zone_fallback: the state keeps it, so a
+    # fresh checkout tells it from a gcp.zones change; tests/targets/gcp/test_read_back_state.py).
+    assert [p["zone_fallbacks"] for p in plans] == [
+        {}, {"us-central1-0": {"from": move.from_zone, "to": move.to_zone}}]
 
 
 def test_quota_errors_never_move_nodes(gcp_stack):

@@ -257,6 +257,30 @@ def test_a_squatter_on_a_node_port_is_not_the_node(tmp_path, deployed):
         squatter.wait()
 
 
+def test_a_node_whose_socket_is_held_by_a_child_is_itself(tmp_path, deployed):
+    """A command that does not exec its server (a shell that runs it as a child, a forking master):
+    the recorded pid does not hold the port, a process of the node's own tree does. That node is
+    alive and ready, not "held by another process"."""
+    import sys
+
+    path = write_stack(tmp_path, f"""
+        name = "e2e-child-socket"
+        [local]
+        regions = ["a"]
+        [serve]
+        command = "{sys.executable} -m http.server $PORT --bind 127.0.0.1; exit 0"
+        health_path = "/"
+    """)
+    stack = Stack.load(path)
+    deployed(stack)
+    [node] = stack.up(verify=False).nodes  # waits for health
+    record = json.loads((stack.workdir / "nodes" / f"{node.key}.json").read_text())
+    children = [int(p) for p in open(f"/proc/{record['pid']}/task/{record['pid']}/children").read().split()]
+    assert children, "the shell must run the server as its child, or this test tests nothing"
+    [seen] = stack.status().nodes
+    assert (seen.alive, seen.ready, seen.problem) == (True, True, "")
+
+
 def test_serve_port_written_in_the_stack_file_is_the_node_port(tmp_path, deployed):
     """serve.port is honoured on the local target: node i listens on serve.port + i; a port some
     other program holds is a clear error, not a silent reassignment."""

@@ -53,23 +53,24 @@ def wait_for(probe, seconds: float = 5.0):
 
 
 class Launcher:
-    """node.py as Terraform runs it: `python node.py start|stop KEY` with local-exec's environment."""
+    """node.py as Terraform runs it: `python -S node.py start|stop KEY` with local-exec's environment."""
 
     def __init__(self, run_dir: Path, cwd: Path):
         self.run_dir, self.cwd, self.started = run_dir, cwd, []
 
     def start(self, key: str, command: str, env: dict | None = None, cwd: str | None = None,
-              port: int | None = None) -> subprocess.CompletedProcess:
+              port: int | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
         self.started.append(key)
         environment = os.environ | {
             "MLINFRA_STACK": STACK, "MLINFRA_NODE": key, "MLINFRA_COMMAND": command,
             "MLINFRA_PORT": str(port or free_port()), "MLINFRA_CWD": str(self.cwd) if cwd is None else cwd,
             "MLINFRA_NODE_ENV": json.dumps(env or {}), "MLINFRA_RUN_DIR": str(self.run_dir)}
-        return subprocess.run([sys.executable, str(NODE_PY), "start", key], env=environment,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        return subprocess.run([sys.executable, "-S", str(NODE_PY), "start", key], env=environment,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+                              pass_fds=pass_fds)
 
     def stop(self, key: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(NODE_PY), "stop", key],
+        return subprocess.run([sys.executable, "-S", str(NODE_PY), "stop", key],
                               env=os.environ | {"MLINFRA_RUN_DIR": str(self.run_dir)},
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
@@ -98,6 +99,19 @@ def test_record_names_the_server_and_its_supervisor(launcher):
     # Only the server counts as the stack's process (tests count those by MLINFRA_STACK).
     assert carriers(f"MLINFRA_STACK={STACK}") == [record["pid"]]
     assert exit_reason(launcher.run_dir, "a-0") is None  # alive
+
+
+def test_the_node_gets_no_descriptor_the_launcher_inherited(launcher, tmp_path):
+    """Terraform hands the launcher descriptors on purpose (mlinfra's stack lock travels with it):
+    the node must hold none of them, or a running server would keep the stack locked."""
+    with open(tmp_path / "lock", "w") as held:
+        started = launcher.start("a-0", "exec sleep 60", pass_fds=(held.fileno(),))
+    assert started.returncode == 0, started.stderr
+    record = read_record(launcher.run_dir, "a-0")
+    for pid in (record["pid"], record["supervisor"]):
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert set(fds) == {0, 1, 2}, fds
+        assert (fds[0], fds[1], fds[2]) == (os.devnull, record["log"], record["log"])
 
 
 def test_a_killed_server_is_reported_with_its_signal(launcher):

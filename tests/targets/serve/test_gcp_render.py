@@ -117,3 +117,9 @@ def test_heads_and_workers_carry_the_gcp_targets_ssh_keys_value_empty_without_a_
     served = re.findall(r'"ssh-keys"\s+=\s+(.+)', (rendered.workdir / "main.tf").read_text())
     assert len(gcp) == 1 and "compact([var.ssh_public_key])" in gcp[0]
     assert served == gcp * 2  # the head and the workers' instance template
+
+
+def test_heads_record_zone_fallback_moves_as_the_gcp_targets_nodes_do():
+    """One file in both modules (terraform_data.zone_fallback, read back by adopt.py): kept equal."""
+    ours, theirs = (TEMPLATES / folder / "zone_fallback.tf.j2" for folder in ("serve-gcp", "gcp"))
+    assert ours.read_text() == theirs.read_text()
