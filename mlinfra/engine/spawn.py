@@ -105,14 +105,14 @@ def _stop_when_orphaned() -> None:  # also called by the standby, in its own pro
 # -- the standby ------------------------------------------------------------------------------
 
 _standby: tuple[subprocess.Popen, socket.socket, list[str], dict[str, str]] | None = None
-_exit_hook: list = []  # discard_standby, registered with atexit once
+_at_exit = False  # whether discard_standby is registered with atexit (once per process)
 _taken = threading.Lock()  # one claim at a time
 
 
 def start_standby() -> None:
     """Start the bundled Terraform now, for this process's first Terraform command (see above).
     Nothing when the user named a binary (MLINFRA_TERRAFORM): a binary cannot wait for its argv."""
-    global _standby
+    global _standby, _at_exit
     if _standby is not None or os.environ.get(ENV_BINARY, "").strip():
         return
     command, env = terraform_command(), terraform_env()
@@ -129,8 +129,9 @@ def start_standby() -> None:
     finally:
         theirs.close()
     _standby = (proc, ours, command, env)
-    if not _exit_hook:
-        _exit_hook.append(atexit.register(discard_standby))
+    if not _at_exit:
+        atexit.register(discard_standby)
+        _at_exit = True
 
 
 def _claim(
@@ -158,7 +159,7 @@ def _claim(
 
 
 def discard_standby() -> None:
-    """Stop an unclaimed standby (it has loaded Terraform and waits: nothing to undo)."""
+    """Stop an unclaimed standby: it has run nothing, so there is nothing to undo."""
     global _standby
     with _taken:
         standby, _standby = _standby, None
@@ -167,8 +168,8 @@ def discard_standby() -> None:
 
 
 def _discard(proc: subprocess.Popen, control: socket.socket) -> None:
-    control.close()  # a standby still waiting reads end-of-file and exits by itself
-    if proc.poll() is None:
+    control.close()
+    if proc.poll() is None:  # still loading, or waiting for a command that will not come
         proc.kill()
     proc.wait()
     for stream in (proc.stdout, proc.stderr):
