@@ -15,7 +15,9 @@ backend (local), the same environment, and the same work: start two processes, t
 them. Both are initialised before timing and get one uncounted warm-up round; rounds
 alternate mlinfra / raw so drift (page cache, CPU frequency) hits both alike. The health
 wait is skipped (``--no-wait``) because raw Terraform does not wait either. Everything else
-mlinfra does is counted as its overhead.
+mlinfra does is counted as its overhead. (mlinfra starts that Terraform process first thing and
+hands it its command once ready — ``engine.spawn``'s standby —, so the two start-ups overlap:
+on an idle machine most of mlinfra's own start-up is hidden; on a busy one, less of it.)
 
 Two raw baselines. Under --yes (what is measured) mlinfra runs one Terraform process per
 command (``apply -auto-approve``); when a person reviews the plan it runs two (``plan -out``,

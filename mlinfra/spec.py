@@ -72,11 +72,14 @@ def _check_regions(key: str, regions: tuple[str, ...], known: list[str] | None) 
         raise SpecError(key, f"region {dup!r} is listed twice")
 
 
+DEFAULT_GCP_REGIONS = ("us-central1",)
+
+
 @dataclass(frozen=True)
 class Gcp(Section):
     _key: ClassVar[str] = "gcp"
     project: str = ""
-    regions: tuple[str, ...] = ("us-central1",)
+    regions: tuple[str, ...] = DEFAULT_GCP_REGIONS
     # Zones to use, in order of preference; each must be in one of `regions`. Empty: mlinfra picks
     # the first zone that offers the GPU in each region (and says so). Replicas spread over them.
     zones: tuple[str, ...] = ()
@@ -107,7 +110,10 @@ class Gcp(Section):
                     f"{region!r} is not a region name (like 'us-central1')"
                     + catalog.did_you_mean(region, catalog.gcp_regions()),
                 )
-        _check_regions("gcp.regions", self.regions, catalog.gcp_regions())
+        # The default region is one of the catalog's (a test pins it): a stack that keeps it, as every
+        # local stack does, is checked without reading the catalog.
+        known = list(self.regions) if self.regions == DEFAULT_GCP_REGIONS else catalog.gcp_regions()
+        _check_regions("gcp.regions", self.regions, known)
         for i, zone in enumerate(self.zones):
             if not _ZONE.match(zone):
                 raise SpecError(f"gcp.zones[{i}]", f"{zone!r} is not a zone name (like 'us-central1-a')")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +191,8 @@ def notes(spec: Any) -> list[str]:
 
 def local_digest(image: str) -> str:
     """The image's registry digest as a local docker or podman knows it ("" when neither does)."""
+    import shutil  # here, not at the top: every stack load imports this module
+
     # podman knows the digest it pulled; docker lists "name@sha256:..." per registry.
     for engine, template in (("podman", "{{.Digest}}"), ("docker", '{{join .RepoDigests " "}}')):
         if shutil.which(engine) is None:

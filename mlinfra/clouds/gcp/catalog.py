@@ -8,7 +8,6 @@ The data file is read lazily, once, so ``--help`` stays fast.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import tomllib
@@ -155,6 +154,8 @@ def lookup_gpu(text: str) -> Gpu:
 
 def did_you_mean(word: str, choices: list[str]) -> str:
     """' — did you mean 'x'?' when a close match exists, else ''."""
+    import difflib  # only for a mistake: every stack load reaches this module
+
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" — did you mean {match[0]!r}?" if match else ""
 

@@ -60,7 +60,12 @@ def interrupt(cwd, operation: str, sig: int, moment, run_dir) -> int:
         time.sleep(moment)
     if proc.poll() is None:
         proc.send_signal(sig)
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 1 and err.startswith("Fatal Python error: init_"):
+        # The signal landed while the interpreter itself was starting, before any of mlinfra ran
+        # (Python's own exit 1): nothing was touched either. The faster `up` and `down` get, the
+        # likelier the earliest moment lands there.
+        return -sig
     return proc.returncode
 
 
