@@ -70,15 +70,18 @@ def interrupt(cwd, operation: str, sig: int, moment, run_dir) -> int:
 
 
 def test_interrupted_up_and_down_leave_no_orphan_and_recover(tmp_path):
+    # A name of its own per run: ports are derived from the name, and two checkouts running this
+    # test at once would otherwise fight over the same ports.
+    name = f"fault-{os.getpid()}"
     write_stack(tmp_path, f"""
-        name = "fault"
+        name = "{name}"
         [local]
         regions = ["a", "b", "c"]
         [serve]
         command = "{HTTP_SERVER}"
         health_path = "/"
     """)
-    run_dir = tmp_path / ".mlinfra" / "fault" / "nodes"
+    run_dir = tmp_path / ".mlinfra" / name / "nodes"
     durations = {"up": timed(tmp_path, "up", "--yes", "--no-verify")}
     durations["down"] = timed(tmp_path, "down", "--yes")
     outcomes: Counter = Counter()
