@@ -10,6 +10,8 @@ import typer
 from typer.core import TyperGroup
 
 from mlinfra.cli.shared import (  # noqa: F401 (re-exported: the commands import them from here)
+    DEFAULT_FILE,
+    ENV_VAR,
     ask,
     confirm_migration,
     confirm_plan,
@@ -52,11 +54,10 @@ EnvOpt = Annotated[
     typer.Option(
         "--env",
         "-e",
-        envvar="MLINFRA_ENV",
+        envvar=ENV_VAR,
         help="Which [env.<name>] of the stack file (default: its default_env; required when it defines environments).",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write the verification as JUnit XML to this file.")]
-DEFAULT_FILE = Path("mlinfra.toml")

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_FILE = Path("mlinfra.toml")  # cli.common.DEFAULT_FILE
-ENV_VAR = "MLINFRA_ENV"  # --env's envvar
+from mlinfra.cli.shared import DEFAULT_FILE, ENV_VAR
+
 _SHARED = {
     "--file": "file",
     "-f": "file",

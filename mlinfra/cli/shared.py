@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mlinfra.errors import MlinfraError
 
+DEFAULT_FILE = Path("mlinfra.toml")  # --file's default
+ENV_VAR = "MLINFRA_ENV"  # --env's environment variable
+
 
 def load(file: Path, env: str | None = None):
     from mlinfra.api import Stack
