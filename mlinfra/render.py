@@ -59,7 +59,7 @@ def render(stack, out: Path | None = None) -> RenderResult:
     else:
         _writable_dir(workspace.root)
     templates = sorted(t for t in source.iterdir() if t.name.endswith(".tf.j2") or t.suffix in (".py", ".sh"))
-    templates += [templates_dir("node") / name for name in stack.driver.node_files]  # shared by launchers
+    templates += [templates_dir() / name for name in stack.driver.shared_templates]
     context = template_context(stack)
     values = {
         TFVARS: json.dumps(stack.driver.tfvars(stack.spec, stack.placement, workspace), indent=2, sort_keys=True) + "\n"
@@ -87,7 +87,8 @@ def render(stack, out: Path | None = None) -> RenderResult:
     files: dict[str, str] = {}
     for template in templates:
         if template.name.endswith(".tf.j2"):
-            files[template.name[: -len(".j2")]] = env.get_template(template.name).render(context)
+            # From its own text: a shared template lives in another folder than the loader's.
+            files[template.name[: -len(".j2")]] = env.from_string(template.read_text()).render(context)
         else:
             files[template.name] = template.read_text()
     files.update(values)

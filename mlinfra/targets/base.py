@@ -64,7 +64,9 @@ class Driver:
 
     name = ""
     templates = ""  # the folder under templates/ that holds this target's module
-    node_files: tuple[str, ...] = ()  # files of templates/node/ its launcher uses, copied beside it
+    # Files of other templates/ folders its module uses too, copied (or rendered) beside its own: the
+    # node launchers' workload.py, the GCP record of zone fallback moves. Paths relative to templates/.
+    shared_templates: tuple[str, ...] = ()
     node_resource = ""  # the Terraform resource of a node (``type.name``), for -replace/-target
     rebuild_budget_s = 600.0  # what `rebuild` allows by default
     uses_google_cloud = False  # `check` looks for Google credentials

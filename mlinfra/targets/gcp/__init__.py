@@ -32,7 +32,7 @@ PLACEHOLDER_PROJECT = "your-gcp-project"  # what `mlinfra new --target gcp` writ
 class GcpDriver(Driver):
     name = "gcp"
     templates = "gcp"
-    node_files: tuple[str, ...] = ("workload.py",)
+    shared_templates: tuple[str, ...] = ("node/workload.py",)
     node_resource = "google_compute_instance.node"
     rebuild_budget_s = 600.0  # the article's 10 minutes
     uses_google_cloud = True

@@ -24,7 +24,7 @@ from mlinfra.targets.local import ports, process
 class LocalDriver(Driver):
     name = "local"
     templates = "local"
-    node_files: tuple[str, ...] = ("workload.py",)
+    shared_templates: tuple[str, ...] = ("node/workload.py",)
     node_resource = "terraform_data.node"
     rebuild_budget_s = 60.0  # a local node starts in seconds
     health_poll_cap_s = 0.25  # a probe on loopback costs microseconds: ready is seen within 250 ms

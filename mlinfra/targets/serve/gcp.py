@@ -56,7 +56,9 @@ def region_names(stack: str, region: str, key: str) -> dict[str, str]:
 
 class ServeGcpDriver(GcpDriver):
     templates = "serve-gcp"
-    node_files = ()  # the Ray templates run no workload.py (serve.image, setup and [model] are refused)
+    # No workload.py: the Ray templates run none (serve.image, setup and [model] are refused). The
+    # heads record their zone fallback moves as the GCP target's nodes do (read back by adopt.py).
+    shared_templates = ("gcp/zone_fallback.tf.j2",)
     node_resource = "google_compute_instance.head"
     head_machine = HEAD_MACHINE  # priced by the estimate and the budget guard
     rebuild_budget_s = 1200.0

@@ -116,7 +116,7 @@ class ServeLocalDriver(LocalDriver):
 
     name = "local"
     templates = "serve-local"
-    node_files = ()  # the Ray templates run no workload.py (serve.image, setup and [model] are refused)
+    shared_templates = ()  # the Ray templates run no workload.py (serve.image, setup and [model] are refused)
     node_resource = "terraform_data.head"
     rebuild_budget_s = 120.0  # `ray start` ~6 s and Serve ~3 s on two cores, plus min_replicas starts
 

@@ -4,8 +4,8 @@
 # moves from here (adopt.py), and only these: a node found elsewhere without one was placed by an
 # earlier gcp.zones, and goes where the stack places it now, as it would from the first work dir.
 # A resource of its own that nothing watches: it never changes a VM, and a stack without moves
-# has none (so an upgrade of mlinfra adds nothing). The same file in templates/gcp and
-# templates/serve-gcp (a test keeps them equal).
+# has none (so an upgrade of mlinfra adds nothing). The serve-gcp module renders this file too
+# (its driver's shared_templates), for its heads.
 
 variable "zone_fallbacks" {
   description = "Nodes zone fallback moved, by node key: {from = the zone it left, to = the zone it runs in}; {} without moves."

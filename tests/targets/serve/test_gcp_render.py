@@ -119,7 +119,11 @@ def test_heads_and_workers_carry_the_gcp_targets_ssh_keys_value_empty_without_a_
     assert served == gcp * 2  # the head and the workers' instance template
 
 
-def test_heads_record_zone_fallback_moves_as_the_gcp_targets_nodes_do():
-    """One file in both modules (terraform_data.zone_fallback, read back by adopt.py): kept equal."""
-    ours, theirs = (TEMPLATES / folder / "zone_fallback.tf.j2" for folder in ("serve-gcp", "gcp"))
-    assert ours.read_text() == theirs.read_text()
+def test_heads_record_zone_fallback_moves_as_the_gcp_targets_nodes_do(tmp_path):
+    """One template in both modules (terraform_data.zone_fallback, read back by adopt.py): the
+    GCP target's own, rendered beside the serve-gcp module's files, not a copy of it."""
+    assert not (TEMPLATES / "serve-gcp" / "zone_fallback.tf.j2").exists()
+    rendered = autoscaled(tmp_path).render()
+    module = (rendered.workdir / "zone_fallback.tf").read_text()
+    assert 'resource "terraform_data" "zone_fallback"' in module
+    assert "var.zone_fallbacks" in module
